@@ -1,0 +1,39 @@
+"""The ``labkit`` command: ``labkit doctor``, ``labkit prepare``, ``labkit build``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from labkit.models import ModelUnavailableError, prepare_default_model
+
+    try:
+        path = prepare_default_model(force=args.force)
+    except ModelUnavailableError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"Default model ready in {path}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from labkit.doctor import main
+
+    return main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("doctor", help="check versions, device and the default model")
+    prepare = commands.add_parser("prepare", help="convert and cache the default model")
+    prepare.add_argument("--force", action="store_true", help="convert again")
+    handlers = {"doctor": _doctor, "prepare": _prepare}
+    args = parser.parse_args(argv)
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
