@@ -24,13 +24,30 @@ def _doctor(args: argparse.Namespace) -> int:
     return main()
 
 
+def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.build import build
+
+    stale = build(Path(args.solutions), Path(args.labs), check_only=args.check)
+    if args.check and stale:
+        print("Out of date (run `labkit build`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    print("Up to date." if not stale else "Wrote " + ", ".join(stale))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("doctor", help="check versions, device and the default model")
     prepare = commands.add_parser("prepare", help="convert and cache the default model")
     prepare.add_argument("--force", action="store_true", help="convert again")
-    handlers = {"doctor": _doctor, "prepare": _prepare}
+    build = commands.add_parser("build", help="write labs/ from solutions/")
+    build.add_argument("--solutions", default="solutions")
+    build.add_argument("--labs", default="labs")
+    build.add_argument("--check", action="store_true", help="only report stale labs")
+    handlers = {"doctor": _doctor, "prepare": _prepare, "build": _build}
     args = parser.parse_args(argv)
     return handlers[args.command](args)
 
