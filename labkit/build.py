@@ -23,9 +23,7 @@ import nbformat
 CODE_BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
 CODE_END = re.compile(r"^\s*# END SOLUTION\s*$")
 STUB_LINE = re.compile(r"^\s*# STUB: ?(.*)$")
-MARKDOWN_REGION = re.compile(
-    r"<!-- BEGIN SOLUTION -->.*?<!-- END SOLUTION -->", flags=re.DOTALL
-)
+MARKDOWN_REGION = re.compile(r"<!-- BEGIN SOLUTION -->.*?<!-- END SOLUTION -->", flags=re.DOTALL)
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "# STUB:")
 INSTRUCTOR_TAG = "instructor"
 STUB_MESSAGE = 'raise NotImplementedError("Exercise: replace this line with your code.")'

@@ -1,0 +1,3 @@
+"""Grid pictures: ROME-style restoration heatmaps over (layer, position)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Token-level pictures: coloured text, per-method bars, deletion/insertion curves."""
+
+__all__: list[str] = []
