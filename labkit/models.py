@@ -38,12 +38,14 @@ class ModelUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """Where one model family keeps its parts, as attribute paths (a small table, no branches)."""
+    """Where one model family keeps its parts, as attribute paths (a small table, no branches).
+
+    The embedding and unembedding need no entry: every transformers model finds them itself
+    (``get_input_embeddings`` / ``get_output_embeddings``).
+    """
 
     blocks: str  # on the model: the list of transformer blocks
-    embed: str  # on the model: the token embedding (nn.Embedding)
     final_norm: str  # on the model: the norm before the unembedding
-    unembed: str  # on the model: the unembedding (lm_head)
     attn: str  # on a block: the attention module
     mlp: str  # on a block: the MLP module
     attn_out_proj: str  # on a block: the attention output projection (its input = head outputs)
@@ -51,9 +53,7 @@ class FamilySpec:
 
 _LLAMA_LIKE = FamilySpec(
     blocks="model.layers",
-    embed="model.embed_tokens",
     final_norm="model.norm",
-    unembed="lm_head",
     attn="self_attn",
     mlp="mlp",
     attn_out_proj="self_attn.o_proj",
@@ -65,18 +65,14 @@ FAMILIES: dict[str, FamilySpec] = {
     "mistral": _LLAMA_LIKE,
     "gpt2": FamilySpec(
         blocks="transformer.h",
-        embed="transformer.wte",
         final_norm="transformer.ln_f",
-        unembed="lm_head",
         attn="attn",
         mlp="mlp",
         attn_out_proj="attn.c_proj",
     ),
     "gpt_neox": FamilySpec(  # Pythia
         blocks="gpt_neox.layers",
-        embed="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm",
-        unembed="embed_out",
         attn="attention",
         mlp="mlp",
         attn_out_proj="attention.dense",
@@ -137,7 +133,7 @@ class LabModel:
     @property
     def embed(self) -> nn.Embedding:
         """The token embedding: token ids (batch, pos) -> vectors (batch, pos, d_model)."""
-        return _get(self.model, self.spec.embed)
+        return self.model.get_input_embeddings()
 
     @property
     def final_norm(self) -> nn.Module:
@@ -146,7 +142,7 @@ class LabModel:
     @property
     def unembed(self) -> nn.Linear:
         """The unembedding: final residual (batch, pos, d_model) -> logits (batch, pos, vocab)."""
-        return _get(self.model, self.spec.unembed)
+        return self.model.get_output_embeddings()
 
     def block(self, layer: int) -> nn.Module:
         if not -self.n_layers <= layer < self.n_layers:
@@ -223,7 +219,10 @@ class LabModel:
     def top_tokens(self, tokens: str | torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most likely next tokens with their probabilities."""
         probs, ids = self.next_token_probs(tokens).topk(k)
-        return [(self.tokenizer.decode([i]), p) for i, p in zip(ids.tolist(), probs.tolist())]
+        return [
+            (self.tokenizer.decode([i]), p)
+            for i, p in zip(ids.tolist(), probs.tolist(), strict=True)
+        ]
 
 
 # ----- loading ---------------------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""labkit.hooks: capture and patch activations the same way in every family; hooks always go."""
+
+import pytest
+import torch
+
+import labkit
+from labkit.hooks import SITES, capture, hooked, patch
+
+CLEAN, OTHER = "hello world", "jello wOrld"  # same length: one byte, one token
+
+
+def n_hooks(lm: labkit.LabModel) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
+
+
+def run(lm: labkit.LabModel, text: str) -> torch.Tensor:
+    return lm.model(input_ids=lm.to_tokens(text, prepend_anchor=True)).logits
+
+
+def test_capture_shapes(tiny: labkit.LabModel) -> None:
+    with capture(tiny, SITES) as cache:
+        run(tiny, CLEAN)
+    pos = 1 + len(CLEAN)
+    assert cache["embed"].shape == (1, pos, tiny.d_model)
+    for site in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
+        assert cache.stack(site).shape == (tiny.n_layers, 1, pos, tiny.d_model)
+    assert cache.stack("head_out").shape == (tiny.n_layers, 1, pos, tiny.n_heads, tiny.d_head)
+
+
+def test_captured_sites_fit_together(tiny: labkit.LabModel) -> None:
+    """resid_post[l] is resid_pre[l+1]; the last resid_post gives the logits; embed is layer 0's
+    input (GPT-2 adds position embeddings first)."""
+    with capture(tiny, SITES) as cache:
+        logits = run(tiny, CLEAN)
+    for layer in range(tiny.n_layers - 1):
+        assert torch.equal(cache["resid_post", layer], cache["resid_pre", layer + 1])
+    final = tiny.unembed(tiny.final_norm(cache["resid_post", tiny.n_layers - 1]))
+    torch.testing.assert_close(final, logits)
+    if tiny.family != "gpt2":
+        torch.testing.assert_close(cache["embed"], cache["resid_pre", 0])
+    # attention output = W_O applied to the head outputs side by side
+    heads = cache["head_out", 1]
+    attn = tiny.attn_out_proj(1)(heads.flatten(-2))
+    torch.testing.assert_close(attn, cache["attn_out", 1])
+
+
+def test_parts_add_up_to_the_residual_stream(tiny: labkit.LabModel) -> None:
+    """resid_post = resid_pre + attn_out + mlp_out in every family (parallel or sequential)."""
+    with capture(tiny, ["resid_pre", "resid_post", "attn_out", "mlp_out"]) as cache:
+        run(tiny, CLEAN)
+    for layer in range(tiny.n_layers):
+        total = cache["resid_pre", layer] + cache["attn_out", layer] + cache["mlp_out", layer]
+        torch.testing.assert_close(total, cache["resid_post", layer])
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_patching_a_run_with_itself_changes_nothing(tiny: labkit.LabModel, site: str) -> None:
+    layer = None if site == "embed" else 1
+    with capture(tiny, site, layers=1) as cache:
+        clean = run(tiny, CLEAN)
+    key = site if site == "embed" else (site, layer)
+    with patch(tiny, site, layer, cache[key]):
+        patched = run(tiny, CLEAN)
+    assert torch.equal(patched, clean)
+
+
+def test_patching_every_position_reproduces_the_other_run(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "resid_post") as other_cache:
+        other = run(tiny, OTHER)
+    clean = run(tiny, CLEAN)
+    for layer in range(tiny.n_layers):
+        with patch(tiny, "resid_post", layer, other_cache["resid_post", layer]):
+            torch.testing.assert_close(run(tiny, CLEAN), other)
+    assert not torch.allclose(clean, other)
+
+
+def test_patching_one_position_only_changes_that_position_and_later(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "resid_post", layers=0) as other_cache:
+        run(tiny, OTHER)
+    clean = run(tiny, CLEAN)
+    with patch(tiny, "resid_post", 0, other_cache["resid_post", 0], positions=[2]):
+        patched = run(tiny, CLEAN)
+    assert torch.equal(patched[:, :2], clean[:, :2])  # causal: earlier positions untouched
+    assert not torch.allclose(patched[:, 2], clean[:, 2])
+
+
+def test_patching_chosen_heads(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "head_out", layers=2) as other_cache:
+        run(tiny, OTHER)
+    with capture(tiny, "head_out", layers=2) as clean_cache:
+        run(tiny, CLEAN)
+    with patch(tiny, "head_out", 2, other_cache["head_out", 2], positions=[1, 3], heads=[0, 2]):
+        with capture(tiny, "head_out", layers=2) as patched_cache:
+            run(tiny, CLEAN)
+    got, clean, other = (c["head_out", 2] for c in (patched_cache, clean_cache, other_cache))
+    expected = clean.clone()
+    for p in (1, 3):
+        for h in (0, 2):
+            expected[:, p, h] = other[:, p, h]
+    torch.testing.assert_close(got, expected)
+
+
+def test_add_mode_and_vector_values(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "embed") as cache:
+        run(tiny, CLEAN)
+    shift = torch.ones(tiny.d_model)
+    with patch(tiny, "embed", value=shift, positions=[1], add=True):
+        with capture(tiny, "embed") as shifted:
+            run(tiny, CLEAN)
+    diff = shifted["embed"] - cache["embed"]
+    assert torch.allclose(diff[:, 1], shift) and diff[:, 0].abs().max() == 0
+
+
+def test_a_function_value_gets_the_activation(tiny: labkit.LabModel) -> None:
+    seen = []
+    with patch(tiny, "mlp_out", 0, lambda act: seen.append(act.shape) or torch.zeros_like(act)):
+        with capture(tiny, "mlp_out", layers=0) as cache:
+            run(tiny, CLEAN)
+    assert seen and cache["mlp_out", 0].abs().max() == 0
+
+
+def test_hooks_are_removed_even_when_the_body_raises(tiny: labkit.LabModel) -> None:
+    before = n_hooks(tiny)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(tiny, SITES), patch(tiny, "resid_post", 0, lambda a: a):
+            raise RuntimeError("boom")
+    assert n_hooks(tiny) == before
+    with hooked(tiny, "attn_out", 1, lambda a: None):
+        assert n_hooks(tiny) == before + 1
+    assert n_hooks(tiny) == before
+
+
+def test_keep_grad_gives_gradients_at_every_site(tiny: labkit.LabModel) -> None:
+    embeds = tiny.embed(tiny.to_tokens(CLEAN)).requires_grad_(True)
+    with capture(tiny, ["resid_post", "head_out"], keep_grad=True) as cache:
+        tiny.model(inputs_embeds=embeds).logits[0, -1, 5].backward()
+    for key, act in cache.items():
+        assert act.grad is not None and act.grad.shape == act.shape, key
+        assert act.grad.abs().sum() > 0, key
+
+
+def test_clear_errors(tiny: labkit.LabModel) -> None:
+    with pytest.raises(ValueError, match="Unknown site"):
+        with capture(tiny, "residual"):
+            pass
+    with pytest.raises(ValueError, match="needs a layer"):
+        with patch(tiny, "resid_post", None, torch.zeros(1)):
+            pass
+    with pytest.raises(IndexError, match="layers 0..2"):
+        with capture(tiny, "mlp_out", layers=7):
+            pass
+    with pytest.raises(ValueError, match="heads"):
+        with patch(tiny, "resid_post", 0, torch.zeros(1), heads=[0]):
+            pass
+    with capture(tiny, "resid_post", layers=0) as short:
+        run(tiny, "hi")
+    with pytest.raises(ValueError, match="same number of tokens"):
+        with patch(tiny, "resid_post", 0, short["resid_post", 0]):
+            run(tiny, CLEAN)
+    with pytest.raises(IndexError, match="outside the prompt"):
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model), positions=[40]):
+            run(tiny, CLEAN)
+    with pytest.raises(KeyError, match="was not captured"):
+        short["mlp_out", 0]
+
+
+@pytest.mark.default_model
+def test_restoring_the_clean_residual_recovers_paris(lm: labkit.LabModel) -> None:
+    """A semantic check on the real model: patching the clean last-position residual at a
+    late layer into a run on a different subject brings back the clean answer."""
+    clean, corrupt = "The capital of France is", "The capital of Italy is"
+    paris = lm.token_id(" Paris")
+    with capture(lm, "resid_post", layers=25) as cache:
+        lm.model(input_ids=lm.to_tokens(clean))
+    assert lm.next_token_probs(corrupt)[paris] < 0.1
+    with patch(lm, "resid_post", 25, cache["resid_post", 25], positions=[-1]):
+        restored = lm.next_token_probs(corrupt)[paris]
+    assert restored > 0.5
