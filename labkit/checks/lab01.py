@@ -19,6 +19,7 @@ from torch import Tensor
 from labkit.checks.core import Checker, check, skip_if_unattempted
 
 __all__ = [
+    "Results",
     "check_attention_flow",
     "check_attention_rollout",
     "check_completeness_gap",
@@ -35,6 +36,18 @@ __all__ = [
     "check_spearman",
     "skip_if_unattempted",
 ]
+
+
+class Results(dict):
+    """A dict for what the exercises compute, shared between cells.
+
+    Reading an entry that is not there raises ``NotImplementedError``: it means the exercise
+    that fills it is not done yet, so a cell wrapped in ``skip_if_unattempted`` skips politely.
+    """
+
+    def __missing__(self, key):
+        raise NotImplementedError(f"{key!r} is computed by an exercise you have not done yet.")
+
 
 POS, D = 5, 4  # shapes of the closed-form test problems
 
@@ -219,9 +232,9 @@ def check_completeness_gap(completeness_gap: Callable, t: Checker) -> None:
         hint="Keep the sign: positive means the scores claim more than the output changed. "
         "Subtract f(baseline) as well as f(input).",
     )
-    what = "completeness_gap when the scores are all zero (gap = -(f(x) - f(b)))"
-    gap = t.scalar(t.call(completeness_gap, f, x, b, torch.zeros(POS)), what)
-    t.close(gap, -float(exact.sum()), what, atol=1e-4)
+    what = "completeness_gap when the scores sum to 0.5 LESS than f(input) - f(baseline)"
+    gap = t.scalar(t.call(completeness_gap, f, x, b, exact - 0.1), what)
+    t.close(gap, -0.5, what, atol=1e-4, hint="A shortfall gives a negative gap.")
 
 
 @check("Exercise 1.5: the space baseline", points=1)
@@ -478,6 +491,7 @@ def check_spearman(spearman: Callable, t: Checker) -> None:
         (torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), torch.tensor([1.0, 8.0, 27.0, 64.0, 1e3]), 1.0),
         (torch.tensor([0.3, 0.1, 0.2, 0.5, 0.4]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), 0.6),
         (torch.tensor([5.0, -1.0, 2.0, 0.0]), torch.tensor([0.1, 0.2, 0.3, 0.4]), -0.4),
+        (torch.tensor([0.3, 0.1, 0.2, 0.5, 0.4]), torch.tensor([2.0, 5.0, 1.0, 3.0, 4.0]), -0.1),
     ]
     for a, b, rho in cases:
         what = f"spearman({a.tolist()}, {b.tolist()})"

@@ -1,0 +1,218 @@
+"""Lab 01's explorer: pick a prompt, a target token and an attribution method, see the scores.
+
+Methods are plain functions ``method(lm, tokens, target_id) -> scores``, with ``tokens`` of shape
+(1, pos) and ``scores`` of shape (pos,): the lab wraps the student's own functions this way, and
+:func:`inseq_method` wraps inseq's. The explorer only draws; it implements no method itself.
+
+>>> methods = {"my saliency": my_saliency, "inseq IG": inseq_method("integrated_gradients")}
+>>> explorer = AttributionExplorer(lm, methods)
+>>> explorer  # in a notebook: the controls and a coloured-text heatmap
+"""
+
+from __future__ import annotations
+
+import html
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from labkit.models import LabModel
+
+__all__ = ["AttributionExplorer", "default_prompts", "inseq_attribution", "inseq_method"]
+
+Method = Callable[[LabModel, torch.Tensor, int], torch.Tensor]
+
+
+# ----- inseq, on the same inputs as the lab ------------------------------------------------------
+@contextmanager
+def _inseq_baseline(inseq_model, lm: LabModel, baseline_id: int | None):
+    """Make inseq's baseline ``baseline_id`` at every position except the anchor.
+
+    inseq builds its baseline from the tokenizer's unk token, keeping only EOS tokens as they
+    are. We point the unk token at ``baseline_id`` and declare the anchor to be the "EOS" for the
+    duration of one call, then restore both.
+    """
+    if baseline_id is None:
+        yield
+        return
+    tokenizer = inseq_model.tokenizer
+    old_unk, old_eos = tokenizer.unk_token_id, inseq_model.eos_token_id
+    tokenizer.unk_token_id = baseline_id
+    inseq_model.eos_token_id = lm.anchor_token_id
+    try:
+        yield
+    finally:
+        tokenizer.unk_token_id = old_unk
+        inseq_model.eos_token_id = old_eos
+
+
+def inseq_attribution(
+    lm: LabModel,
+    tokens: torch.Tensor,
+    target_id: int,
+    method: str = "integrated_gradients",
+    baseline_id: int | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """inseq's scores (pos,) for predicting ``target_id`` after ``tokens`` (1, pos).
+
+    The attributed quantity is the target's logit (inseq's default is its probability).
+    Gradient methods are reduced over d_model the way the lab does it: a sum for integrated
+    gradients and input x gradient, the L2 norm for saliency; attention is averaged over layers
+    and heads. ``baseline_id`` (integrated gradients, occlusion) replaces inseq's default
+    baseline, the unk token everywhere, by that token everywhere except the anchor.
+    Extra keyword arguments go to inseq (e.g. ``n_steps=64``).
+    """
+    import inseq
+
+    inseq_model = inseq.load_model(lm.model, method, tokenizer=lm.tokenizer)
+    text = lm.tokenizer.decode(tokens[0])
+    target = lm.tokenizer.decode([target_id])
+    with _inseq_baseline(inseq_model, lm, baseline_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = inseq_model.attribute(
+            text,
+            text + target,
+            attributed_fn="logit",
+            show_progress=False,
+            skip_special_tokens=False,
+            **kwargs,
+        )
+    scores = out.sequence_attributions[0].target_attributions  # (pos + 1, 1, ...)
+    n_pos = tokens.shape[1]
+    if scores.shape[0] != n_pos + 1:
+        raise ValueError(
+            f"inseq tokenised the prompt into {scores.shape[0] - 1} tokens, the lab into {n_pos}: "
+            "the prompt does not survive a decode/encode round trip."
+        )
+    scores = scores[:n_pos, 0].float()  # drop the target's own position
+    if method == "saliency":
+        return scores.norm(dim=-1)
+    if method == "attention":
+        return scores.flatten(1).mean(dim=-1)
+    return scores.sum(dim=-1) if scores.dim() == 2 else scores.reshape(n_pos)
+
+
+def inseq_method(method: str, **kwargs) -> Method:
+    """:func:`inseq_attribution` as a method for the explorer: ``(lm, tokens, target_id)``."""
+
+    def run(lm: LabModel, tokens: torch.Tensor, target_id: int) -> torch.Tensor:
+        return inseq_attribution(lm, tokens, target_id, method, **kwargs)
+
+    run.__name__ = f"inseq_{method}"
+    return run
+
+
+# ----- the explorer ------------------------------------------------------------------------------
+def default_prompts() -> dict[str, tuple[str, list[str]]]:
+    """The lab's running data: {label: (prompt, candidate targets)} for puns, literals, facts."""
+    from labkit.data import facts, puns
+
+    prompts: dict[str, tuple[str, list[str]]] = {}
+    for item in puns():
+        prompts[f"pun: {item['id']}"] = (item["pun"], [item["target"], item["foil"]])
+        prompts[f"literal: {item['id']}"] = (item["literal"], [item["target"]])
+    for item in facts():
+        prompts[f"fact: {item['id']}"] = (item["prompt"], [item["target"]])
+    return prompts
+
+
+class AttributionExplorer:
+    """Controls (prompt, target, method) above a coloured-token heatmap that follows them.
+
+    ``methods`` maps a name to ``method(lm, tokens, target_id) -> scores (pos,)``; ``prompts``
+    maps a label to ``(prompt, candidate targets)`` (default: :func:`default_prompts`). The
+    target box also offers the model's top predictions and accepts any single-token text.
+    """
+
+    def __init__(
+        self,
+        lm: LabModel,
+        methods: Mapping[str, Method],
+        prompts: Mapping[str, tuple[str, Sequence[str]]] | None = None,
+        show_anchor: bool = False,
+    ) -> None:
+        import ipywidgets as widgets
+
+        if not methods:
+            raise ValueError("Give at least one method, e.g. {'saliency': my_saliency_method}.")
+        self.lm = lm
+        self.methods = dict(methods)
+        self.prompts = dict(prompts or default_prompts())
+        self.show_anchor = show_anchor
+        first = next(iter(self.prompts))
+        self.prompt = widgets.Dropdown(
+            options=list(self.prompts), value=first, description="prompt"
+        )
+        self.target = widgets.Combobox(description="target", ensure_option=False)
+        self.method = widgets.Dropdown(options=list(self.methods), description="method")
+        self.status = widgets.HTML()
+        self.html = widgets.HTML()
+        self._set_targets()
+        self.prompt.observe(self._on_prompt, names="value")
+        self.target.observe(lambda change: self.update(), names="value")
+        self.method.observe(lambda change: self.update(), names="value")
+        self.widget = widgets.VBox(
+            [widgets.HBox([self.prompt, self.target, self.method]), self.status, self.html]
+        )
+        self.update()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _tokens(self) -> torch.Tensor:
+        return self.lm.to_tokens(self.prompts[self.prompt.value][0], prepend_anchor=True)
+
+    def _set_targets(self) -> None:
+        prompt, candidates = self.prompts[self.prompt.value]
+        top = [token for token, _ in self.lm.top_tokens(self._tokens(), k=5)]
+        options = list(dict.fromkeys([*candidates, *top]))
+        self.target.options = options
+        self.target.value = options[0]
+
+    def _on_prompt(self, change) -> None:
+        self._set_targets()  # setting the target's value triggers update()
+
+    def update(self) -> None:
+        """Recompute the selected method's scores and redraw."""
+        from labkit.plot.tokens import token_heatmap
+
+        tokens, target, name = self._tokens(), self.target.value, self.method.value
+        try:
+            target_id = self.lm.token_id(target)
+        except ValueError as err:
+            self._message(str(err))
+            return
+        prob = float(self.lm.next_token_probs(tokens)[target_id])
+        start = time.perf_counter()
+        try:
+            scores = self.methods[name](self.lm, tokens, target_id)
+        except NotImplementedError:
+            self._message(f"'{name}' is not implemented yet: finish its exercise, then pick it.")
+            return
+        except Exception as err:  # the student's method failed: say so, keep the widget alive
+            self._message(f"'{name}' raised {type(err).__name__}: {err}")
+            return
+        seconds = time.perf_counter() - start
+        scores = torch.as_tensor(scores).detach().reshape(-1)
+        labels = self.lm.str_tokens(tokens)
+        if scores.shape[0] != len(labels):
+            self._message(f"'{name}' returned {scores.shape[0]} scores for {len(labels)} tokens.")
+            return
+        if not self.show_anchor:
+            labels, scores = labels[1:], scores[1:]
+        top = labels[int(scores.abs().argmax())]
+        self.status.value = (
+            f"p({html.escape(repr(target))}) = {prob:.3f} &middot; {html.escape(name)} took "
+            f"{seconds:.2f} s &middot; largest |score|: {html.escape(repr(top))}"
+        )
+        self.html.value = token_heatmap(labels, scores).data
+
+    def _message(self, text: str) -> None:
+        self.status.value = f'<span style="color: #b00">{html.escape(text)}</span>'
+        self.html.value = ""

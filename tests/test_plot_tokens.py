@@ -1,0 +1,65 @@
+"""labkit.plot.tokens: coloured text, bars, curves and agreement matrices."""
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from labkit.plot import tokens as plot
+
+TOKENS = ["The", " capital", " of", " France", " is"]
+
+
+def test_heatmap_colours_sign_and_strength() -> None:
+    html = plot.token_heatmap(TOKENS, torch.tensor([1.0, -0.5, 0.0, 2.0, 0.1]), "title").data
+    assert html.count("<span") == len(TOKENS)
+    assert "rgba(214, 39, 40, 1.0)" in html  # the largest positive score: full red
+    assert "rgba(31, 119, 180, 0.25)" in html  # -0.5 of a maximum of 2: light blue
+    assert "&middot;capital" in html and "<b>title</b>" in html
+
+
+def test_heatmap_escapes_tokens_and_handles_all_zero() -> None:
+    html = plot.token_heatmap(["<b>", "\n"], [0.0, 0.0]).data
+    assert "&lt;b&gt;" in html and "<b>" not in html.replace("<b>title", "")
+    assert "nan" not in html
+
+
+def test_unsigned_scores_use_one_colour() -> None:
+    html = plot.token_heatmap(TOKENS, np.array([0.1, 0.2, 0.3, 0.4, 0.5])).data
+    assert "rgba(230, 120, 0" in html and "rgba(214, 39, 40" not in html
+
+
+def test_heatmaps_one_row_per_method() -> None:
+    rows = {"a": torch.rand(5), "b": torch.randn(5)}
+    html = plot.token_heatmaps(TOKENS, rows, "t").data
+    assert html.count("<tr>") == 2 and "<caption>" in html
+
+
+def test_length_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="one score per token"):
+        plot.token_heatmap(TOKENS, torch.zeros(4))
+    with pytest.raises(ValueError, match="'b'"):
+        plot.attribution_bars(TOKENS, {"a": torch.zeros(5), "b": torch.zeros(6)})
+
+
+def test_bars_one_axis_per_method() -> None:
+    fig = plot.attribution_bars(TOKENS, {"a": torch.randn(5), "b": torch.randn(5)}, "t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert max(abs(h) for h in heights) == pytest.approx(1.0)  # normalised per method
+    with pytest.raises(ValueError):
+        plot.attribution_bars(TOKENS, {})
+
+
+def test_curves_draw_a_band_for_samples() -> None:
+    fig = plot.plot_curves(
+        {"method": torch.arange(5.0), "random": torch.rand(10, 5)}, x=[1, 2, 4, 8, 16], logx=True
+    )
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 and len(ax.collections) == 1  # one shaded band
+    assert ax.get_xscale() == "log"
+
+
+def test_agreement_matrix_writes_values() -> None:
+    fig = plot.agreement_matrix(torch.eye(3), ["a", "b", "c"], "t")
+    assert len(fig.axes[0].texts) == 9 and fig.axes[0].texts[0].get_text() == "1.00"
