@@ -60,6 +60,7 @@ def inseq_attribution(
     """inseq's scores (pos,) for predicting ``target_id`` after ``tokens`` (1, pos).
 
     The attributed quantity is the target's logit (inseq's default is its probability).
+    inseq's occlusion reports absolute effects, ``|score(original) - score(occluded)|``.
     Gradient methods are reduced over d_model the way the lab does it: a sum for integrated
     gradients and input x gradient, the L2 norm for saliency; attention is averaged over layers
     and heads. ``baseline_id`` (integrated gradients, occlusion) replaces inseq's default
@@ -71,15 +72,12 @@ def inseq_attribution(
     inseq_model = inseq.load_model(lm.model, method, tokenizer=lm.tokenizer)
     text = lm.tokenizer.decode(tokens[0])
     target = lm.tokenizer.decode([target_id])
+    if method != "attention":  # attention does not depend on the target; inseq says so loudly
+        kwargs.setdefault("attributed_fn", "logit")
     with _inseq_baseline(inseq_model, lm, baseline_id), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = inseq_model.attribute(
-            text,
-            text + target,
-            attributed_fn="logit",
-            show_progress=False,
-            skip_special_tokens=False,
-            **kwargs,
+            text, text + target, show_progress=False, skip_special_tokens=False, **kwargs
         )
     scores = out.sequence_attributions[0].target_attributions  # (pos + 1, 1, ...)
     n_pos = tokens.shape[1]
