@@ -15,6 +15,7 @@ The student notebooks are written with no outputs, no execution counts and no st
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -114,3 +115,42 @@ def build(solutions_dir: Path, labs_dir: Path, check_only: bool = False) -> list
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text, encoding="utf-8")
     return stale
+
+
+def solution_functions(path: Path) -> dict:
+    """The imports, functions, classes and UPPER_CASE constants a solution notebook defines.
+
+    Only those top-level statements run (no model loading, no plots), so tests, benchmarks and
+    the grader can use the reference solution without executing the notebook.
+    """
+    namespace: dict = {"__name__": f"solution:{Path(path).stem}"}
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(_python_source(cell.source))
+        except SyntaxError:
+            continue
+        keep = [node for node in tree.body if _is_definition(node)]
+        if keep:
+            module = ast.Module(body=keep, type_ignores=[])
+            exec(compile(module, f"{path}", "exec"), namespace)  # noqa: S102
+    return namespace
+
+
+def _python_source(source: str) -> str:
+    """Cell source as plain Python: IPython's ``!cmd`` and ``%magic`` lines become calls."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:
+        return source
+    return TransformerManager().transform_cell(source)
+
+
+def _is_definition(node: ast.stmt) -> bool:
+    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
+    return False

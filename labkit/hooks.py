@@ -247,3 +247,59 @@ def _index(pos: torch.Tensor | slice, heads: int | Sequence[int] | None) -> tupl
     if isinstance(pos, slice):
         return (slice(None), pos, head_index)
     return (slice(None), pos[:, None], head_index[None, :])  # every (position, head) pair
+
+
+def span_positions(lm: LabModel, tokens: torch.Tensor, span: str) -> list[int]:
+    """The positions of the tokens that spell ``span`` inside ``tokens`` (1, pos).
+
+    Use it to find a subject to corrupt, e.g. ``span_positions(lm, ids, " France")``. The span
+    must line up with token boundaries; its last occurrence is used.
+    """
+    if not span:
+        raise ValueError("The span is empty: give the words to find, e.g. ' France'.")
+    pieces = lm.str_tokens(tokens)
+    for start in range(len(pieces) - 1, -1, -1):
+        text = ""
+        for end in range(start, len(pieces)):
+            text += pieces[end]
+            if text.strip() == span.strip():
+                return list(range(start, end + 1))
+            if len(text.strip()) >= len(span.strip()):
+                break
+    raise ValueError(
+        f"{span!r} is not a run of whole tokens in {pieces}. Copy the words exactly as they "
+        "appear in the prompt (mind the leading space)."
+    )
+
+
+def _pass_through(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return hidden_states
+
+
+def run_from(lm: LabModel, layer: int, resid: torch.Tensor) -> torch.Tensor:
+    """Finish a forward pass from the residual stream entering block ``layer``.
+
+    ``resid`` (batch, pos, d_model) takes the place of resid_pre[layer]; blocks below ``layer``
+    are skipped (not computed), and ``layer == lm.n_layers`` runs only the final norm and the
+    unembedding. Hooks at later layers (``patch``, ``hooked``) still apply. Returns the logits
+    at the last position, (batch, vocab). Causal tracing uses this to reuse a corrupted run's
+    computation below the layer it restores (lab 02).
+    """
+    if not 0 <= layer <= lm.n_layers:
+        raise IndexError(f"layer {layer} is not in 0..{lm.n_layers} for run_from.")
+    resid = resid.to(lm.device)
+
+    def inject(mod, args, kwargs):
+        if args:
+            return (resid, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": resid}
+
+    target = lm.final_norm if layer == lm.n_layers else lm.blocks[layer]
+    with ExitStack() as stack:
+        handle = target.register_forward_pre_hook(inject, with_kwargs=True)
+        stack.callback(handle.remove)
+        for block in list(lm.blocks)[:layer]:
+            block.forward = _pass_through  # an instance attribute shadows the class's forward
+            stack.callback(delattr, block, "forward")
+        out = lm.model(inputs_embeds=resid, logits_to_keep=1)
+    return out.logits[:, -1]
