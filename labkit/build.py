@@ -93,6 +93,8 @@ def student_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbfor
     metadata = {k: v for k, v in solution.metadata.items() if k in _KEEP_NOTEBOOK_METADATA}
     notebook = nbformat.v4.new_notebook(cells=[banner, *cells], metadata=metadata)
     notebook.nbformat_minor = 4  # no cell ids: stable, diff-friendly files
+    for cell in notebook.cells:  # new_notebook() (format 4.5) may have added random ids
+        cell.pop("id", None)
     return notebook
 
 
