@@ -51,9 +51,9 @@ def test_stubs_are_not_attempted() -> None:
 
 # ----- 2.1 collect_activations ---------------------------------------------------------------
 def collect_nnsight(lm, tokens, site="resid_post"):
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
-    model = LanguageModel(lm.model, tokenizer=lm.tokenizer)
+    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
     saved = []
     with torch.no_grad(), model.trace(tokens):
         for layer in range(lm.n_layers):
@@ -121,9 +121,9 @@ def patch_with_labkit_patch(lm, tokens, layer, position, vector):
 
 
 def patch_with_nnsight(lm, tokens, layer, position, vector):
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
-    model = LanguageModel(lm.model, tokenizer=lm.tokenizer)
+    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
     with torch.no_grad(), model.trace(tokens):
         model.model.layers[layer].output[:, position, :] = vector
         logits = model.lm_head.output.save()
@@ -311,9 +311,9 @@ def grid_batched_by_layer(lm, tokens, corrupted_embeds, target_id, site="resid",
 
 def grid_nnsight(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
     """Per cell with nnsight: clean values saved in one trace, restored in another."""
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
-    model = LanguageModel(lm.model, tokenizer=lm.tokenizer)
+    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
 
     def envoy(layer):
         block = model.model.layers[layer]

@@ -60,3 +60,8 @@ def test_all_names_are_exported() -> None:
 
     for name in grids.__all__:
         assert hasattr(labkit.plot, name)
+
+
+def test_figures_show_as_png_in_notebooks() -> None:
+    fig = plot_restoration_grid(torch.rand(3, 2), ["a", "b"])
+    assert fig._repr_png_()[:4] == b"\x89PNG"

@@ -37,7 +37,18 @@ _SUBJECT = [2, 3, 4]  # the tokens of "cat" (after "<anchor>The ")
 
 
 def _tiny(family: str = "llama") -> LabModel:
-    return tiny_model(family, seed=1)
+    """A tiny random model with its weight matrices scaled up 25x.
+
+    At their initial scale, tiny models predict an almost uniform distribution that hardly
+    depends on the input, so patching would move probabilities by 1e-7. Scaled up, they make
+    confident, input-dependent predictions, and a wrong restoration shows.
+    """
+    lm = tiny_model(family, seed=1)
+    with torch.no_grad():
+        for param in lm.model.parameters():
+            if param.dim() == 2:
+                param.mul_(25.0)
+    return lm
 
 
 def _ids(lm: LabModel, text: str) -> torch.Tensor:
@@ -237,11 +248,12 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
     lm = _tiny("llama")
     tokens = _ids(lm, _PROMPT)
     n_pos, n_layers = tokens.shape[1], lm.n_layers
-    target_id = lm.tokenizer(" m")["input_ids"][0]
     clean_embeds = lm.embed(tokens).detach()  # (1, pos, d_model)
+    target_id = int(_probs(lm, input_ids=tokens)[0].argmax())
     generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, len(_SUBJECT), lm.d_model, generator=generator)
     corrupted = clean_embeds.repeat(3, 1, 1)
-    corrupted[:, _SUBJECT] += 3 * torch.randn(3, len(_SUBJECT), lm.d_model, generator=generator)
+    corrupted[:, _SUBJECT] += 3 * lm.embed.weight.std() * noise
     backup = corrupted.clone()
     clean_p = _probs(lm, input_ids=tokens)[0, target_id].item()
     corrupted_p = _probs(lm, inputs_embeds=corrupted)[:, target_id].mean().item()
@@ -275,7 +287,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             hint="Restore exactly one position per cell, the column's position, and average "
             "p(target) over the noise samples. Restoring a whole layer is not a cell.",
         )
-        for layer, position in [(0, _SUBJECT[-1]), (1, _SUBJECT[0]), (n_layers - 1, n_pos - 1)]:
+        for layer, position in [(0, 4), (1, 2), (1, 4), (2, 6), (n_layers - 1, n_pos - 1)]:
             expected = _one_cell(lm, tokens, corrupted, target_id, site, window, layer, position)
             t.close(
                 grid[layer, position],
