@@ -91,10 +91,11 @@ def student_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbfor
     )
     banner.pop("id", None)
     metadata = {k: v for k, v in solution.metadata.items() if k in _KEEP_NOTEBOOK_METADATA}
-    notebook = nbformat.v4.new_notebook(cells=[banner, *cells], metadata=metadata)
+    if "language_info" in metadata:  # the executing Python's version would make builds differ
+        metadata["language_info"] = {"name": metadata["language_info"].get("name", "python")}
+    notebook = nbformat.v4.new_notebook(metadata=metadata)
     notebook.nbformat_minor = 4  # no cell ids: stable, diff-friendly files
-    for cell in notebook.cells:  # new_notebook() (format 4.5) may have added random ids
-        cell.pop("id", None)
+    notebook.cells = [banner, *cells]
     return notebook
 
 

@@ -63,3 +63,14 @@ def test_curves_draw_a_band_for_samples() -> None:
 def test_agreement_matrix_writes_values() -> None:
     fig = plot.agreement_matrix(torch.eye(3), ["a", "b", "c"], "t")
     assert len(fig.axes[0].texts) == 9 and fig.axes[0].texts[0].get_text() == "1.00"
+
+
+def test_figures_show_as_png_in_notebooks() -> None:
+    """Jupyter shows a returned figure through _repr_png_, not as '<Figure size ...>' text."""
+    figures = [
+        plot.attribution_bars(TOKENS, {"a": torch.randn(5)}),
+        plot.plot_curves({"method": torch.arange(5.0)}),
+        plot.agreement_matrix(torch.eye(2), ["a", "b"]),
+    ]
+    for fig in figures:
+        assert fig._repr_png_()[:4] == b"\x89PNG"

@@ -12,26 +12,18 @@ that ends with one shows it once, and nothing piles up in memory.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from labkit.plot.figure import LabFigure
+
 __all__ = ["SITE_COLOURS", "plot_indirect_effects", "plot_layer_curves", "plot_restoration_grid"]
 
 SITE_COLOURS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 _SITE_NAMES = {"resid": "residual stream", "mlp": "MLP output", "attn": "attention output"}
-
-
-class _Figure(Figure):
-    """A figure that notebooks show as a PNG, with or without ``%matplotlib inline``."""
-
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
 
 
 def _as_grid(grid: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -75,7 +67,7 @@ def plot_restoration_grid(
             f"The grid has {n_pos} positions but {len(tokens)} tokens were given: pass the "
             "tokens of the same prompt (with the anchor token if the grid has it)."
         )
-    fig = _Figure(figsize=(min(3 + 0.22 * n_layers, 10), 0.9 + 0.32 * n_pos))
+    fig = LabFigure(figsize=(min(3 + 0.22 * n_layers, 10), 0.9 + 0.32 * n_pos))
     ax = fig.add_subplot()
     low = values.min() if corrupted_prob is None else min(corrupted_prob, values.min())
     image = ax.pcolormesh(
@@ -112,7 +104,7 @@ def plot_indirect_effects(
     n_layers, n_roles = values.shape
     if len(roles) != n_roles:
         raise ValueError(f"{n_roles} columns of effects but {len(roles)} role names.")
-    fig = _Figure(figsize=(min(3 + 0.22 * n_layers, 10), 0.9 + 0.4 * n_roles))
+    fig = LabFigure(figsize=(min(3 + 0.22 * n_layers, 10), 0.9 + 0.4 * n_roles))
     ax = fig.add_subplot()
     image = ax.pcolormesh(values.T, cmap=SITE_COLOURS.get(site, "Purples"))
     ax.invert_yaxis()
@@ -136,7 +128,7 @@ def plot_layer_curves(
     title: str = "",
 ) -> Figure:
     """One line per named curve over layers, with dashed horizontal baselines."""
-    fig = _Figure(figsize=(7, 3.2))
+    fig = LabFigure(figsize=(7, 3.2))
     ax = fig.add_subplot()
     for name, values in curves.items():
         if isinstance(values, torch.Tensor):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from labkit.plot.figure import LabFigure
+
 __all__ = [
     "agreement_matrix",
     "attribution_bars",
@@ -108,7 +110,7 @@ def attribution_bars(
     """
     if not rows:
         raise ValueError("Give at least one method's scores, e.g. {'saliency': scores}.")
-    fig = Figure(figsize=(max(6.0, 0.55 * len(tokens)), 1.6 * len(rows) + 0.8))
+    fig = LabFigure(figsize=(max(6.0, 0.55 * len(tokens)), 1.6 * len(rows) + 0.8))
     axes = fig.subplots(len(rows), 1, sharex=True, squeeze=False)[:, 0]
     x = np.arange(len(tokens))
     for ax, (name, scores) in zip(axes, rows.items(), strict=True):
@@ -138,7 +140,7 @@ def plot_curves(
 ) -> Figure:
     """Line plots on one axis. A 2-D entry (samples, points) is drawn as its mean with a band
     of one standard deviation: use it for the random-order baseline."""
-    fig = Figure(figsize=(6.4, 3.8))
+    fig = LabFigure(figsize=(6.4, 3.8))
     ax = fig.subplots()
     for name, values in curves.items():
         data = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
@@ -165,7 +167,7 @@ def plot_curves(
 def agreement_matrix(matrix: Scores, names: Sequence[str], title: str | None = None) -> Figure:
     """A square matrix of rank correlations between methods, with the values written in."""
     values = _as_array(matrix).reshape(len(names), len(names))
-    fig = Figure(figsize=(1.0 * len(names) + 2, 0.8 * len(names) + 1.5))
+    fig = LabFigure(figsize=(1.0 * len(names) + 2, 0.8 * len(names) + 1.5))
     ax = fig.subplots()
     image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
