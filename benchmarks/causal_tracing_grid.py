@@ -8,8 +8,13 @@ run), and the largest difference between the two grids. The lab's grid is timed 
 of three runs (it takes seconds, so a busy moment on a shared machine would swamp one run); the
 loop, which takes minutes, runs once.
 
-The lab's implementation is read from solutions/02_causal_tracing.ipynb, so this measures the
-code students see. Run:  HF_HUB_OFFLINE=1 python benchmarks/causal_tracing_grid.py
+The lab's implementation batches many cells per forward pass, starts each pass at the lowest
+restored layer (the corrupted run below it is reused) and computes only the positions from the
+restored one on (the corrupted run's keys and values before it are reused). It is read from
+solutions/02_causal_tracing.ipynb, so this measures the code students see.
+
+Measured on 2 CPU cores (2026-11-23): resid 10.7x, MLP 7.7x, attention 9.5x, max difference
+4.2e-09. Run:  HF_HUB_OFFLINE=1 python benchmarks/causal_tracing_grid.py
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
+from transformers import Cache, DynamicCache
 
 from labkit.models import LabModel
 
@@ -276,7 +277,40 @@ def _pass_through(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return hidden_states
 
 
-def run_from(lm: LabModel, layer: int, resid: torch.Tensor) -> torch.Tensor:
+def key_value_prefix(cache: Cache, length: int, repeat: int = 1) -> DynamicCache | None:
+    """The keys and values of a run's first ``length`` positions, for every layer.
+
+    ``cache`` is the ``past_key_values`` of a forward pass with ``use_cache=True``; each batch
+    row is repeated ``repeat`` times (new row ``i`` is old row ``i % batch``). Pass the result
+    to :func:`run_from` as ``past`` to compute only the later positions: with causal attention,
+    positions before ``length`` never see what happens after them, so their keys and values
+    can be reused. Returns None for ``length == 0`` (nothing to reuse).
+    """
+    if length == 0:
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(layers[0], "keys", None) is None:
+        raise TypeError(
+            "key_value_prefix needs the past_key_values of a forward pass run with use_cache=True."
+        )
+    if length > layers[0].keys.shape[-2]:
+        raise ValueError(f"The cache holds {layers[0].keys.shape[-2]} positions, not {length}.")
+    return DynamicCache(
+        ddp_cache_data=[
+            (
+                layer.keys[:, :, :length].repeat(
+                    repeat, 1, 1, 1
+                ),  # (batch*repeat, kv_heads, length, d_head)
+                layer.values[:, :, :length].repeat(repeat, 1, 1, 1),
+            )
+            for layer in layers
+        ]
+    )
+
+
+def run_from(
+    lm: LabModel, layer: int, resid: torch.Tensor, past: Cache | None = None
+) -> torch.Tensor:
     """Finish a forward pass from the residual stream entering block ``layer``.
 
     ``resid`` (batch, pos, d_model) takes the place of resid_pre[layer]; blocks below ``layer``
@@ -284,6 +318,9 @@ def run_from(lm: LabModel, layer: int, resid: torch.Tensor) -> torch.Tensor:
     unembedding. Hooks at later layers (``patch``, ``hooked``) still apply. Returns the logits
     at the last position, (batch, vocab). Causal tracing uses this to reuse a corrupted run's
     computation below the layer it restores (lab 02).
+
+    With ``past`` (from :func:`key_value_prefix`), ``resid`` holds only the positions after
+    the cached ones, and position indices inside hooks count from the first of them.
     """
     if not 0 <= layer <= lm.n_layers:
         raise IndexError(f"layer {layer} is not in 0..{lm.n_layers} for run_from.")
@@ -301,5 +338,11 @@ def run_from(lm: LabModel, layer: int, resid: torch.Tensor) -> torch.Tensor:
         for block in list(lm.blocks)[:layer]:
             block.forward = _pass_through  # an instance attribute shadows the class's forward
             stack.callback(delattr, block, "forward")
-        out = lm.model(inputs_embeds=resid, logits_to_keep=1)
-    return out.logits[:, -1]
+        out = lm.model.base_model(
+            inputs_embeds=resid, past_key_values=past, use_cache=past is not None
+        )
+    final = out.last_hidden_state  # (batch, pos, d_model), after the final norm
+    # Unembed only the last position, as a contiguous (batch, d_model) matrix: a strided
+    # (batch, 1, d_model) slice (what logits_to_keep=1 gives) makes torch copy the whole
+    # unembedding matrix once per row, which cost more than the transformer blocks here.
+    return lm.unembed(final[:, -1].contiguous())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import labkit
-from labkit.hooks import SITES, capture, hooked, patch
+from labkit.hooks import SITES, capture, hooked, key_value_prefix, patch, run_from
 
 CLEAN, OTHER = "hello world", "jello wOrld"  # same length: one byte, one token
 
@@ -162,6 +162,41 @@ def test_clear_errors(tiny: labkit.LabModel) -> None:
             run(tiny, CLEAN)
     with pytest.raises(KeyError, match="was not captured"):
         short["mlp_out", 0]
+
+
+def test_run_from_any_layer_finishes_the_forward_pass(tiny: labkit.LabModel) -> None:
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True)
+    with capture(tiny, ("resid_pre", "resid_post")) as cache:
+        full = tiny.model(input_ids=tokens).logits[:, -1]
+    for layer in range(tiny.n_layers):
+        resumed = run_from(tiny, layer, cache["resid_pre", layer])
+        torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-4)
+    last = run_from(tiny, tiny.n_layers, cache["resid_post", tiny.n_layers - 1])
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-4)
+    assert n_hooks(tiny) == 0
+    with pytest.raises(IndexError, match="run_from"):
+        run_from(tiny, tiny.n_layers + 1, cache["resid_pre", 0])
+
+
+def test_run_from_reuses_earlier_positions_keys_and_values(tiny: labkit.LabModel) -> None:
+    """Positions before p never see later ones: with their keys and values cached, running
+    positions p.. from any layer gives the full run's last logits, also with rows repeated."""
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True).repeat(2, 1)  # (2, pos)
+    tokens[1, -1] = tokens[0, 3]  # two different rows
+    with capture(tiny, "resid_pre") as cache:
+        run = tiny.model(input_ids=tokens, use_cache=True)
+    full = run.logits[:, -1]  # (2, vocab)
+    for p in (0, 1, 4, tokens.shape[1] - 1):
+        for layer in (0, tiny.n_layers - 1):
+            past = key_value_prefix(run.past_key_values, p, repeat=3)
+            suffix = cache["resid_pre", layer][:, p:].repeat(3, 1, 1)  # (6, pos - p, d_model)
+            resumed = run_from(tiny, layer, suffix, past=past)
+            torch.testing.assert_close(resumed, full.repeat(3, 1), atol=1e-5, rtol=1e-4)
+    assert key_value_prefix(run.past_key_values, 0) is None
+    with pytest.raises(ValueError, match="holds"):
+        key_value_prefix(run.past_key_values, 99)
+    with pytest.raises(TypeError, match="use_cache=True"):
+        key_value_prefix(None, 2)
 
 
 @pytest.mark.default_model
