@@ -45,7 +45,7 @@ def test_shape_dtype_type_and_nan_are_reported() -> None:
 
 def test_student_exception_is_one_line_not_a_traceback() -> None:
     def buggy(x):
-        return x @ x.T.unsqueeze(0)
+        return x @ torch.ones(3, 4)  # (4,) @ (3, 4): a shape error
 
     message = check_double(buggy, quiet=True).messages[0]
     assert message.startswith("Your function raised RuntimeError") and "in buggy" in message

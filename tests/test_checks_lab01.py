@@ -514,7 +514,7 @@ CASES: dict[str, tuple[Callable, dict[str, Callable], dict[str, Callable]]] = {
                 for p in m.parameters()
             ],
             "global random state": lambda m, seed=0: [
-                p.data.normal_(float(p.mean()), float(p.std())) for p in m.parameters()
+                p.data.normal_(p.data.mean().item(), p.data.std().item()) for p in m.parameters()
             ],
             "not in place": lambda m, seed=0: _randomize_copy(m, seed),
             "weights only, biases kept": lambda m, seed=0: [
