@@ -295,17 +295,15 @@ def key_value_prefix(cache: Cache, length: int, repeat: int = 1) -> DynamicCache
         )
     if length > layers[0].keys.shape[-2]:
         raise ValueError(f"The cache holds {layers[0].keys.shape[-2]} positions, not {length}.")
-    return DynamicCache(
-        ddp_cache_data=[
-            (
-                layer.keys[:, :, :length].repeat(
-                    repeat, 1, 1, 1
-                ),  # (batch*repeat, kv_heads, length, d_head)
-                layer.values[:, :, :length].repeat(repeat, 1, 1, 1),
-            )
-            for layer in layers
-        ]
-    )
+    # Each kept tensor: (batch * repeat, kv_heads, length, d_head).
+    kept = [
+        (
+            layer.keys[:, :, :length].repeat(repeat, 1, 1, 1),
+            layer.values[:, :, :length].repeat(repeat, 1, 1, 1),
+        )
+        for layer in layers
+    ]
+    return DynamicCache(ddp_cache_data=kept)
 
 
 def run_from(
