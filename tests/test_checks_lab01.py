@@ -519,7 +519,9 @@ CASES: dict[str, tuple[Callable, dict[str, Callable], dict[str, Callable]]] = {
             "not in place": lambda m, seed=0: _randomize_copy(m, seed),
             "weights only, biases kept": lambda m, seed=0: [
                 p.data.normal_(
-                    float(p.mean()), float(p.std()), generator=torch.Generator().manual_seed(seed)
+                    p.data.mean().item(),
+                    p.data.std().item(),
+                    generator=torch.Generator().manual_seed(seed),
                 )
                 for n, p in m.named_parameters()
                 if n.endswith("weight")
