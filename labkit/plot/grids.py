@@ -6,8 +6,8 @@ paper (Meng et al., 2022): one row per token with the corrupted subject tokens s
 column per layer, purple for the residual stream, green for MLP outputs and red for attention
 outputs, and a colour scale that starts at the corrupted run's probability.
 
-Figures are ``matplotlib.figure.Figure`` objects that are not registered with pyplot: a cell
-that ends with one shows it once, and nothing piles up in memory.
+Figures are :class:`labkit.plot.figure.LabFigure` objects: a cell that ends with one shows it
+once, as a PNG.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ up, blue means it pushes it down, and the colour's strength is the score relativ
 largest ``|score|`` in the same row, so each row (method) uses its own scale. Scores that are
 never negative (saliency, attention) are drawn in one colour.
 
-Figures are ``matplotlib.figure.Figure`` objects that are not registered with pyplot: a cell
-that ends with one shows it once, and nothing piles up in memory.
+Figures are :class:`labkit.plot.figure.LabFigure` objects: a cell that ends with one shows it
+once, as a PNG.
 """
 
 from __future__ import annotations
