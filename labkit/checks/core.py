@@ -1,102 +1,234 @@
-"""The machinery behind every lab's checks: results, friendly failures, "not attempted".
+"""The machinery behind every lab's checks: the :class:`Checker`, the :func:`check` decorator,
+and the helpers for cells that use exercises.
 
 A check is a function decorated with :func:`check`. It receives the student's function and a
-:class:`Checker`; it calls the student's code through ``t.call`` and compares with ``t.close``,
-``t.true`` and friends. The decorator turns what happened into a :class:`CheckResult`:
+:class:`Checker` ``t``; it calls the student's code only through ``t.call`` and compares with
+``t.close``, ``t.true`` and friends. The decorator turns what happened into a
+:class:`~labkit.checks.results.CheckResult`:
 
-* everything held        -> passed, one line printed, full score;
+* everything held         -> passed, one line shown, full score;
 * ``NotImplementedError`` -> "not attempted", the notebook runs on;
-* a failed comparison     -> what was tested, expected vs got, and a hint;
-* the student's code raised something else -> the error, in one line, and a hint.
+* a failed comparison      -> what was tested, expected vs got, and a hint that names the
+  mistake when the answer matches a known one;
+* the student's code raised, ran too long, changed its inputs, left hooks on a model, or
+  switched gradients off for good -> what happened, in one line, and what to do.
+
+A check never raises: whatever happens comes back as a ``CheckResult``.
+
+**Parts.** A check is split into independent parts (``with t.part("name"): ...``), each worth
+some points, so a half-right function gets partial credit and every part's outcome is known.
+Build each part's problem and expected answer *before* calling the student's code.
+
+**Variants.** In a notebook every check uses fixed problems (``t.variant == 0``). The
+instructor's grader runs the same checks on hidden variants: other seeds, shapes and model
+families, picked with ``t.seed(...)`` and ``t.choice(...)``.
+
+**Where the student's code runs** is up to a runner (``labkit.checks.transport``): here in a
+notebook; in a sandboxed process, recorded, and replayed into the grader's own process when
+grading.
 
 Checks compare *behaviour* (seeded inputs with tolerances, invariants of the method), never
-source code, and never print a reference implementation.
+source code, and never show a reference implementation.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import random
+import sys
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-GREEN, RED, YELLOW, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[0m"
+from labkit.checks.guards import (
+    WatchedModel,
+    clone_inputs,
+    describe,
+    global_hook_count,
+    input_changes,
+    is_library,
+    student_frame,
+    time_limit,
+)
+from labkit.checks.results import (
+    CheckFailed,
+    CheckResult,
+    NotAttempted,
+    PartResult,
+    StopChecking,
+    TimedOut,
+)
+from labkit.checks.transport import LiveRunner, Recorder, Replayer
+
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "Checker",
+    "NotAttempted",
+    "PartResult",
+    "Recorder",
+    "Replayer",
+    "Results",
+    "check",
+    "run_check",
+    "skip_if_unattempted",
+]
+
+DEFAULT_TIMEOUT = 10.0  # seconds per call of the student's function
 
 
-@dataclass
-class CheckResult:
-    """What one check found. The instructor's grader reuses these fields."""
-
-    name: str
-    passed: bool
-    score: float
-    max_score: float
-    messages: list[str] = field(default_factory=list)
-    attempted: bool = True
-
-    @property
-    def status(self) -> str:
-        if not self.attempted:
-            return "not attempted"
-        return "passed" if self.passed else "failed"
-
-    def __repr__(self) -> str:
-        return f"<CheckResult {self.name}: {self.status}, {self.score:g}/{self.max_score:g}>"
-
-    def report(self) -> str:
-        """The text shown in the notebook."""
-        if not self.attempted:
-            return f"{YELLOW}[not attempted]{RESET} {self.name}: " + " ".join(self.messages)
-        if self.passed:
-            return f"{GREEN}[passed]{RESET} {self.name} ({self.score:g}/{self.max_score:g})"
-        body = "\n".join("    " + line for m in self.messages for line in m.splitlines())
-        return f"{RED}[failed]{RESET} {self.name} ({self.score:g}/{self.max_score:g})\n{body}"
-
-
-class CheckFailed(AssertionError):
-    """Raised by a comparison that did not hold; its message is shown to the student."""
-
-
-class NotAttempted(Exception):
-    """The student's function still raises NotImplementedError."""
-
-
-def _student_frame(err: BaseException) -> str:
-    """Where in the student's code the error came from: 'line N in fn_name'."""
-    frames = traceback.extract_tb(err.__traceback__)
-    notebook = [f for f in frames if "labkit" not in f.filename and "torch" not in f.filename]
-    frame = (notebook or frames)[-1]
-    return f"line {frame.lineno} in {frame.name}"
-
-
+# ----- the checker -------------------------------------------------------------------------------
 class Checker:
-    """Comparisons with feedback a student can act on. Each one raises :class:`CheckFailed`."""
+    """Calls the student's code and compares; each comparison raises :class:`CheckFailed`.
 
-    def __init__(self, name: str) -> None:
+    ``variant`` 0 is the notebook's fixed problems; the grader passes hidden variants.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        variant: int = 0,
+        runner: LiveRunner | Replayer | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
         self.name = name
+        self.variant = variant
+        self.runner = runner or LiveRunner()
+        self.timeout = timeout
+        self.parts: list[PartResult] = []
+        self._part_index = 0  # 0: outside any part
+        self._call_index = 0
+        self._stopped: str | None = None  # why the remaining parts are not run
+        self._watched: list[WatchedModel] = []
+        self._rng = random.Random(variant)
+        self.slowest_call = 0.0
+
+    # -- hidden variants ----------------------------------------------------------------------
+    def seed(self, offset: int = 0) -> int:
+        """A seed for a test problem: ``offset`` in the notebook, a hidden one when grading."""
+        if self.variant == 0:
+            return offset
+        return (self.variant * 1_000_003 + offset * 7_919) % (2**31 - 1)
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        """The first option in the notebook; a hidden pick when grading."""
+        return options[0] if self.variant == 0 else self._rng.choice(list(options))
+
+    # -- parts --------------------------------------------------------------------------------
+    @contextmanager
+    def part(self, name: str, points: float = 1.0) -> Iterator[None]:
+        """An independent part of the check: a failure inside it costs only its points."""
+        self._part_index += 1
+        self._call_index = 0
+        result = PartResult(name, points, None)
+        self.parts.append(result)
+        skipped = self._stopped  # after a timeout, the part stops at its first call
+        try:
+            yield
+        except StopChecking as err:
+            result.passed = None if skipped else False
+            result.message = skipped or str(err)
+            self._stopped = self._stopped or "Not run: an earlier call took too long."
+        except CheckFailed as err:
+            result.passed, result.message = False, str(err)
+        else:
+            result.passed = True
+
+    def _call_key(self) -> str:
+        return f"{self._part_index}/{self._call_index}"
+
+    # -- calling the student's code -----------------------------------------------------------
+    def watch(self, module: Any, name: str = "the model") -> Any:
+        """Verify after every call that ``module`` (a LabModel or nn.Module) kept its weights,
+        hooks and frozen parameters; repair it and fail if not. Returns ``module``."""
+        net = getattr(module, "model", module)
+        if isinstance(net, torch.nn.Module) and not any(w.module is net for w in self._watched):
+            self._watched.append(WatchedModel(net, name))
+        return module
 
     def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Call the student's function; turn its errors into feedback instead of a traceback."""
+        """Call the student's function (or one it returned) with copies of the inputs.
+
+        Fails if it raises, takes longer than the time limit, changes its inputs or a watched
+        model, or leaves gradients switched off. Returns what it returned.
+        """
+        if self._stopped:
+            raise StopChecking(self._stopped)
+        self._call_index += 1
+        return self.runner.call(self, fn, args, kwargs)
+
+    def _call_here(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if not callable(fn):
+            raise CheckFailed(f"Expected a function here, got {describe(fn)}.")
+        given = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
+        originals = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
+        grad_mode = torch.is_grad_enabled()
+        global_hooks = global_hook_count()
+        started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            with time_limit(self.timeout):
+                value = fn(*given[0], **given[1])
+        except TimedOut:
+            message = (
+                f"Your function was stopped after {self.timeout:g} s; a correct one takes well "
+                "under a second here. Look for a loop that never ends (or a far too slow one)."
+            )
+            self._stopped = "Not run: an earlier call took too long."
+            raise StopChecking(message) from None
         except NotImplementedError as err:
             raise NotAttempted(str(err)) from None
-        except CheckFailed:
+        except (CheckFailed, NotAttempted):
             raise
-        except Exception as err:  # the student's bug, reported in one line
+        except RecursionError as err:
             raise CheckFailed(
-                f"Your function raised {type(err).__name__}: {err} ({_student_frame(err)}).\n"
+                f"Your function raised RecursionError ({student_frame(err)}): does a function "
+                "call itself by mistake?"
+            ) from None
+        except (Exception, KeyboardInterrupt, SystemExit) as err:  # the student's bug, in a line
+            detail = f": {err}" if str(err) else ""
+            raise CheckFailed(
+                f"Your function raised {type(err).__name__}{detail} ({student_frame(err)}).\n"
                 "Hint: run it on its own in a cell to see the full traceback."
             ) from None
+        finally:
+            self.slowest_call = max(self.slowest_call, time.perf_counter() - started)
+            left_off = not torch.is_grad_enabled() and grad_mode
+            torch.set_grad_enabled(grad_mode)
+        problems = []
+        if left_off:
+            problems.append(
+                "it switched gradients off for everything that runs after it "
+                "(torch.set_grad_enabled(False) or no_grad().__enter__() without an exit). Use "
+                "`with torch.no_grad():` around the lines that need it"
+            )
+        problems += input_changes(given, originals)
+        for watched in self._watched:
+            problems += watched.problems()
+        if global_hook_count() != global_hooks:
+            problems.append(
+                "it left a global module hook registered (torch.nn.modules.module."
+                "register_module_forward_hook); remove it before returning"
+            )
+        if problems:
+            raise CheckFailed(
+                "Your function returned, but " + "; and ".join(problems) + ".\nLater cells "
+                "would see the damage, so this counts as a failure."
+            )
+        return value
 
+    # -- comparisons --------------------------------------------------------------------------
     def true(self, condition: bool, what: str, hint: str = "") -> None:
         if not condition:
             raise CheckFailed(f"Tested: {what}." + (f"\nHint: {hint}" if hint else ""))
+
+    def fail(self, what: str, detail: str, hint: str = "") -> None:
+        raise CheckFailed(f"Tested: {what}.\n{detail}" + (f"\nHint: {hint}" if hint else ""))
 
     def tensor(
         self,
@@ -105,25 +237,42 @@ class Checker:
         shape: tuple[int, ...] | None = None,
         hint: str = "",
     ) -> torch.Tensor:
-        """``got`` must be a finite float tensor (of ``shape``, if given); returns it detached."""
-        if not isinstance(got, torch.Tensor):
+        """``got`` must be a finite real tensor (of ``shape``, if given); returns it detached,
+        on the CPU. Numpy arrays are accepted and converted."""
+        tail = f"\nHint: {hint}" if hint else ""
+        got = _from_numpy(got)
+        if type(got) is not torch.Tensor:
+            extra = ""
+            if isinstance(got, torch.Tensor):
+                extra = " Return a plain torch.Tensor, not a subclass."
+            elif isinstance(got, (int, float)):
+                extra = " Return a tensor, e.g. torch.tensor(value)."
             raise CheckFailed(
-                f"Tested: {what}.\nExpected a torch.Tensor, got {type(got).__name__}."
-                + (f"\nHint: {hint}" if hint else "")
+                f"Tested: {what}.\nExpected a torch.Tensor, got {describe(got)}.{extra}{tail}"
+            )
+        if got.is_meta or got.layout != torch.strided:
+            raise CheckFailed(
+                f"Tested: {what}.\nExpected a tensor with values, got {describe(got)} "
+                f"({'meta device' if got.is_meta else got.layout}).{tail}"
             )
         if shape is not None and tuple(got.shape) != tuple(shape):
             raise CheckFailed(
-                f"Tested: {what}.\nExpected shape {tuple(shape)}, got {tuple(got.shape)}."
-                + (f"\nHint: {hint}" if hint else "")
+                f"Tested: {what}.\nExpected shape {tuple(shape)}, got {tuple(got.shape)}.{tail}"
             )
-        if not got.is_floating_point():
-            raise CheckFailed(f"Tested: {what}.\nExpected a float tensor, got dtype {got.dtype}.")
-        if not torch.isfinite(got).all():
+        if got.is_complex() or not got.is_floating_point():
             raise CheckFailed(
-                f"Tested: {what}.\nYour result contains NaN or inf."
-                + (f"\nHint: {hint}" if hint else "")
+                f"Tested: {what}.\nExpected a real float tensor, got dtype {got.dtype}."
+                + (" Convert with .float()." if not got.is_complex() else "")
             )
-        return got.detach().cpu()
+        if got.dtype in (torch.float16, torch.bfloat16):
+            raise CheckFailed(
+                f"Tested: {what}.\nYour result has dtype {got.dtype}, which is too coarse to "
+                "compare (about 3 significant digits). Compute in float32 (the model's dtype)."
+            )
+        got = got.detach().cpu()
+        if not torch.isfinite(got).all():
+            raise CheckFailed(f"Tested: {what}.\nYour result contains NaN or inf.{tail}")
+        return got
 
     def close(
         self,
@@ -133,88 +282,246 @@ class Checker:
         *,
         atol: float = 1e-4,
         rtol: float = 1e-3,
+        scale: float | None = None,
         hint: str = "",
-    ) -> None:
-        """``got`` matches ``expected`` within ``atol + rtol * |expected|``, element-wise."""
-        expected_t = torch.as_tensor(expected, dtype=torch.float32).detach().cpu()
+        mistakes: Sequence[tuple[Any, str]] = (),
+    ) -> torch.Tensor:
+        """``got`` matches ``expected`` within ``atol + rtol * |expected|``, element-wise.
+
+        ``scale`` multiplies ``atol`` (pass the typical size of the values, so that the
+        tolerance follows their magnitude). ``mistakes`` lists ``(wrong answer, hint)`` pairs:
+        when ``got`` matches a wrong answer, its hint names the mistake; ``hint`` is shown when
+        no listed mistake matches. Returns ``got`` as a tensor.
+        """
+        expected_t = torch.as_tensor(expected).detach().cpu().double()
         if isinstance(got, (int, float)) and not isinstance(got, bool):
             got = torch.tensor(float(got))
-        got_t = self.tensor(got, what, shape=tuple(expected_t.shape), hint=hint).float()
+        got = _from_numpy(got)
+        if isinstance(got, torch.Tensor) and type(got) is torch.Tensor and got.dim() == 0:
+            got = got.reshape(expected_t.shape) if expected_t.numel() == 1 else got
+        got_t = self.tensor(got, what, shape=tuple(expected_t.shape), hint=hint).double()
+        atol = atol * (scale if scale is not None else 1.0)
         ok = torch.isclose(got_t, expected_t, atol=atol, rtol=rtol)
         if ok.all():
-            return
-        bad = (~ok).nonzero()[0].tolist()
-        where = f" at index {tuple(bad)}" if bad else ""
+            return got_t
+        bad = tuple((~ok).nonzero()[0].tolist())
+        where = f" at index {bad}" if bad else ""
         n_bad = int((~ok).sum())
+        named = _matching_mistake(got_t, mistakes, atol, rtol)
+        tail = f"\nHint: {named}" if named else (f"\nHint: {hint}" if hint else "")
         raise CheckFailed(
             f"Tested: {what}.\n"
-            f"First mismatch{where}: expected {expected_t[tuple(bad)].item():.6g}, "
-            f"got {got_t[tuple(bad)].item():.6g} ({n_bad} of {ok.numel()} entries differ; "
-            f"tolerance atol={atol:g}, rtol={rtol:g})." + (f"\nHint: {hint}" if hint else "")
+            f"First mismatch{where}: expected {_num(expected_t[bad])}, got {_num(got_t[bad])} "
+            f"({n_bad} of {ok.numel()} entries differ; tolerance {atol:.2g} + {rtol:.2g} x "
+            f"|expected|).{tail}"
         )
 
     def scalar(self, got: Any, what: str) -> float:
-        """``got`` must be a real number (a Python float or a one-element tensor)."""
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
+        """``got`` must be a real number (a Python or numpy number, or a one-element tensor)."""
+        got = _from_numpy(got)
+        if type(got) is torch.Tensor and got.numel() == 1 and not got.is_meta:
+            if got.is_complex():
+                raise CheckFailed(f"Tested: {what}.\nExpected a real number, got a complex one.")
             got = got.item()
-        if not isinstance(got, (int, float)) or isinstance(got, bool) or not math.isfinite(got):
-            raise CheckFailed(f"Tested: {what}.\nExpected a finite number, got {got!r}.")
+        if type(got) not in (int, float) or not math.isfinite(got):
+            shown = describe(got) if not isinstance(got, (int, float)) else repr(got)
+            raise CheckFailed(f"Tested: {what}.\nExpected a finite number, got {shown}.")
         return float(got)
 
 
-def check(name: str, points: float = 1.0) -> Callable:
-    """Make ``fn(student_fn, t, ...)`` a check: ``check_x(student_fn) -> CheckResult``.
+def _from_numpy(value: Any) -> Any:
+    """Numpy arrays and numbers become tensors and floats; anything else is returned as is."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return value
+    if isinstance(value, numpy.ndarray) and value.dtype.kind in "biufc":
+        return torch.from_numpy(numpy.array(value, copy=True))
+    if isinstance(value, numpy.generic) and value.dtype.kind in "biuf":
+        return float(value)
+    return value
 
-    The result is printed (one line on success) and returned for the grader. ``quiet=True``
-    returns it without printing.
+
+def _num(value: torch.Tensor) -> str:
+    return f"{float(value):.4g}"
+
+
+def _matching_mistake(
+    got: torch.Tensor, mistakes: Sequence[tuple[Any, str]], atol: float, rtol: float
+) -> str:
+    for wrong, hint in mistakes:
+        wrong_t = torch.as_tensor(wrong).detach().cpu().double()
+        if wrong_t.shape == got.shape and torch.isclose(got, wrong_t, atol=atol, rtol=rtol).all():
+            return hint
+    return ""
+
+
+# ----- the decorator -----------------------------------------------------------------------------
+def check(name: str, points: float = 1.0, timeout: float = DEFAULT_TIMEOUT) -> Callable:
+    """Make ``body(student_fn, t)`` a check: ``check_x(student_fn) -> CheckResult``.
+
+    The result shows itself once (a coloured line on success) and is returned for the
+    grader; ``quiet=True`` only returns it. ``points`` is the total when the body has no
+    parts; with parts, each part's points count. ``timeout`` limits each call of the
+    student's code, in seconds.
     """
 
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
-        def run(student_fn: Callable, *args: Any, quiet: bool = False, **kwargs: Any):
-            result = run_check(body, name, points, student_fn, *args, **kwargs)
+        def run(student_fn: Callable = None, *args: Any, quiet: bool = False, **kwargs: Any):
+            result = run_check(body, name, points, student_fn, *args, timeout=timeout, **kwargs)
             if not quiet:
-                print(result.report())
+                result.show()
             return result
 
         run.check_name = name
         run.points = points
+        run.body = body
+        run.timeout = timeout
         return run
 
     return decorate
 
 
 def run_check(
-    body: Callable, name: str, points: float, student_fn: Callable, *args: Any, **kwargs: Any
+    body: Callable,
+    name: str,
+    points: float,
+    student_fn: Callable,
+    *args: Any,
+    variant: int = 0,
+    runner: LiveRunner | Replayer | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    **kwargs: Any,
 ) -> CheckResult:
     """Run a check body and convert its outcome into a :class:`CheckResult` (never raises)."""
-    if not callable(student_fn):
-        return CheckResult(
-            name, False, 0.0, points, [f"Pass your function itself, not {student_fn!r}."]
-        )
-    t = Checker(name)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            body(student_fn, t, *args, **kwargs)
-    except NotAttempted:
+    started = time.perf_counter()
+    check_name = getattr(body, "__name__", "this check")
+    if args or kwargs:
         return CheckResult(
             name,
             False,
             0.0,
             points,
+            [f"{check_name} takes one argument, your function: {check_name}(your_function)."],
+        )
+    if student_fn is None:
+        return CheckResult(
+            name, False, 0.0, points, [f"{check_name} needs your function: {check_name}(fn)."]
+        )
+    if not callable(student_fn) or isinstance(student_fn, type):
+        return CheckResult(
+            name, False, 0.0, points, [f"Pass your function itself, not {describe(student_fn)}."]
+        )
+    t = Checker(name, variant=variant, runner=runner, timeout=timeout)
+    outer: PartResult | None = None
+    try:
+        with torch.random.fork_rng(), _grad_mode_kept():
+            torch.manual_seed(t.seed(0))
+            try:
+                body(student_fn, t)
+            except NotAttempted:
+                raise
+            except CheckFailed as err:  # a failure outside any part: an implicit last part
+                outer = PartResult("", points if not t.parts else 0.0, False, str(err))
+    except NotAttempted:
+        return CheckResult(
+            name,
+            False,
+            0.0,
+            _total(t.parts, points),
             ["still raises NotImplementedError; fill in the exercise, then run this cell again."],
             attempted=False,
+            parts=t.parts,
         )
-    except CheckFailed as err:
-        return CheckResult(name, False, 0.0, points, [str(err)])
-    return CheckResult(name, True, points, points, [])
+    except TimedOut:
+        outer = PartResult("", points, False, "The check ran out of time.")
+    except BaseException as err:  # the check's own code failed (environment, missing library)
+        outer = PartResult("", points if not t.parts else 0.0, False, _internal_error(err))
+    parts = list(t.parts)
+    if outer is not None:
+        parts.append(outer)
+    if not parts:
+        parts = [PartResult("", points, True)]
+    max_score = _total(t.parts, points)
+    score = sum(p.score for p in parts)
+    failed = [p for p in parts if p.passed is not True]
+    messages = [p.message for p in failed[:1] if p.message]
+    return CheckResult(
+        name,
+        not failed,
+        score,
+        max_score,
+        messages,
+        parts=parts,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _total(parts: list[PartResult], points: float) -> float:
+    return sum(p.points for p in parts) if parts else points
+
+
+@contextmanager
+def _grad_mode_kept() -> Iterator[None]:
+    mode = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(mode)
+
+
+def _internal_error(err: BaseException) -> str:
+    if isinstance(err, ImportError):
+        missing = getattr(err, "name", None) or str(err)
+        return (
+            f"This check needs the package {missing!r}, which is not installed here. Install it "
+            f"(pip install {missing}) and run the cell again; your function was not at fault."
+        )
+    return (
+        f"The check itself stopped with {type(err).__name__}: {err}. This is probably not your "
+        "fault: restart the kernel and run the notebook again, and tell your instructor if it "
+        "persists."
+    )
+
+
+# ----- cells that use exercises ------------------------------------------------------------------
+class Results(dict):
+    """A dict for what the exercises compute, shared between cells.
+
+    Reading an entry that is not there raises ``NotImplementedError``: the exercise or cell
+    that fills it has not run yet, so a cell wrapped in ``skip_if_unattempted`` skips politely.
+    """
+
+    def __missing__(self, key):
+        raise NotImplementedError(
+            f"results[{key!r}] is not there yet: run the cell that computes it first (or "
+            "finish its exercise)"
+        )
 
 
 @contextmanager
 def skip_if_unattempted(what: str = "this cell") -> Iterator[None]:
-    """Run a cell that uses an exercise; if the exercise is not done yet, say so and go on."""
+    """Run a cell that uses exercises; if one is not done yet, say which, and go on."""
     try:
         yield
-    except NotImplementedError:
-        print(f"{YELLOW}(skipped){RESET} {what} needs an exercise you have not done yet.")
+    except NotImplementedError as err:
+        print(f"(skipped) {what}: {_waiting_for(err)}")
+    except NameError as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        if len(frames) > 1 and frames[-1].filename != frames[1].filename:
+            raise  # a NameError inside a function from another cell: a real bug, show it
+        print(
+            f"(skipped) {what}: {getattr(err, 'name', None) or err} is not defined yet. Run the "
+            "cells above this one first (Run > Run All Above Selected Cell)."
+        )
+
+
+def _waiting_for(err: NotImplementedError) -> str:
+    message = str(err)
+    if message.startswith("results["):
+        return message + "."
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if not is_library(f.filename) and f.name != "<module>"]
+    if own:
+        return f"{own[-1].name}() is not implemented yet; finish its exercise above, then rerun."
+    return "an exercise it uses is not done yet; finish it above, then rerun."

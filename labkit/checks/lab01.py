@@ -16,7 +16,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from labkit.checks.core import Checker, check, skip_if_unattempted
+from labkit.checks.core import Checker, Results, check, skip_if_unattempted
 
 __all__ = [
     "Results",
@@ -36,17 +36,6 @@ __all__ = [
     "check_spearman",
     "skip_if_unattempted",
 ]
-
-
-class Results(dict):
-    """A dict for what the exercises compute, shared between cells.
-
-    Reading an entry that is not there raises ``NotImplementedError``: it means the exercise
-    that fills it is not done yet, so a cell wrapped in ``skip_if_unattempted`` skips politely.
-    """
-
-    def __missing__(self, key):
-        raise NotImplementedError(f"{key!r} is computed by an exercise you have not done yet.")
 
 
 POS, D = 5, 4  # shapes of the closed-form test problems
