@@ -53,6 +53,8 @@ def test_student_notebook_runs_unattempted(path: Path, tmp_path: Path) -> None:
         resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     text = "".join(
-        out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])
+        out.get("text", "") + out.get("data", {}).get("text/plain", "")
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
     )
     assert "not attempted" in text  # the checks said so, instead of crashing
