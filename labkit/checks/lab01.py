@@ -19,6 +19,7 @@ from torch import Tensor
 from labkit.checks.core import Checker, Results, check, skip_if_unattempted
 
 __all__ = [
+    "EXERCISES",
     "Results",
     "check_attention_flow",
     "check_attention_rollout",
@@ -542,3 +543,22 @@ def check_randomize_weights(randomize_weights_: Callable, t: Checker) -> None:
         not torch.equal(net[0].weight, other[0].weight),
         "a different seed gives different weights",
     )
+
+
+# The grader's map: the name of each exercise's function in the notebook -> its check.
+EXERCISES = {
+    "saliency": check_saliency,
+    "input_x_gradient": check_input_x_gradient,
+    "integrated_gradients": check_integrated_gradients,
+    "completeness_gap": check_completeness_gap,
+    "space_baseline": check_space_baseline,
+    "layer_weighted_attention": check_layer_weighted_attention,
+    "attention_rollout": check_attention_rollout,
+    "attention_flow": check_attention_flow,
+    "occlusion": check_occlusion,
+    "logit_difference_fn": check_logit_difference_fn,
+    "deletion_curve": check_deletion_curve,
+    "insertion_curve": check_insertion_curve,
+    "spearman": check_spearman,
+    "randomize_weights_": check_randomize_weights,
+}

@@ -21,6 +21,7 @@ from labkit.models import LabModel
 from labkit.tiny import tiny_model
 
 __all__ = [
+    "EXERCISES",
     "ROLES",
     "check_average_indirect_effect",
     "check_collect_activations",
@@ -381,3 +382,13 @@ def _role_hint(role: str) -> str:
         "after subject": "'after subject' is every token after the subject except the last.",
         "last token": "The last token is position -1 of each prompt.",
     }[role]
+
+
+# The grader's map: the name of each exercise's function in the notebook -> its check.
+EXERCISES = {
+    "collect_activations": check_collect_activations,
+    "patch_position": check_patch_position,
+    "corrupt_subject": check_corrupt_subject,
+    "restoration_grid": check_restoration_grid,
+    "average_indirect_effect": check_average_indirect_effect,
+}
