@@ -45,16 +45,7 @@ from typing import Any
 
 import torch
 
-from labkit.checks.guards import (
-    WatchedModel,
-    clone_inputs,
-    describe,
-    global_hook_count,
-    input_changes,
-    is_library,
-    student_frame,
-    time_limit,
-)
+from labkit.checks.guards import WatchedModel, describe, guarded_call, is_library
 from labkit.checks.results import (
     CheckFailed,
     CheckResult,
@@ -164,63 +155,15 @@ class Checker:
         return self.runner.call(self, fn, args, kwargs)
 
     def _call_here(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
-        if not callable(fn):
-            raise CheckFailed(f"Expected a function here, got {describe(fn)}.")
-        given = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
-        originals = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
-        grad_mode = torch.is_grad_enabled()
-        global_hooks = global_hook_count()
+        """Run the student's code in this process, under the guards (see ``guarded_call``)."""
         started = time.perf_counter()
         try:
-            with time_limit(self.timeout):
-                value = fn(*given[0], **given[1])
-        except TimedOut:
-            message = (
-                f"Your function was stopped after {self.timeout:g} s; a correct one takes well "
-                "under a second here. Look for a loop that never ends (or a far too slow one)."
-            )
+            return guarded_call(fn, args, kwargs, timeout=self.timeout, watched=self._watched)
+        except StopChecking:
             self._stopped = "Not run: an earlier call took too long."
-            raise StopChecking(message) from None
-        except NotImplementedError as err:
-            raise NotAttempted(str(err)) from None
-        except (CheckFailed, NotAttempted):
             raise
-        except RecursionError as err:
-            raise CheckFailed(
-                f"Your function raised RecursionError ({student_frame(err)}): does a function "
-                "call itself by mistake?"
-            ) from None
-        except (Exception, KeyboardInterrupt, SystemExit) as err:  # the student's bug, in a line
-            detail = f": {err}" if str(err) else ""
-            raise CheckFailed(
-                f"Your function raised {type(err).__name__}{detail} ({student_frame(err)}).\n"
-                "Hint: run it on its own in a cell to see the full traceback."
-            ) from None
         finally:
             self.slowest_call = max(self.slowest_call, time.perf_counter() - started)
-            left_off = not torch.is_grad_enabled() and grad_mode
-            torch.set_grad_enabled(grad_mode)
-        problems = []
-        if left_off:
-            problems.append(
-                "it switched gradients off for everything that runs after it "
-                "(torch.set_grad_enabled(False) or no_grad().__enter__() without an exit). Use "
-                "`with torch.no_grad():` around the lines that need it"
-            )
-        problems += input_changes(given, originals)
-        for watched in self._watched:
-            problems += watched.problems()
-        if global_hook_count() != global_hooks:
-            problems.append(
-                "it left a global module hook registered (torch.nn.modules.module."
-                "register_module_forward_hook); remove it before returning"
-            )
-        if problems:
-            raise CheckFailed(
-                "Your function returned, but " + "; and ".join(problems) + ".\nLater cells "
-                "would see the damage, so this counts as a failure."
-            )
-        return value
 
     # -- comparisons --------------------------------------------------------------------------
     def true(self, condition: bool, what: str, hint: str = "") -> None:

@@ -12,14 +12,14 @@ import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from labkit.checks.results import TimedOut
+from labkit.checks.results import CheckFailed, NotAttempted, StopChecking, TimedOut
 
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve())
@@ -245,3 +245,74 @@ def input_changes(given: tuple, originals: tuple) -> list[str]:
                     "stay as it was: clone() before you write into it"
                 )
     return found
+
+
+def guarded_call(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    timeout: float | None,
+    watched: Sequence[WatchedModel] = (),
+) -> Any:
+    """Call the student's ``fn`` with copies of ``args``/``kwargs``, under every guard.
+
+    Raises :class:`NotAttempted` for ``NotImplementedError``, :class:`StopChecking` when the
+    call runs past ``timeout`` seconds, and :class:`CheckFailed` (with a one-line message that
+    names the problem) when it raises anything else, or returns after changing its inputs or a
+    ``watched`` model, leaving hooks behind, or switching gradients off for good.
+    Tensors are copied; models and other objects are passed as they are.
+    """
+    if not callable(fn):
+        raise CheckFailed(f"Expected a function here, got {describe(fn)}.")
+    given = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
+    originals = [clone_inputs(a) for a in args], {k: clone_inputs(v) for k, v in kwargs.items()}
+    grad_mode = torch.is_grad_enabled()
+    global_hooks = global_hook_count()
+    try:
+        with time_limit(timeout):
+            value = fn(*given[0], **given[1])
+    except TimedOut:
+        raise StopChecking(
+            f"Your function was stopped after {timeout:g} s; a correct one takes well under a "
+            "second here. Look for a loop that never ends (or a far too slow one)."
+        ) from None
+    except NotImplementedError as err:
+        raise NotAttempted(str(err)) from None
+    except (CheckFailed, NotAttempted):
+        raise
+    except RecursionError as err:
+        raise CheckFailed(
+            f"Your function raised RecursionError ({student_frame(err)}): does a function call "
+            "itself by mistake?"
+        ) from None
+    except (Exception, KeyboardInterrupt, SystemExit) as err:  # the student's bug, in a line
+        detail = f": {err}" if str(err) else ""
+        raise CheckFailed(
+            f"Your function raised {type(err).__name__}{detail} ({student_frame(err)}).\n"
+            "Hint: run it on its own in a cell to see the full traceback."
+        ) from None
+    finally:
+        left_off = not torch.is_grad_enabled() and grad_mode
+        torch.set_grad_enabled(grad_mode)
+    problems = []
+    if left_off:
+        problems.append(
+            "it switched gradients off for everything that runs after it "
+            "(torch.set_grad_enabled(False) or no_grad().__enter__() without an exit). Use "
+            "`with torch.no_grad():` around the lines that need it"
+        )
+    problems += input_changes(given, originals)
+    for model in watched:
+        problems += model.problems()
+    if global_hook_count() != global_hooks:
+        problems.append(
+            "it left a global module hook registered (torch.nn.modules.module."
+            "register_module_forward_hook); remove it before returning"
+        )
+    if problems:
+        raise CheckFailed(
+            "Your function returned, but " + "; and ".join(problems) + ".\nLater cells would "
+            "see the damage, so this counts as a failure."
+        )
+    return value

@@ -33,7 +33,11 @@ class Unsupported:
 
 
 class RecordedFunction:
-    """Stands in, in the grader, for a function that the student's function returned."""
+    """Stands in, in the grader, for a function that the student's function returned;
+    ``handle`` says where it lives (a number in a worker process, for example)."""
+
+    def __init__(self, handle: Any = None) -> None:
+        self.handle = handle
 
     def __call__(self, *args, **kwargs):
         raise CheckFailed("A recorded function can only be called through t.call.")
@@ -152,7 +156,7 @@ def restore(value: Any) -> Any:
 
             return np.float64(value["__numpy_scalar__"])
         if "__function__" in value:
-            return RecordedFunction()
+            return RecordedFunction(value["__function__"])
         return Unsupported(str(value.get("__unsupported__", "an unsupported object")))
     if type(value) is torch.Tensor or value is None or isinstance(value, (bool, int, float, str)):
         return value
