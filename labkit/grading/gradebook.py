@@ -235,8 +235,8 @@ class Gradebook:
             maximum = r.max_score + sum(written_points(points, q) for q in written_ids)
             row += [_num(r.score + written_total), _num(maximum)]
             status = "written answers to grade" if pending else "complete"
-            if any(f.error for f in r.files) and not r.graded_file:
-                status = "no readable notebook"
+            if not r.graded_file:
+                status = "no readable notebook" if r.files else "no notebook"
             notes = [f"{f.name}: {f.error}" for f in r.files if f.error] + r.notes
             row += [status, "; ".join(r.flags), " | ".join(_one_line(n) for n in notes)]
             writer.writerow(row)

@@ -51,6 +51,7 @@ ADVICE = {
         "Pass what your function needs as an argument, or define it inside the function."
     ),
     "raised MemoryError": "The grader allows each submission a limited amount of memory.",
+    "can't allocate memory": "The grader allows each submission a limited amount of memory.",
 }
 # Source patterns worth a look by the instructor (never shown to the student, never scored).
 SUSPICIOUS = {
@@ -60,7 +61,7 @@ SUSPICIOUS = {
     "replaces torch functions": r"\btorch\.(isclose|allclose|equal|save|load)\s*=",
     "ends the process": r"os\._exit|os\.kill|signal\.",
     "defines __torch_function__": r"__torch_function__",
-    "reads files outside the notebook": r"solutions/|grades/|/proc/|open\(\s*['\"]/",
+    "looks for the grader's files": r"\bsolutions\b|\bgrades\b|__file__|/proc/|/autograder",
 }
 BASE_PRELOAD = ["torch", "IPython.core.inputtransformer2", "labkit", "labkit.grading.worker"]
 
@@ -84,6 +85,7 @@ class Options:
     config: dict | None = None  # a saved run configuration (Gradescope's zip carries one)
     checks: str = ""  # another checks module than labkit.checks.labNN (tests)
     pool: list[Sandbox] | None = None  # started sandboxes to use (and leave running)
+    hide: list[Path] = field(default_factory=list)  # more folders workers must not see
 
 
 @dataclass
@@ -338,7 +340,7 @@ def grade(options: Options) -> Summary:
     hide = [book.out.resolve(), Path(options.submissions).resolve()]
     if not Path(options.submissions).is_dir():
         hide[1] = Path(options.submissions).resolve().parent
-    hide += [Path(options.solutions).resolve()]
+    hide += [Path(options.solutions).resolve(), *(Path(p).resolve() for p in options.hide)]
     need_reference = options.check_reference and solution is not None
     n_slots = max(1, min(options.jobs, len(pending))) if pending or need_reference else 0
     if options.pool is not None:

@@ -349,8 +349,10 @@ class Sandbox:
         self.slot = slot
         self.preload = list(preload or [])
         self.hide = [str(Path(p).resolve()) for p in hide or []]
-        # Where the zygote finds labkit (and any other checks module): this labkit's folder.
-        self.python_path = python_path or [str(Path(__file__).resolve().parents[2])]
+        # Where the zygote finds labkit and the checks: this labkit first, then the grader's path.
+        here = str(Path(__file__).resolve().parents[2])
+        paths = [here, *(str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir())]
+        self.python_path = list(dict.fromkeys(python_path or paths))
         self.root = os.geteuid() == 0
         self.uid = NOBODY - slot if self.root else None
         self.base = Path(base or tempfile.mkdtemp(prefix="labkit-sandbox-"))
@@ -477,7 +479,9 @@ class Sandbox:
         while start < n_exercises:
             (folder / "progress.json").unlink(missing_ok=True)
             job_file = folder / "job.json"
-            job_file.write_text(json.dumps({**job, "start": start}), encoding="utf-8")
+            job_file.write_text(
+                json.dumps({**job, "start": start, "trim_output": True}), encoding="utf-8"
+            )
             if self.uid is not None:
                 os.chown(job_file, self.uid, self.uid)
             killed = self._run_once(folder, deadline)
