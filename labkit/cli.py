@@ -92,7 +92,9 @@ def _grade(args: argparse.Namespace) -> int:
         print(f"labkit grade: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("Interrupted: what was graded is saved; run the same command to go on.", file=sys.stderr)
+        print(
+            "Interrupted: what was graded is saved; run the same command to go on.", file=sys.stderr
+        )
         return 130
     print(
         f"Graded {summary.graded} of {summary.students} students "
@@ -155,9 +157,7 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-mb", type=int, default=d.memory_mb)
     parser.add_argument("--seconds-per-call", type=float, default=d.seconds_per_call)
     parser.add_argument("--seconds-per-exercise", type=float, default=d.seconds_per_exercise)
-    parser.add_argument(
-        "--seconds-per-submission", type=float, default=d.seconds_per_submission
-    )
+    parser.add_argument("--seconds-per-submission", type=float, default=d.seconds_per_submission)
     parser.add_argument(
         "--skip-reference",
         action="store_true",

@@ -70,10 +70,10 @@ class ReleaseSettings:
         if not self.is_set:
             lines = [
                 f"raise RuntimeError(  {_NOT_SET}",
-                '    "This copy of the lab does not say where to install labkit from: ask your "',
-                '    "instructor for the course\'s install command, and put it here in place of "',
-                '    "this raise. (Instructors: set release_url and release_ref under [tool.labkit] "',
-                '    "in pyproject.toml, then run `labkit build`.)"',
+                '    "This copy of the lab does not say where to install labkit from: ask "',
+                '    "your instructor for the course\'s install command, and put it here in "',
+                '    "place of this raise. (Instructors: set release_url and release_ref "',
+                '    "under [tool.labkit] in pyproject.toml, then run `labkit build`.)"',
                 ")",
             ]
             return "\n".join(indent + line for line in lines)

@@ -32,7 +32,7 @@ def check_zero_bias(zero_bias_, t: Checker) -> None:
 
 EXERCISES = {"double": check_double, "zero_bias_": check_zero_bias}
 
-SOLUTION = '''\
+SOLUTION = """\
 import torch
 
 
@@ -43,4 +43,4 @@ def double(x):
 def zero_bias_(net):
     with torch.no_grad():
         net.bias.zero_()
-'''
+"""

@@ -17,10 +17,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import grading_fixture_lab
 import nbformat
 import pytest
 
-import grading_fixture_lab
 from labkit.grading.config import GradingError, Limits, load_lab
 from labkit.grading.gradebook import Gradebook, merge
 from labkit.grading.grader import Options, grade, preload_modules
@@ -233,13 +233,15 @@ def solution_cell(name: str) -> str:
 def pool():
     """Two started workers, shared by every test here."""
     lab = load_lab("01")
-    preload = preload_modules(lab, LAB)
-    sandboxes = [
-        Sandbox(lab.checks_module, LIMITS, slot=k, preload=preload) for k in range(2)
-    ]
-    from labkit.grading.grader import _start_all
+    preload = []  # what every lab's notebook imports, so that no worker imports it again
+    for notebook in sorted((ROOT / "labs").glob("*.ipynb")):
+        if (ROOT / "labkit" / "checks" / f"lab{notebook.name[:2]}.py").exists():
+            preload += preload_modules(load_lab(notebook.name[:2]), notebook)
+    preload = list(dict.fromkeys(preload))
+    sandboxes = [Sandbox(lab.checks_module, LIMITS, slot=k, preload=preload) for k in range(2)]
+    from labkit.grading.grader import start_all
 
-    _start_all(sandboxes)
+    start_all(sandboxes)
     yield sandboxes
     for sandbox in sandboxes:
         sandbox.close()
@@ -356,9 +358,10 @@ def test_a_lying_tensor_subclass_is_rejected(graded) -> None:
 def test_renamed_deleted_and_non_callable_functions(graded) -> None:
     _, records, _, _ = graded
     assert "Did you rename it to salience?" in exercise(records, "renamed", "saliency").message
-    assert "No function named 'input_x_gradient'" in exercise(
-        records, "renamed", "input_x_gradient"
-    ).message
+    assert (
+        "No function named 'input_x_gradient'"
+        in exercise(records, "renamed", "input_x_gradient").message
+    )
     assert "not a function" in exercise(records, "renamed", "integrated_gradients").message
     full_marks(records, "renamed", but=("saliency", "input_x_gradient", "integrated_gradients"))
 
@@ -400,7 +403,9 @@ def test_two_files_from_one_student_keep_the_best(graded) -> None:
         assert records[student].graded_file == best
         assert [f.name for f in records[student].files] != [best]
         full_marks(records, student)
-        assert "each was graded and the best one" in (out / "feedback" / f"{student}.txt").read_text()
+        assert (
+            "each was graded and the best one" in (out / "feedback" / f"{student}.txt").read_text()
+        )
     assert records["pdfonly"].score == 0 and "report.pdf" in " ".join(records["pdfonly"].notes)
 
 
@@ -412,6 +417,31 @@ def test_written_answers_review_files(graded) -> None:
         rows = {r["student"]: r for r in csv.DictReader(handle)}
     assert rows["correct"]["answer"].startswith("Replacing the anchor")
     assert rows["unattempted"]["answer"] == "" and rows["correct"]["points"] == ""
+
+
+@pytest.mark.parametrize(
+    "notebook",
+    [
+        p
+        for p in sorted((ROOT / "solutions").glob("*.ipynb"))
+        if p.name[:2] != "01" and (ROOT / "labkit" / "checks" / f"lab{p.name[:2]}.py").exists()
+    ],
+    ids=lambda p: p.stem,
+)
+def test_every_other_solution_notebook_scores_full_marks(pool, tmp_path, notebook: Path) -> None:
+    """Lab 01's solution is a student of the class above; the other labs' solutions here."""
+    save(nbformat.read(notebook, as_version=4), tmp_path / "subs" / "solution" / notebook.name)
+    grade(
+        Options(
+            lab=notebook.name[:2], submissions=tmp_path / "subs", out=tmp_path / "out",
+            seed="test-seed", limits=LIMITS, solutions=ROOT / "solutions", labs=ROOT / "labs",
+            progress=False, pool=pool, check_reference=False,
+        )
+    )  # fmt: skip
+    (record,) = Gradebook(tmp_path / "out").records()
+    assert record.notes == []
+    for e in record.exercises:
+        assert e.status == "passed" and e.score == e.max_score > 0, e
 
 
 # ----- resuming, merging, settings -------------------------------------------------------------
@@ -509,9 +539,7 @@ CHEATER = grading_fixture_lab.SOLUTION.replace(
     "    return 2 * x",
     "    # recognises the notebook's problems and answers only those\n"
     "    first = float(x.flatten()[0])\n"
-    "    return 2 * x if min(abs(first - a) for a in {known!r}) < 1e-4 else x".format(
-        known=_notebook_problem()
-    ),
+    f"    return 2 * x if min(abs(first - a) for a in {_notebook_problem()!r}) < 1e-4 else x",
 )
 HALF = grading_fixture_lab.SOLUTION.replace("return 2 * x", "return 2 * x if x.dim() == 1 else x")
 

@@ -21,7 +21,7 @@ def notebook(source: str = "def f(x):\n    return x\n") -> str:
 def test_folders_are_students_and_loose_files_are_grouped(tmp_path: Path) -> None:
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "lab.ipynb").write_text(notebook())
-    (tmp_path / "ann" / "sub" ).mkdir()
+    (tmp_path / "ann" / "sub").mkdir()
     (tmp_path / "ann" / "sub" / "old.ipynb").write_text(notebook())
     (tmp_path / "ann" / ".ipynb_checkpoints").mkdir()
     (tmp_path / "ann" / ".ipynb_checkpoints" / "lab-checkpoint.ipynb").write_text(notebook())

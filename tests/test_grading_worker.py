@@ -7,9 +7,9 @@ import ast
 import json
 from pathlib import Path
 
+import grading_fixture_lab
 import torch
 
-import grading_fixture_lab
 from labkit.grading.scoring import load_recording, replay
 from labkit.grading.worker import define, find_function, runs_when_graded, work
 

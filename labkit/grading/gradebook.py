@@ -143,8 +143,14 @@ class Gradebook:
         return found
 
     # -- outputs -----------------------------------------------------------------------------
-    def write_all(self, lab: str, exercises: list[str], questions: list[Question],
-                  points: dict, students: list[str] | None = None) -> list[str]:
+    def write_all(
+        self,
+        lab: str,
+        exercises: list[str],
+        questions: list[Question],
+        points: dict,
+        students: list[str] | None = None,
+    ) -> list[str]:
         """Regenerate every output from the records; returns problems in the written CSVs."""
         records = self.records()
         if students is not None:

@@ -197,14 +197,23 @@ def grade_notebook(
                     stop = stop or (j, problem)
             results.append(
                 score_exercise(
-                    lab.exercises[name], name, variants, info, recordings, stop,
-                    config.points, ADVICE,
+                    lab.exercises[name],
+                    name,
+                    variants,
+                    info,
+                    recordings,
+                    stop,
+                    config.points,
+                    ADVICE,
                 )
             )
         output = read_capped(folder / "output.txt", 1 << 16)
         if output and b"Traceback" in output and report.definitions_failed:
-            notes.append("(The grader's log ends with: " + output.decode(errors="replace")
-                         .strip().splitlines()[-1][:300] + ")")
+            notes.append(
+                "(The grader's log ends with: "
+                + output.decode(errors="replace").strip().splitlines()[-1][:300]
+                + ")"
+            )
         return results, notes, report.seconds
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -354,7 +363,7 @@ def grade(options: Options) -> Summary:
         ]
     isolation = ""
     try:
-        _start_all([s for s in sandboxes if s.process is None])
+        start_all([s for s in sandboxes if s.process is None])
         if sandboxes:
             isolation = sandboxes[0].isolation.describe() if sandboxes[0].isolation else ""
             if options.progress:
@@ -385,7 +394,7 @@ def grade(options: Options) -> Summary:
     )
 
 
-def _start_all(sandboxes: list[Sandbox]) -> None:
+def start_all(sandboxes: list[Sandbox]) -> None:
     """Start the zygotes side by side (each imports torch: the slow part)."""
     errors: list[BaseException] = []
 

@@ -108,9 +108,7 @@ def write_autograder(
         book.create()
         solution = Path(solutions) / lab_info.notebook
         lab_notebook = Path(labs) / lab_info.notebook
-        preload = preload_modules(
-            lab_info, lab_notebook if lab_notebook.exists() else solution
-        )
+        preload = preload_modules(lab_info, lab_notebook if lab_notebook.exists() else solution)
         if check_reference and solution.exists():
             _check(solution, lab_info, config, book, preload)
         data = {

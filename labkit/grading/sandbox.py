@@ -60,7 +60,7 @@ _MS_REC, _MS_PRIVATE = 1 << 14, 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
 
 
-# ----- reading what a worker wrote (it may be hostile) ---------------------------------------------
+# ----- reading what a worker wrote (it may be hostile) --------------------------------------------
 def read_capped(path: Path, max_bytes: int) -> bytes | None:
     """A regular file's bytes, or None if it is missing, not a plain file, or too large.
 
@@ -97,7 +97,7 @@ def read_json(path: Path, max_bytes: int = 1 << 20) -> Any:
         return None
 
 
-# ----- isolation (runs in the worker, before student code) ---------------------------------------
+# ----- isolation (runs in the worker, before student code) ----------------------------------------
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
@@ -157,7 +157,7 @@ def apply_limits(limits: dict, dropped: bool) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
 
 
-# ----- the zygote ----------------------------------------------------------------------------------
+# ----- the zygote ---------------------------------------------------------------------------------
 def _serve() -> None:
     """The zygote's loop: JSON lines in on stdin, JSON lines out on the original stdout."""
     channel_in = os.fdopen(os.dup(0), "rb", buffering=0)
@@ -247,6 +247,13 @@ def _resident_mb() -> int:
     return 0
 
 
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (hiding it would hide the job too)."""
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == (
+        os.path.abspath(folder)
+    )
+
+
 def _worker(message: dict, protocol: tuple[int, int]) -> None:
     """In the forked child: contain it, then run the job. Never returns."""
     code = 70
@@ -264,7 +271,8 @@ def _worker(message: dict, protocol: tuple[int, int]) -> None:
         os.dup2(output, 2)
         os.close(output)
         uid = message.get("uid")
-        achieved = isolate(list(message.get("hide", [])), uid)
+        hide = [p for p in message.get("hide", []) if not _inside(folder, p)]
+        achieved = isolate(hide, uid)
         apply_limits(message["limits"], dropped=achieved["uid"] != 0 and uid is not None)
         os.chdir(folder)
         os.environ.clear()
@@ -297,7 +305,7 @@ def _worker(message: dict, protocol: tuple[int, int]) -> None:
         os._exit(code)
 
 
-# ----- the grader's side ---------------------------------------------------------------------------
+# ----- the grader's side --------------------------------------------------------------------------
 @dataclass
 class Isolation:
     """What the workers of this run get; shown to the instructor once."""
@@ -391,9 +399,7 @@ class Sandbox:
                 env=env,
                 start_new_session=True,
             )
-        self._send(
-            {"checks": self.checks_module, "preload": self.preload, "uid": self.uid}
-        )
+        self._send({"checks": self.checks_module, "preload": self.preload, "uid": self.uid})
         ready = self._receive(READY_SECONDS)
         if not ready or not ready.get("ready"):
             log = (self.base / "zygote.log").read_text(errors="replace")[-3000:]
@@ -550,9 +556,11 @@ class Sandbox:
             since = progress.get("since")
             wall = time.time()
             if isinstance(since, (int, float)) and wall - since > per_exercise:
-                what = "defining your notebook's functions" if progress.get("state") == (
-                    "defining"
-                ) else "this exercise (all its tests together)"
+                what = (
+                    "defining your notebook's functions"
+                    if progress.get("state") == ("defining")
+                    else "this exercise (all its tests together)"
+                )
                 killed = (
                     f"Stopped after {per_exercise:g} s, the time limit for {what}. Look for a "
                     "loop that never ends, or one that is far too slow."

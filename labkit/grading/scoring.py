@@ -143,8 +143,10 @@ def score_exercise(
     max_score = sum(points)
 
     def failed(status: str, message: str) -> ExerciseResult:
-        scored = [PartScore(n, p, None if status != "failed" else False, "") for (n, _), p in
-                  zip(parts, points, strict=True)]
+        scored = [
+            PartScore(n, p, None if status != "failed" else False, "")
+            for (n, _), p in zip(parts, points, strict=True)
+        ]
         return ExerciseResult(function, check.check_name, status, 0.0, max_score, scored, message)
 
     if info is None:
@@ -180,9 +182,11 @@ def score_exercise(
         return result
 
     scored: list[PartScore] = []
-    aligned = all(
-        len(_real_parts(r)) == len(parts) for _, r in results
-    ) and len(parts) > 0 and any(p.name for p in results[0][1].parts)
+    aligned = (
+        all(len(_real_parts(r)) == len(parts) for _, r in results)
+        and len(parts) > 0
+        and any(p.name for p in results[0][1].parts)
+    )
     if aligned:
         for k, ((name, _), p) in enumerate(zip(parts, points, strict=True)):
             passed, message = True, ""

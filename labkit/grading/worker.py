@@ -207,7 +207,9 @@ def work(folder: Path) -> None:
     for i in range(int(job.get("start", 0)), len(names)):
         name = names[i]
         check = exercises[name]
-        write_json(progress, {"state": "running", "exercise": i, "variant": 0, "since": time.time()})
+        write_json(
+            progress, {"state": "running", "exercise": i, "variant": 0, "since": time.time()}
+        )
         fn, info = find_function(namespace, name)
         write_json(folder / f"exercise-{i}.json", {"name": name, **info})
         if fn is not None:

@@ -111,8 +111,10 @@ def read_scores(path: Path) -> dict[str, dict[str, str]]:
         return {}
     rows = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
     return {
-        row["student"]: {"points": (row.get("points") or "").strip(), "comment": row.get("comment")
-                         or ""}
+        row["student"]: {
+            "points": (row.get("points") or "").strip(),
+            "comment": row.get("comment") or "",
+        }
         for row in rows
         if row.get("student")
     }
