@@ -39,6 +39,8 @@ def test_only_definitions_run() -> None:
         "with torch.no_grad():\n    y = 1",
         "torch.isclose = lambda *a, **k: True",  # not a plain name: never runs
         "a, b = 1, 2",
+        "donor = cache['resid', 3][0, -1]",  # reads what heavy cells computed
+        "squares = [x**2 for x in data]",
     ]:
         assert not runs(statement), statement
 
@@ -53,6 +55,7 @@ def test_a_broken_cell_costs_only_itself() -> None:
         (6, "!pip install something\nimport sys\nsys.exit(3)\n"),
         (7, "class Slow:\n    while True:\n        pass\n"),
         (8, "def exits():\n    pass\n\nclass Exits:\n    raise SystemExit(2)\n"),
+        (9, "model = lm.model\nSTEPS = lm.n_steps\n"),  # lm was never loaded
     ]
     namespace, notes = define(cells, seconds=0.5)
     assert namespace["good"](4.0) == 2.0
@@ -61,6 +64,9 @@ def test_a_broken_cell_costs_only_itself() -> None:
     assert callable(namespace["timed"]) and callable(namespace["exits"])
     assert any("Cell 7" in n and "longer than" in n for n in notes)
     assert any("Cell 8" in n and "SystemExit" in n for n in notes)
+    assert [n for n in notes if "Cell 9" in n] == [  # only the constant is worth a note
+        "Cell 9, line 2: an assignment raised NameError: name 'lm' is not defined; it was skipped."
+    ]
 
 
 def test_missing_renamed_and_non_callable_functions() -> None:

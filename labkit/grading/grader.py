@@ -320,6 +320,13 @@ def grade(options: Options) -> Summary:
         found = [Question(**q) for q in options.config.get("questions", [])]
         preload = list(options.config.get("preload", BASE_PRELOAD))
     else:
+        if solution is None and options.progress:
+            print(
+                f"No solution notebook {Path(options.solutions) / lab.notebook}: the check that "
+                "the solution scores full marks, and the written answers, are skipped (pass "
+                "--solutions).",
+                file=sys.stderr,
+            )
         found = questions(solution) if solution else []
         lab_notebook = Path(options.labs) / lab.notebook
         preload = preload_modules(lab, lab_notebook if lab_notebook.exists() else solution)

@@ -2,7 +2,7 @@
 check, with each call of student code recorded as plain data.
 
 Only a notebook's *definitions* run (imports, functions, classes, UPPER_CASE constants, and
-assignments that call nothing, such as ``EPS = 1e-6`` or ``softmax = torch.softmax``): never
+simple assignments such as ``eps = 1e-6``, ``softmax = torch.softmax`` or a lambda): never
 the cells that load the default model, loop over prompts or draw plots. The exercise functions
 are then called by the checks on tiny models and short prompts. Each statement runs on its own,
 with a time limit: a syntax error or a crash in one cell costs only what that cell defines.
@@ -53,19 +53,28 @@ def runs_when_graded(node: ast.stmt) -> bool:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         if not all(isinstance(t, ast.Name) for t in targets):
             return False
-        if all(t.id.isupper() for t in targets):
-            return True
-        return not _computes(node.value)
+        return _is_constant_name(node) or _static(node.value)
     return False
 
 
-def _computes(node: ast.AST) -> bool:
-    """Whether an expression calls anything (lambda bodies aside: they run only when called)."""
+def _is_constant_name(node: ast.stmt) -> bool:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
+
+
+_STATIC = (ast.Constant, ast.Name, ast.Load, ast.Attribute, ast.Tuple, ast.List, ast.Set,
+           ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp, ast.Compare, ast.unaryop, ast.operator,
+           ast.boolop, ast.cmpop)  # fmt: skip
+
+
+def _static(node: ast.AST) -> bool:
+    """A value that computes nothing from the notebook's state: constants, names and attributes
+    (``softmax = torch.softmax``), lambdas, and containers and arithmetic of those."""
     if isinstance(node, ast.Lambda):
-        return any(_computes(d) for d in node.args.defaults + node.args.kw_defaults if d)
-    if isinstance(node, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)):
-        return True
-    return any(_computes(child) for child in ast.iter_child_nodes(node))
+        return all(_static(d) for d in node.args.defaults + node.args.kw_defaults if d)
+    if not isinstance(node, _STATIC):
+        return False
+    return all(_static(child) for child in ast.iter_child_nodes(node))
 
 
 def python_source(source: str) -> str | None:
@@ -123,6 +132,8 @@ def define(cells: list[tuple[int, str]], seconds: float = STATEMENT_SECONDS):
                     f"{seconds:g} s, so it was skipped."
                 )
             except BaseException as err:  # noqa: BLE001 -- SystemExit, KeyboardInterrupt too
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and not _is_constant_name(node):
+                    continue  # `x = y.z` needs cells that did not run: that is expected
                 detail = f": {err}" if str(err) else ""
                 notes.append(
                     f"Cell {index}, line {node.lineno}: {_what(node)} raised "
