@@ -82,7 +82,7 @@ def test_the_release_url_is_one_setting_stamped_into_every_lab(tmp_path: Path) -
     stamp_release(lab, "01_attribution.ipynb", ReleaseSettings())  # unset again
     text = "\n".join(c.source for c in lab.cells)
     assert "github.com" not in text and "labkit @ git+" not in text
-    assert "ask your" in text and "release_url" in text
+    assert "your instructor for the course's install command" in text and "release_url" in text
     compile(lab.cells[2].source.replace("!pip", "#pip"), "setup cell", "exec")  # still Python
 
 
