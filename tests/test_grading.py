@@ -434,7 +434,7 @@ def test_every_other_solution_notebook_scores_full_marks(pool, tmp_path, noteboo
     grade(
         Options(
             lab=notebook.name[:2], submissions=tmp_path / "subs", out=tmp_path / "out",
-            seed="test-seed", limits=LIMITS, solutions=ROOT / "solutions", labs=ROOT / "labs",
+            seed="test-seed", limits=Limits(), solutions=ROOT / "solutions", labs=ROOT / "labs",
             progress=False, pool=pool, check_reference=False,
         )
     )  # fmt: skip
