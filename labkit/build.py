@@ -109,8 +109,11 @@ def build(solutions_dir: Path, labs_dir: Path, check_only: bool = False) -> list
     sources = sorted(Path(solutions_dir).glob("*.ipynb"))
     if not sources:
         raise BuildError(f"No solution notebooks in {solutions_dir}.")
+    settings = _release_settings(Path(solutions_dir))
     for src in sources:
-        text = render(student_notebook(nbformat.read(src, as_version=4), src.name))
+        notebook = student_notebook(nbformat.read(src, as_version=4), src.name)
+        stamp_release(notebook, src.name, settings)
+        text = render(notebook)
         target = Path(labs_dir) / src.name
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             stale.append(str(target))
@@ -118,6 +121,20 @@ def build(solutions_dir: Path, labs_dir: Path, check_only: bool = False) -> list
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text, encoding="utf-8")
     return stale
+
+
+def _release_settings(solutions_dir: Path):
+    """Where the student release lives: ``[tool.labkit]`` of the repository's pyproject.toml
+    (see labkit.release); the labs' Colab cell and badge are stamped with it."""
+    from labkit.release import release_settings
+
+    return release_settings(Path(solutions_dir).resolve().parent)
+
+
+def stamp_release(notebook: nbformat.NotebookNode, name: str, settings) -> None:
+    from labkit.release import stamp_release as stamp
+
+    stamp(notebook, name, settings)
 
 
 def solution_functions(path: Path) -> dict:

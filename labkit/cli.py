@@ -1,4 +1,5 @@
-"""The ``labkit`` command: ``labkit doctor``, ``labkit prepare``, ``labkit build``."""
+"""The ``labkit`` command: ``doctor``, ``prepare``, ``build``; for instructors ``grade``,
+``gradescope`` and ``release``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,133 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace):
+    from labkit.grading.config import Limits
+
+    return Limits(
+        memory_mb=args.memory_mb,
+        seconds_per_call=args.seconds_per_call,
+        seconds_per_exercise=args.seconds_per_exercise,
+        seconds_per_submission=args.seconds_per_submission,
+    )
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.grading.config import GradingError
+
+    try:
+        if args.merge:
+            from labkit.grading.gradebook import merge
+
+            problems = merge(Path(args.merge))
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            print(f"Merged the written scores into {args.merge}.")
+            return 1 if problems else 0
+        if not args.lab or not args.submissions or not args.out:
+            print(
+                "usage: labkit grade LAB SUBMISSIONS --out OUT  (or labkit grade --merge OUT)",
+                file=sys.stderr,
+            )
+            return 2
+        from labkit.grading.grader import Options, grade
+
+        summary = grade(
+            Options(
+                lab=args.lab,
+                submissions=Path(args.submissions),
+                out=Path(args.out),
+                jobs=args.jobs,
+                force=args.force,
+                seed=args.seed,
+                hidden=args.hidden,
+                limits=_limits(args),
+                points_file=Path(args.points) if args.points else None,
+                solutions=Path(args.solutions),
+                labs=Path(args.labs),
+                check_reference=not args.skip_reference,
+                progress=not args.quiet,
+            )
+        )
+    except (GradingError, FileNotFoundError, ValueError) as err:
+        print(f"labkit grade: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "Interrupted: what was graded is saved; run the same command to go on.", file=sys.stderr
+        )
+        return 130
+    print(
+        f"Graded {summary.graded} of {summary.students} students "
+        f"({summary.skipped} already graded) in {summary.seconds:.0f} s. "
+        f"Gradebook: {summary.out / 'gradebook.csv'}"
+    )
+    for problem in summary.problems:
+        print(problem, file=sys.stderr)
+    return 0
+
+
+def _gradescope(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.grading.config import GradingError
+    from labkit.grading.gradescope import write_autograder
+
+    try:
+        path = write_autograder(
+            args.lab,
+            Path(args.out) if args.out else None,
+            seed=args.seed,
+            hidden=args.hidden,
+            limits=_limits(args),
+            points_file=Path(args.points) if args.points else None,
+            solutions=Path(args.solutions),
+            labs=Path(args.labs),
+            check_reference=not args.skip_reference,
+        )
+    except (GradingError, FileNotFoundError) as err:
+        print(f"labkit gradescope: {err}", file=sys.stderr)
+        return 1
+    print(f"Wrote {path}: upload it as the assignment's autograder on Gradescope.")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.release import ReleaseError, write_release
+
+    try:
+        files = write_release(Path(args.dir), Path(args.root), force=args.force)
+    except ReleaseError as err:
+        print(f"labkit release: {err}", file=sys.stderr)
+        return 1
+    print(f"Wrote the student release ({len(files)} files) to {args.dir}.")
+    return 0
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    from labkit.grading.config import Limits
+
+    d = Limits()
+    parser.add_argument("--seed", help="hidden seed (default: $LABKIT_GRADING_SEED, or random)")
+    parser.add_argument("--hidden", type=int, default=2, help="hidden variants per check")
+    parser.add_argument("--points", help="points file (default: grading.toml if present)")
+    parser.add_argument("--solutions", default="solutions", help="solution notebooks folder")
+    parser.add_argument("--labs", default="labs", help="student notebooks folder")
+    parser.add_argument("--memory-mb", type=int, default=d.memory_mb)
+    parser.add_argument("--seconds-per-call", type=float, default=d.seconds_per_call)
+    parser.add_argument("--seconds-per-exercise", type=float, default=d.seconds_per_exercise)
+    parser.add_argument("--seconds-per-submission", type=float, default=d.seconds_per_submission)
+    parser.add_argument(
+        "--skip-reference",
+        action="store_true",
+        help="do not check that the solution scores full marks on the hidden variants",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,7 +175,33 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--solutions", default="solutions")
     build.add_argument("--labs", default="labs")
     build.add_argument("--check", action="store_true", help="only report stale labs")
-    handlers = {"doctor": _doctor, "prepare": _prepare, "build": _build}
+    grade = commands.add_parser(
+        "grade", help="grade submitted notebooks with hidden tests (instructors)"
+    )
+    grade.add_argument("lab", nargs="?", help="the lab, e.g. 01")
+    grade.add_argument("submissions", nargs="?", help="a folder or a .zip of notebooks")
+    grade.add_argument("--out", help="output folder (gradebook, feedback, results)")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    grade.add_argument("--force", action="store_true", help="regrade every submission")
+    grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--merge", metavar="OUT", help="merge the filled-in written scores")
+    _limit_options(grade)
+    gradescope = commands.add_parser("gradescope", help="write a Gradescope autograder zip")
+    gradescope.add_argument("lab", help="the lab, e.g. 01")
+    gradescope.add_argument("--out", help="the zip to write (default: autograder-labNN.zip)")
+    _limit_options(gradescope)
+    release = commands.add_parser("release", help="write the student release (no solutions)")
+    release.add_argument("dir", help="where to write it (a new or empty folder)")
+    release.add_argument("--root", default=".", help="this repository's root")
+    release.add_argument("--force", action="store_true", help="replace DIR's contents")
+    handlers = {
+        "doctor": _doctor,
+        "prepare": _prepare,
+        "build": _build,
+        "grade": _grade,
+        "gradescope": _gradescope,
+        "release": _release,
+    }
     args = parser.parse_args(argv)
     return handlers[args.command](args)
 

@@ -404,3 +404,29 @@ def test_skip_explains_a_cell_run_out_of_order(capsys) -> None:
         undefined_name_from_an_earlier_cell  # noqa: B018, F821
     out = capsys.readouterr().out
     assert "undefined_name_from_an_earlier_cell is not defined yet" in out
+
+
+def test_a_module_changed_in_place_is_replayed_into_the_graders_module() -> None:
+    @check("Exercise 0.4: zero the weights in place")
+    def check_zero(fn, t: Checker) -> None:
+        net = torch.nn.Linear(3, 2)
+        t.call(fn, net)
+        t.true(bool((net.weight == 0).all()), "the weights are zero after the call")
+        t.true(bool((net.bias != 0).any()), "the bias is left alone")
+
+    def zero_weights(net):
+        with torch.no_grad():
+            net.weight.zero_()
+
+    def does_nothing(net):
+        return None
+
+    for fn, passed in [(zero_weights, True), (does_nothing, False)]:
+        recorder = Recorder()
+        assert run_check(check_zero.body, "z", 1, fn, runner=recorder).passed is passed
+        buffer = io.BytesIO()
+        torch.save(recorder.outcomes, buffer)
+        buffer.seek(0)
+        outcomes = torch.load(buffer, weights_only=True)
+        replayed = run_check(check_zero.body, "z", 1, does_nothing, runner=Replayer(outcomes))
+        assert replayed.passed is passed

@@ -3,6 +3,11 @@ process (:class:`Recorder`) and replayed in the grader's own process (:class:`Re
 
 A recording holds only plain data (tensors, numbers, strings, lists), so the grader loads it
 with ``torch.load(weights_only=True)`` and compares it without running student code.
+
+A function that works in place on a module it is given (``randomize_weights_(net)``) changes
+that module in the sandbox only. The recording keeps the new values of every parameter and
+buffer it changed, and the replay writes them into the grader's copy of the module, so a check
+that inspects the module after the call sees what the student's function did.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class Recorder(LiveRunner):
 
     def call(self, t: Checker, fn: Callable, args: tuple, kwargs: dict) -> Any:
         key = t._call_key()
+        modules = module_arguments(args, kwargs)
+        before = {where: module_state(module) for where, module in modules.items()}
         try:
             value = t._call_here(fn, args, kwargs)
         except NotAttempted as err:
@@ -73,7 +80,15 @@ class Recorder(LiveRunner):
         except CheckFailed as err:
             self.outcomes[key] = {"kind": "failed", "message": str(err)}
             raise
-        self.outcomes[key] = {"kind": "value", "value": transportable(value)}
+        outcome = {"kind": "value", "value": transportable(value)}
+        changed = {
+            where: state
+            for where, module in modules.items()
+            if (state := changed_state(module, before[where]))
+        }
+        if changed:
+            outcome["modules"] = changed
+        self.outcomes[key] = outcome
         return value
 
 
@@ -97,7 +112,52 @@ class Replayer:
             raise CheckFailed(str(outcome.get("message", "")))
         if kind == "timeout":
             raise StopChecking(str(outcome.get("message", "")))
+        modules = module_arguments(args, kwargs)
+        changed = outcome.get("modules")
+        for where, state in (changed if isinstance(changed, dict) else {}).items():
+            if where in modules and isinstance(state, dict):
+                load_state(modules[where], state)
         return restore(outcome.get("value"))
+
+
+# ----- modules changed in place ------------------------------------------------------------------
+def module_arguments(args: tuple, kwargs: dict) -> dict[str, torch.nn.Module]:
+    """The arguments that are modules, keyed by position ("0") or keyword ("k:name")."""
+    found = {str(i): a for i, a in enumerate(args) if isinstance(a, torch.nn.Module)}
+    found.update({f"k:{k}": v for k, v in kwargs.items() if isinstance(v, torch.nn.Module)})
+    return found
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed_state(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> dict:
+    """The parameters and buffers of ``module`` that differ from ``before``, as plain tensors."""
+    changed = {}
+    for name, value in module.state_dict().items():
+        old = before.get(name)
+        if type(value) is not torch.Tensor and not isinstance(value, torch.nn.Parameter):
+            continue
+        if old is None or value.shape != old.shape or not torch.equal(value.detach(), old):
+            if value.numel() <= MAX_RECORDED_ELEMENTS:
+                changed[name] = value.detach().to("cpu", copy=True).as_subclass(torch.Tensor)
+    return changed
+
+
+def load_state(module: torch.nn.Module, state: dict) -> None:
+    """Write recorded values into ``module`` (entries of another name or shape are ignored)."""
+    current = module.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            target = current.get(name)
+            if (
+                target is not None
+                and type(value) is torch.Tensor
+                and value.shape == target.shape
+                and value.dtype.is_floating_point == target.dtype.is_floating_point
+            ):
+                target.copy_(value)
 
 
 def transportable(value: Any, depth: int = 0) -> Any:
