@@ -234,33 +234,60 @@ def check_normalised_metric(normalised_metric: Callable, t: Checker) -> None:
     probs = other.softmax(-1)
     prob_diff = (probs[rows, targets] - probs[rows, foils]).mean()
     mistakes = [
-        (_mean_diff(other, targets, foils), "This is the raw logit difference. Normalise it: "
-         "subtract the corrupted run's value and divide by (clean - corrupted)."),
-        (1 - expected, "The sign is flipped: the metric must be 1 on the clean run and 0 on the "
-         "corrupted one, i.e. (x - corrupted) / (clean - corrupted)."),
-        (per_prompt(other), "You normalised each prompt separately and then averaged. Average "
-         "the logit differences over the batch first, then normalise once (a prompt whose clean "
-         "and corrupted values are close would otherwise blow up the mean)."),
+        (
+            _mean_diff(other, targets, foils),
+            "This is the raw logit difference. Normalise it: "
+            "subtract the corrupted run's value and divide by (clean - corrupted).",
+        ),
+        (
+            1 - expected,
+            "The sign is flipped: the metric must be 1 on the clean run and 0 on the "
+            "corrupted one, i.e. (x - corrupted) / (clean - corrupted).",
+        ),
+        (
+            per_prompt(other),
+            "You normalised each prompt separately and then averaged. Average "
+            "the logit differences over the batch first, then normalise once (a prompt whose clean "
+            "and corrupted values are close would otherwise blow up the mean).",
+        ),
         (prob_diff, "Use logits, not probabilities: the metric is a logit difference."),
     ]
 
     with t.part("metric(clean logits) is 1 and metric(corrupted logits) is 0", points=1):
         metric = t.call(normalised_metric, lm, clean, corrupted, targets, foils)
-        t.true(callable(metric), "normalised_metric returns a function of the logits",
-               hint="Return the inner function `metric`, not its value.")
+        t.true(
+            callable(metric),
+            "normalised_metric returns a function of the logits",
+            hint="Return the inner function `metric`, not its value.",
+        )
         got = t.scalar(t.call(metric, clean_logits), "metric(logits of the clean prompts)")
-        t.close(got, 1.0, "metric(clean logits) == 1", atol=1e-4,
-                mistakes=[(high, mistakes[0][1]), (0.0, mistakes[1][1])])
+        t.close(
+            got,
+            1.0,
+            "metric(clean logits) == 1",
+            atol=1e-4,
+            mistakes=[(high, mistakes[0][1]), (0.0, mistakes[1][1])],
+        )
         got = t.scalar(t.call(metric, corrupted_logits), "metric(logits of the corrupted prompts)")
-        t.close(got, 0.0, "metric(corrupted logits) == 0", atol=1e-4,
-                mistakes=[(low, mistakes[0][1]), (1.0, mistakes[1][1])])
+        t.close(
+            got,
+            0.0,
+            "metric(corrupted logits) == 0",
+            atol=1e-4,
+            mistakes=[(low, mistakes[0][1]), (1.0, mistakes[1][1])],
+        )
 
     with t.part("metric of other logits, and its gradient", points=1):
         metric = t.call(normalised_metric, lm, clean, corrupted, targets, foils)
         got = t.scalar(t.call(metric, other), "metric(other logits (batch, vocab))")
-        t.close(got, expected, "the normalised mean logit difference of other logits",
-                atol=1e-4, mistakes=mistakes,
-                hint="Read each row's target and foil logit (row i uses target_ids[i]).")
+        t.close(
+            got,
+            expected,
+            "the normalised mean logit difference of other logits",
+            atol=1e-4,
+            mistakes=mistakes,
+            hint="Read each row's target and foil logit (row i uses target_ids[i]).",
+        )
 
         def gradient(logits: Tensor) -> Tensor:
             value = metric(logits)
@@ -276,9 +303,14 @@ def check_normalised_metric(normalised_metric: Callable, t: Checker) -> None:
         want[rows, targets] += 1 / (3 * (high - low))
         want[rows, foils] -= 1 / (3 * (high - low))
         got = t.call(gradient, other.clone().requires_grad_(True))
-        t.close(t.tensor(got, "d metric / d logits", shape=tuple(other.shape)), want,
-                "the metric's gradient: +1/(batch (clean-corrupted)) at each target, minus that "
-                "at each foil", atol=1e-5, scale=float(want.abs().max()))
+        t.close(
+            t.tensor(got, "d metric / d logits", shape=tuple(other.shape)),
+            want,
+            "the metric's gradient: +1/(batch (clean-corrupted)) at each target, minus that "
+            "at each foil",
+            atol=1e-5,
+            scale=float(want.abs().max()),
+        )
 
 
 # ----- Exercise 3.2 -----------------------------------------------------------------------------
@@ -290,30 +322,48 @@ def check_patch_grid(patch_grid: Callable, t: Checker) -> None:
         expected = _exact_grid(lm, clean, corrupted, metric, site)
         noising = _exact_grid(lm, clean, corrupted, metric, site, direction="noise")
         mistakes = [
-            (noising, "This is the noising direction (corrupted activations patched into the "
-             "clean run). Patch the *clean* activation into the *corrupted* run."),
+            (
+                noising,
+                "This is the noising direction (corrupted activations patched into the "
+                "clean run). Patch the *clean* activation into the *corrupted* run.",
+            ),
             (expected.roll(1, dims=1), "Off by one position."),
         ]
         if site == "resid_pre":
             post = _exact_grid(lm, clean, corrupted, metric, "resid_post")
-            mistakes.append((post, "This is resid_post (the block's output). resid_pre[layer] is "
-                             "the block's input."))
+            mistakes.append(
+                (
+                    post,
+                    "This is resid_post (the block's output). resid_pre[layer] is "
+                    "the block's input.",
+                )
+            )
         with t.part(f"site {site!r} on a tiny {p['family']} model", points=1):
             got = t.call(patch_grid, lm, clean, corrupted, metric, site)
-            got = t.tensor(got, f"patch_grid(..., site={site!r})",
-                           shape=(lm.n_layers, clean.shape[1]),
-                           hint="One cell per (layer, position): (n_layers, pos).")
+            got = t.tensor(
+                got,
+                f"patch_grid(..., site={site!r})",
+                shape=(lm.n_layers, clean.shape[1]),
+                hint="One cell per (layer, position): (n_layers, pos).",
+            )
             t.true(
-                not torch.allclose(got[:, 0], got[:, -1]) or torch.allclose(
-                    expected[:, 0], expected[:, -1]),
+                not torch.allclose(got[:, 0], got[:, -1])
+                or torch.allclose(expected[:, 0], expected[:, -1]),
                 "cells at different positions differ",
             )
-            t.close(got, expected, f"each cell = metric of the corrupted run with the clean "
-                    f"{site} at that one (layer, position), for every prompt of the batch",
-                    atol=1e-4, scale=_scale(expected), mistakes=mistakes,
-                    hint="Patch one position only (not every position up to it), in every "
-                    "prompt of the batch, and let the rest of the run recompute."
-                    if index == 0 else "Check the site: " + site + ".")
+            t.close(
+                got,
+                expected,
+                f"each cell = metric of the corrupted run with the clean "
+                f"{site} at that one (layer, position), for every prompt of the batch",
+                atol=1e-4,
+                scale=_scale(expected),
+                mistakes=mistakes,
+                hint="Patch one position only (not every position up to it), in every "
+                "prompt of the batch, and let the rest of the run recompute."
+                if index == 0
+                else "Check the site: " + site + ".",
+            )
 
 
 # ----- Exercise 3.3 -----------------------------------------------------------------------------
@@ -324,20 +374,30 @@ def check_patch_heads(patch_heads: Callable, t: Checker) -> None:
         lm, clean, corrupted, metric = p["lm"], p["clean"], p["corrupted"], p["metric"]
         expected = _exact_heads(lm, clean, corrupted, metric)
         kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
-        with t.part(f"every head of a tiny {family} model ({lm.n_heads} query heads, {kv} "
-                    "key/value heads)", points=1):
+        with t.part(
+            f"every head of a tiny {family} model ({lm.n_heads} query heads, {kv} key/value heads)",
+            points=1,
+        ):
             got = t.call(patch_heads, lm, clean, corrupted, metric)
             if isinstance(got, Tensor) and got.dim() == 2 and got.shape[1] == kv != lm.n_heads:
-                t.fail("the shape of the result",
-                       f"Your result has {kv} columns: that is the number of key/value heads.",
-                       hint=f"This model has {lm.n_heads} query heads sharing {kv} key/value "
-                       "heads. A head's output (the input of the attention output projection) "
-                       "has one slice per *query* head: (n_layers, n_heads).")
+                t.fail(
+                    "the shape of the result",
+                    f"Your result has {kv} columns: that is the number of key/value heads.",
+                    hint=f"This model has {lm.n_heads} query heads sharing {kv} key/value "
+                    "heads. A head's output (the input of the attention output projection) "
+                    "has one slice per *query* head: (n_layers, n_heads).",
+                )
             got = t.tensor(got, "patch_heads(...)", shape=(lm.n_layers, lm.n_heads))
-            t.close(got, expected, "each cell = metric of the corrupted run with one head's "
-                    "clean output at every position", atol=1e-4, scale=_scale(expected),
-                    hint="Patch the head's slice of the input of the attention output "
-                    "projection (labkit site 'head_out'), at all positions, one head at a time.")
+            t.close(
+                got,
+                expected,
+                "each cell = metric of the corrupted run with one head's "
+                "clean output at every position",
+                atol=1e-4,
+                scale=_scale(expected),
+                hint="Patch the head's slice of the input of the attention output "
+                "projection (labkit site 'head_out'), at all positions, one head at a time.",
+            )
 
 
 # ----- Exercise 3.4 -----------------------------------------------------------------------------
@@ -348,31 +408,62 @@ def check_activations_and_grads(activations_and_grads: Callable, t: Checker) -> 
     for site in ("resid_pre", t.choice(["head_out", "mlp_out"])):
         acts, grads = _acts_grads(lm, corrupted, metric, site)
         clean_acts, clean_grads = _acts_grads(lm, clean, metric, site)
-        with t.part(f"site {site!r}: the corrupted run's activations and d metric / d act",
-                    points=1):
+        with t.part(
+            f"site {site!r}: the corrupted run's activations and d metric / d act", points=1
+        ):
             first = t.call(activations_and_grads, lm, corrupted, metric, site)
-            t.true(isinstance(first, tuple) and len(first) == 2,
-                   "activations_and_grads returns a pair (activations, gradients)")
-            got_acts = t.tensor(first[0], "the activations", shape=tuple(acts.shape),
-                                hint="Stack every layer: (n_layers, batch, pos, ...).")
-            t.close(got_acts, acts, "the activations of the run on `tokens`", atol=1e-4,
-                    scale=_scale(acts), mistakes=[(clean_acts, "These are another run's.")])
+            t.true(
+                isinstance(first, tuple) and len(first) == 2,
+                "activations_and_grads returns a pair (activations, gradients)",
+            )
+            got_acts = t.tensor(
+                first[0],
+                "the activations",
+                shape=tuple(acts.shape),
+                hint="Stack every layer: (n_layers, batch, pos, ...).",
+            )
+            t.close(
+                got_acts,
+                acts,
+                "the activations of the run on `tokens`",
+                atol=1e-4,
+                scale=_scale(acts),
+                mistakes=[(clean_acts, "These are another run's.")],
+            )
             got = t.tensor(first[1], "the gradients", shape=tuple(grads.shape))
-            t.close(got, grads, "the gradient of the metric at each activation", atol=1e-5,
-                    scale=_scale(grads), mistakes=[
-                        (clean_grads, "This is the gradient at the *clean* run. Take it at the "
-                         "run you were given (the corrupted one)."),
-                        (-grads, "The sign is flipped."),
-                    ])
+            t.close(
+                got,
+                grads,
+                "the gradient of the metric at each activation",
+                atol=1e-5,
+                scale=_scale(grads),
+                mistakes=[
+                    (
+                        clean_grads,
+                        "This is the gradient at the *clean* run. Take it at the "
+                        "run you were given (the corrupted one).",
+                    ),
+                    (-grads, "The sign is flipped."),
+                ],
+            )
             second = t.call(activations_and_grads, lm, corrupted, metric, site)
             t.true(isinstance(second, tuple) and len(second) == 2, "a second call returns a pair")
             again = t.tensor(second[1], "the gradients of a second call", shape=tuple(grads.shape))
-            t.close(again, grads, "a second call gives the same gradients", atol=1e-5,
-                    scale=_scale(grads), mistakes=[
-                        (2 * grads, "The gradients doubled on the second call: they accumulate "
-                         "in `.grad` across calls. Use torch.autograd.grad, or fresh tensors "
-                         "each call."),
-                    ])
+            t.close(
+                again,
+                grads,
+                "a second call gives the same gradients",
+                atol=1e-5,
+                scale=_scale(grads),
+                mistakes=[
+                    (
+                        2 * grads,
+                        "The gradients doubled on the second call: they accumulate "
+                        "in `.grad` across calls. Use torch.autograd.grad, or fresh tensors "
+                        "each call.",
+                    ),
+                ],
+            )
 
 
 # ----- Exercise 3.5 -----------------------------------------------------------------------------
@@ -384,20 +475,33 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
         expected = _attribution(lm, clean, corrupted, metric, site)
         mistakes = [
             (-expected, "The sign is flipped: the estimate is (clean - corrupted) . gradient."),
-            (_attribution(lm, clean, corrupted, metric, site, grad_at="clean"),
-             "The gradient was taken at the clean run. For a clean-into-corrupted patch, "
-             "linearise around the corrupted run."),
-            (_attribution(lm, clean, corrupted, metric, site, grad_at="clean", sign=-1.0),
-             "That is the *noising* estimate ((corrupted - clean) . gradient at the clean run); "
-             "this exercise asks for denoising."),
+            (
+                _attribution(lm, clean, corrupted, metric, site, grad_at="clean"),
+                "The gradient was taken at the clean run. For a clean-into-corrupted patch, "
+                "linearise around the corrupted run.",
+            ),
+            (
+                _attribution(lm, clean, corrupted, metric, site, grad_at="clean", sign=-1.0),
+                "That is the *noising* estimate ((corrupted - clean) . gradient at the clean run); "
+                "this exercise asks for denoising.",
+            ),
         ]
         with t.part(f"site {site!r} on a tiny {p['family']} model", points=1):
             got = t.call(attribution_patching, lm, clean, corrupted, metric, site)
-            got = t.tensor(got, f"attribution_patching(..., site={site!r})",
-                           shape=(lm.n_layers, clean.shape[1]))
-            t.close(got, expected, "(clean - corrupted) . d metric/d act at the corrupted run, "
-                    "summed over d_model and the batch", atol=1e-4, scale=_scale(expected),
-                    mistakes=mistakes)
+            got = t.tensor(
+                got,
+                f"attribution_patching(..., site={site!r})",
+                shape=(lm.n_layers, clean.shape[1]),
+            )
+            t.close(
+                got,
+                expected,
+                "(clean - corrupted) . d metric/d act at the corrupted run, "
+                "summed over d_model and the batch",
+                atol=1e-4,
+                scale=_scale(expected),
+                mistakes=mistakes,
+            )
 
     lin = t.watch(_linear_model(), "the linear model")
     clean, corrupted = _tokens(lin, _CLEAN[:2]), _tokens(lin, _CORRUPTED[:2])
@@ -407,13 +511,19 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     corrupted_value = 0.0
     with t.part(f"exact on a model that is linear in its activations (site {site!r})", points=1):
         got = t.call(attribution_patching, lin, clean, corrupted, metric, site)
-        got = t.tensor(got, "attribution patching on the linear model",
-                       shape=(lin.n_layers, clean.shape[1]))
-        t.close(got + corrupted_value, exact, "on a linear model, attribution patching equals "
-                "exact patching minus the corrupted metric (0) in every cell", atol=1e-4,
-                scale=_scale(exact),
-                hint="Sum (clean - corrupted) * gradient over d_model and over the batch; the "
-                "gradient must come from the corrupted run.")
+        got = t.tensor(
+            got, "attribution patching on the linear model", shape=(lin.n_layers, clean.shape[1])
+        )
+        t.close(
+            got + corrupted_value,
+            exact,
+            "on a linear model, attribution patching equals "
+            "exact patching minus the corrupted metric (0) in every cell",
+            atol=1e-4,
+            scale=_scale(exact),
+            hint="Sum (clean - corrupted) * gradient over d_model and over the batch; the "
+            "gradient must come from the corrupted run.",
+        )
 
 
 # ----- Exercise 3.6 -----------------------------------------------------------------------------
@@ -426,26 +536,47 @@ def check_head_attribution(head_attribution: Callable, t: Checker) -> None:
         expected = _attribution(lm, clean, corrupted, metric, "head_out")
         kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
         mistakes = [
-            (_resid_heads(lm, clean, corrupted, metric), "You split the residual stream (the "
-             "attention's input) into heads. A head's output is the input of the attention "
-             "output projection (site 'head_out')."),
-            (_attn_out_heads(lm, clean, corrupted, metric), "You split the attention output "
-             "(after W_O mixes the heads) into chunks. Use the input of W_O (site 'head_out')."),
+            (
+                _resid_heads(lm, clean, corrupted, metric),
+                "You split the residual stream (the "
+                "attention's input) into heads. A head's output is the input of the attention "
+                "output projection (site 'head_out').",
+            ),
+            (
+                _attn_out_heads(lm, clean, corrupted, metric),
+                "You split the attention output "
+                "(after W_O mixes the heads) into chunks. Use the input of W_O (site 'head_out').",
+            ),
             (-expected, "The sign is flipped."),
-            (_attribution(lm, clean, corrupted, metric, "head_out", grad_at="clean"),
-             "The gradient was taken at the clean run; take it at the corrupted run."),
+            (
+                _attribution(lm, clean, corrupted, metric, "head_out", grad_at="clean"),
+                "The gradient was taken at the clean run; take it at the corrupted run.",
+            ),
         ]
         with t.part(f"heads x positions of a tiny {family} model", points=1):
             got = t.call(head_attribution, lm, clean, corrupted, metric)
             if isinstance(got, Tensor) and got.dim() == 3 and got.shape[1] == kv != lm.n_heads:
-                t.fail("the shape of the result", f"Your result has {kv} heads per layer: the "
-                       "number of key/value heads.", hint=f"Count query heads ({lm.n_heads}): "
-                       "each has its own slice of the input of W_O.")
-            got = t.tensor(got, "head_attribution(...)", shape=(lm.n_layers, lm.n_heads, n_pos),
-                           hint="(n_layers, n_heads, pos)")
-            t.close(got, expected, "(clean - corrupted) . gradient per head and position, "
-                    "summed over d_head and the batch", atol=1e-4, scale=_scale(expected),
-                    mistakes=mistakes)
+                t.fail(
+                    "the shape of the result",
+                    f"Your result has {kv} heads per layer: the number of key/value heads.",
+                    hint=f"Count query heads ({lm.n_heads}): "
+                    "each has its own slice of the input of W_O.",
+                )
+            got = t.tensor(
+                got,
+                "head_attribution(...)",
+                shape=(lm.n_layers, lm.n_heads, n_pos),
+                hint="(n_layers, n_heads, pos)",
+            )
+            t.close(
+                got,
+                expected,
+                "(clean - corrupted) . gradient per head and position, "
+                "summed over d_head and the batch",
+                atol=1e-4,
+                scale=_scale(expected),
+                mistakes=mistakes,
+            )
 
 
 # ----- Exercise 3.7 -----------------------------------------------------------------------------
@@ -485,28 +616,47 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
     y, x = estimate.flatten().double(), exact.flatten().double()
     yc = y - y.mean()
     wrong = {
-        "slope": [(float((yc * (x - x.mean())).sum() / (yc * yc).sum()),
-                   "You regressed exact on the estimate. The slope is of the estimate (y) "
-                   "against exact patching (x): cov(x, y) / var(x).")],
-        "spearman": [(want["pearson"], "That is Pearson's r. Spearman's rho is Pearson's r "
-                      "of the ranks.")],
-        "top-k recall": [(len(set(x.topk(k).indices.tolist()) & set(y.topk(k).indices.tolist()))
-                          / k, "Rank by size (absolute value): a large negative effect is a "
-                          "top effect too.")],
-        "sign agreement": [(float((x.sign() == y.sign()).sum()),
-                            "Return a fraction (between 0 and 1), not a count.")],
+        "slope": [
+            (
+                float((yc * (x - x.mean())).sum() / (yc * yc).sum()),
+                "You regressed exact on the estimate. The slope is of the estimate (y) "
+                "against exact patching (x): cov(x, y) / var(x).",
+            )
+        ],
+        "spearman": [
+            (want["pearson"], "That is Pearson's r. Spearman's rho is Pearson's r of the ranks.")
+        ],
+        "top-k recall": [
+            (
+                len(set(x.topk(k).indices.tolist()) & set(y.topk(k).indices.tolist())) / k,
+                "Rank by size (absolute value): a large negative effect is a top effect too.",
+            )
+        ],
+        "sign agreement": [
+            (
+                float((x.sign() == y.sign()).sum()),
+                "Return a fraction (between 0 and 1), not a count.",
+            )
+        ],
     }
     with t.part("pearson, spearman, slope, sign agreement and top-k recall", points=2):
         got = t.call(agreement, estimate.clone(), exact.clone(), k)
-        t.true(isinstance(got, dict) and set(AGREEMENT_KEYS) <= set(got),
-               f"agreement returns a dict with the keys {', '.join(AGREEMENT_KEYS)}")
+        t.true(
+            isinstance(got, dict) and set(AGREEMENT_KEYS) <= set(got),
+            f"agreement returns a dict with the keys {', '.join(AGREEMENT_KEYS)}",
+        )
         for key in AGREEMENT_KEYS:
             value = t.scalar(got[key], f"agreement(...)[{key!r}]")
-            t.close(value, want[key], f"agreement(...)[{key!r}] on a 5 x 6 grid", atol=1e-4,
-                    mistakes=wrong.get(key, []))
+            t.close(
+                value,
+                want[key],
+                f"agreement(...)[{key!r}] on a 5 x 6 grid",
+                atol=1e-4,
+                mistakes=wrong.get(key, []),
+            )
         t.true(
-            abs(t.scalar(t.call(agreement, exact.clone(), exact.clone(), k)["pearson"], "r")
-                - 1.0) < 1e-6,
+            abs(t.scalar(t.call(agreement, exact.clone(), exact.clone(), k)["pearson"], "r") - 1.0)
+            < 1e-6,
             "an estimate equal to exact patching has Pearson r = 1",
         )
 
@@ -530,10 +680,17 @@ def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> 
             signed = _patches_needed_signed(estimate, exact, k)
             got = t.call(patches_to_find_top_k, estimate.clone(), exact.clone(), k)
             got = t.scalar(got, f"patches_to_find_top_k(estimate, exact, k={k})")
-            t.close(got, want, f"the number of exact patches, made in order of |estimate|, "
-                    f"until all of the exact top-{k} (by |effect|) are found", atol=0.1,
-                    mistakes=[(want - 1, "Off by one: count the patches, starting at 1."),
-                              (signed, "Order by absolute value, not the signed estimate.")])
+            t.close(
+                got,
+                want,
+                f"the number of exact patches, made in order of |estimate|, "
+                f"until all of the exact top-{k} (by |effect|) are found",
+                atol=0.1,
+                mistakes=[
+                    (want - 1, "Off by one: count the patches, starting at 1."),
+                    (signed, "Order by absolute value, not the signed estimate."),
+                ],
+            )
         got = t.scalar(t.call(patches_to_find_top_k, exact.clone(), exact.clone(), 5), "n")
         t.close(got, 5, "a perfect estimate needs exactly k patches", atol=0.1)
 
@@ -552,8 +709,11 @@ def _saturated_scores(seed: int, heads: int = 3, n: int = 5) -> tuple[Tensor, Te
     clean = corrupted + 6.0 * torch.randn(heads, n, n, generator=gen)
     grad = torch.randn(heads, n, n, generator=gen)
     mask = ~causal
-    return (clean.masked_fill(mask, float("-inf")), corrupted.masked_fill(mask, float("-inf")),
-            grad.masked_fill(mask, 0.0))
+    return (
+        clean.masked_fill(mask, float("-inf")),
+        corrupted.masked_fill(mask, float("-inf")),
+        grad.masked_fill(mask, 0.0),
+    )
 
 
 def _atp_scores(clean: Tensor, corrupted: Tensor, grad: Tensor) -> Tensor:
@@ -567,28 +727,47 @@ def check_qk_fix(qk_fix: Callable, t: Checker) -> None:
     clean, corrupted, grad = _saturated_scores(t.seed(9))
     want = ((clean.softmax(-1) - corrupted.softmax(-1)) * grad).sum((-2, -1))
     mistakes = [
-        (_atp_scores(clean, corrupted, grad), "That is the plain linear estimate through the "
-         "softmax (gradient w.r.t. the scores times the change in scores). The fix recomputes "
-         "the pattern exactly: softmax(clean scores) - softmax(corrupted scores)."),
+        (
+            _atp_scores(clean, corrupted, grad),
+            "That is the plain linear estimate through the "
+            "softmax (gradient w.r.t. the scores times the change in scores). The fix recomputes "
+            "the pattern exactly: softmax(clean scores) - softmax(corrupted scores).",
+        ),
         (-want, "The sign is flipped: new pattern minus the corrupted pattern."),
-        (((clean.softmax(-2) - corrupted.softmax(-2)).nan_to_num(0.0) * grad).sum((-2, -1)),
-         "Softmax over the keys (the last dimension), not the queries."),
+        (
+            ((clean.softmax(-2) - corrupted.softmax(-2)).nan_to_num(0.0) * grad).sum((-2, -1)),
+            "Softmax over the keys (the last dimension), not the queries.",
+        ),
         ((clean.softmax(-1) * grad).sum((-2, -1)), "Subtract the corrupted pattern."),
     ]
     with t.part("a saturated head: (softmax(new) - softmax(old)) . d metric / d pattern", points=1):
         got = t.call(qk_fix, clean.clone(), corrupted.clone(), grad.clone())
-        got = t.tensor(got, "qk_fix(scores_clean, scores_corrupted, pattern_grad)",
-                       shape=tuple(want.shape), hint="Sum over the query and key dimensions.")
-        t.close(got, want, "the QK-fix estimate per head", atol=1e-5, scale=_scale(want),
-                mistakes=mistakes)
+        got = t.tensor(
+            got,
+            "qk_fix(scores_clean, scores_corrupted, pattern_grad)",
+            shape=tuple(want.shape),
+            hint="Sum over the query and key dimensions.",
+        )
+        t.close(
+            got,
+            want,
+            "the QK-fix estimate per head",
+            atol=1e-5,
+            scale=_scale(want),
+            mistakes=mistakes,
+        )
     with t.part("leading dimensions (layers, batch) and a row constant", points=1):
         stacked = [_saturated_scores(t.seed(10 + i), heads=2) for i in range(4)]
         c, k, g = (torch.stack([s[j] for s in stacked]).view(2, 2, 2, 5, 5) for j in range(3))
         want = ((c.softmax(-1) - k.softmax(-1)) * g).sum((-2, -1))
         got = t.call(qk_fix, c + 3.0, k.clone(), g.clone())  # + a constant: same pattern
-        t.close(t.tensor(got, "qk_fix on (2, 2, 2, 5, 5) scores", shape=(2, 2, 2)), want,
-                "scores shifted by a constant give the same pattern, hence the same estimate",
-                atol=1e-5, scale=_scale(want))
+        t.close(
+            t.tensor(got, "qk_fix on (2, 2, 2, 5, 5) scores", shape=(2, 2, 2)),
+            want,
+            "scores shifted by a constant give the same pattern, hence the same estimate",
+            atol=1e-5,
+            scale=_scale(want),
+        )
 
 
 # ----- Exercise 3.10 ----------------------------------------------------------------------------
@@ -612,25 +791,44 @@ def check_integrated_patching(integrated_patching: Callable, t: Checker) -> None
     steps = t.choice([3, 4])
     want = _integrated(lm, clean, corrupted, metric, steps)
     mistakes = [
-        (_integrated(lm, clean, corrupted, metric, steps, "left"), "Left Riemann sum: use the "
-         "midpoint rule, alpha_k = (k + 1/2) / n_steps."),
-        (_integrated(lm, clean, corrupted, metric, steps, "right"), "Right Riemann sum: use the "
-         "midpoint rule, alpha_k = (k + 1/2) / n_steps."),
+        (
+            _integrated(lm, clean, corrupted, metric, steps, "left"),
+            "Left Riemann sum: use the midpoint rule, alpha_k = (k + 1/2) / n_steps.",
+        ),
+        (
+            _integrated(lm, clean, corrupted, metric, steps, "right"),
+            "Right Riemann sum: use the midpoint rule, alpha_k = (k + 1/2) / n_steps.",
+        ),
         (-want, "The sign is flipped: (clean - corrupted) times the average gradient."),
     ]
     with t.part(f"{steps} steps on a tiny {p['family']} model", points=1):
         got = t.call(integrated_patching, lm, clean, corrupted, metric, steps)
-        got = t.tensor(got, f"integrated_patching(..., n_steps={steps})",
-                       shape=(clean.shape[1],), hint="One score per position: (pos,).")
-        t.close(got, want, "midpoint-rule integrated gradients from the corrupted to the clean "
-                "embeddings, summed over d_model and the batch", atol=1e-4, scale=_scale(want),
-                mistakes=mistakes)
+        got = t.tensor(
+            got,
+            f"integrated_patching(..., n_steps={steps})",
+            shape=(clean.shape[1],),
+            hint="One score per position: (pos,).",
+        )
+        t.close(
+            got,
+            want,
+            "midpoint-rule integrated gradients from the corrupted to the clean "
+            "embeddings, summed over d_model and the batch",
+            atol=1e-4,
+            scale=_scale(want),
+            mistakes=mistakes,
+        )
     with t.part("completeness: with many steps the scores add up to 1 - 0", points=1):
         got = t.call(integrated_patching, lm, clean, corrupted, metric, 64)
         got = t.tensor(got, "integrated_patching(..., n_steps=64)", shape=(clean.shape[1],))
-        t.close(got.sum(), 1.0, "the sum of the scores is metric(clean) - metric(corrupted) = 1",
-                atol=0.05, hint="Average the gradients over the steps (do not sum them), and "
-                "multiply by (clean - corrupted) embeddings.")
+        t.close(
+            got.sum(),
+            1.0,
+            "the sum of the scores is metric(clean) - metric(corrupted) = 1",
+            atol=0.05,
+            hint="Average the gradients over the steps (do not sum them), and "
+            "multiply by (clean - corrupted) embeddings.",
+        )
 
 
 EXERCISES = {
