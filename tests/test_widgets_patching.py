@@ -9,6 +9,25 @@ from labkit.widgets.patching import ALL_PAIRS, PatchingExplorer
 pytest.importorskip("ipywidgets")
 
 
+# The tiny model's tokenizer is byte-level: one-byte targets, same-length prompts.
+PAIRS = {
+    "ioi": [
+        {
+            "id": f"ioi-{i}",
+            "clean": f"Al and Bo {i}: Al to",
+            "corrupted": f"Al and Bo {i}: Bo to",
+            "target": "B",
+            "foil": "A",
+        }
+        for i in range(3)
+    ],
+    "fact": [
+        {"id": "f", "clean": "The cat is", "corrupted": "The dog is", "target": "s", "foil": "t"}
+    ],
+    "pun": [{"id": "p", "clean": "Why so?", "corrupted": "Why no?", "target": "a", "foil": "b"}],
+}
+
+
 @pytest.fixture
 def lm():
     return tiny_model("llama")
@@ -52,8 +71,9 @@ class Calls:
 
 def test_draws_on_start_and_follows_the_controls(lm) -> None:
     calls = Calls()
-    explorer = PatchingExplorer(lm, calls.functions(), task="fact")
-    assert explorer.heatmaps.value[:4] == b"\x89PNG" and explorer.scatter.value[:4] == b"\x89PNG"
+    explorer = PatchingExplorer(lm, calls.functions(), task="fact", pairs=PAIRS)
+    assert bytes(explorer.heatmaps.value[:4]) == b"\x89PNG"
+    assert bytes(explorer.scatter.value[:4]) == b"\x89PNG"
     assert explorer.heatmaps.layout.display is None
     assert ("attribution", "resid_pre") in calls.calls and ("grid", "resid_pre") in calls.calls
     first = explorer.heatmaps.value
@@ -67,12 +87,10 @@ def test_draws_on_start_and_follows_the_controls(lm) -> None:
 
 def test_saved_exact_results_are_used_for_the_batch(lm) -> None:
     calls = Calls()
-    from labkit.data import patching_pairs
-
-    ids = [p["id"] for p in patching_pairs("ioi")]
-    n_pos = lm.to_tokens(patching_pairs("ioi")[0]["clean"], prepend_anchor=True).shape[1]
+    ids = [p["id"] for p in PAIRS["ioi"]]
+    n_pos = lm.to_tokens(PAIRS["ioi"][0]["clean"], prepend_anchor=True).shape[1]
     saved = {"ioi": {"pairs": ids, "exact": {"attn_out": torch.ones(lm.n_layers, n_pos).tolist()}}}
-    explorer = PatchingExplorer(lm, calls.functions(), exact=saved, site="attn_out")
+    explorer = PatchingExplorer(lm, calls.functions(), exact=saved, site="attn_out", pairs=PAIRS)
     assert ("grid", "attn_out") not in calls.calls  # read from the saved results
     assert torch.equal(explorer.exact_grid, torch.ones(lm.n_layers, n_pos, dtype=torch.float64))
     explorer.pair.value = ids[1]  # a single pair is not saved: computed with patch_grid
@@ -83,18 +101,18 @@ def test_unfinished_exercises_and_errors_give_messages_not_broken_images(lm) -> 
     def unfinished(*args):
         raise NotImplementedError
 
-    explorer = PatchingExplorer(lm, {"normalised_metric": unfinished}, task="pun")
+    explorer = PatchingExplorer(lm, {"normalised_metric": unfinished}, task="pun", pairs=PAIRS)
     assert "Finish exercise 3.1" in explorer.status.value
     assert explorer.heatmaps.layout.display == "none"
     calls = Calls()
     functions = calls.functions()
     functions["attribution_patching"] = unfinished
-    explorer = PatchingExplorer(lm, functions, task="pun")
+    explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
     assert "Finish exercise 3.5" in explorer.status.value
 
     def broken(*args):
         raise ValueError("oops")
 
     functions["attribution_patching"] = broken
-    explorer = PatchingExplorer(lm, functions, task="pun")
+    explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
     assert "raised ValueError: oops" in explorer.status.value

@@ -44,6 +44,8 @@ class PatchingExplorer:
     ``functions`` maps the exercise names above to your functions. ``exact`` holds saved exact
     results per task (``{task: {"pairs": [...], "exact": {site: grid}}}``), used when the pair
     is the saved batch; other pairs are patched exactly with your functions (a few seconds).
+    ``pairs`` replaces the lab's prompt pairs (``{task: [{"id", "clean", "corrupted", "target",
+    "foil"}]}``), e.g. your own.
     """
 
     def __init__(
@@ -53,11 +55,13 @@ class PatchingExplorer:
         exact: Mapping[str, Mapping] | None = None,
         task: str = "ioi",
         site: str = "resid_pre",
+        pairs: Mapping[str, list[dict]] | None = None,
     ) -> None:
         import ipywidgets as widgets
 
         self.lm, self.functions, self.exact = lm, dict(functions), dict(exact or {})
-        self.task = widgets.Dropdown(options=list(PATCHING_TASKS), value=task, description="task")
+        self.pairs = dict(pairs) if pairs else {t: patching_pairs(t) for t in PATCHING_TASKS}
+        self.task = widgets.Dropdown(options=list(self.pairs), value=task, description="task")
         self.site = widgets.Dropdown(options=list(SITE_CHOICES), value=site, description="site")
         self.pair = widgets.Dropdown(description="pair", layout=widgets.Layout(width="420px"))
         self.status = widgets.HTML()
@@ -66,10 +70,11 @@ class PatchingExplorer:
         self.scatter = widgets.Image(format="png", layout=widgets.Layout(display="none"))
         self.estimate: torch.Tensor | None = None
         self.exact_grid: torch.Tensor | None = None
+        self._quiet = False
         self._set_pairs()
         self.task.observe(lambda change: (self._set_pairs(), self.update()), names="value")
         self.site.observe(lambda change: self.update(), names="value")
-        self.pair.observe(lambda change: self.update(), names="value")
+        self.pair.observe(lambda change: self._quiet or self.update(), names="value")
         self.widget = widgets.VBox(
             [
                 widgets.HBox([self.task, self.site, self.pair]),
@@ -85,19 +90,22 @@ class PatchingExplorer:
         display(self.widget)
 
     def _set_pairs(self) -> None:
-        pairs = patching_pairs(self.task.value)
+        pairs = self.pairs[self.task.value]
         options = [ALL_PAIRS] if len(pairs) > 1 else []
         options += [p["id"] for p in pairs]
-        with self.pair.hold_trait_notifications():
-            self.pair.options = options
+        self._quiet = True  # one redraw per change of task, not one per dropdown update
+        try:
+            self.pair.options = options  # also selects the first option
             self.pair.value = options[0]
+        finally:
+            self._quiet = False
 
     def _message(self, text: str) -> None:
         self.status.value = f"<span style='color:#b00'>{text}</span>"
         self.heatmaps.layout.display = self.scatter.layout.display = "none"
 
     def _selected(self) -> list[dict]:
-        pairs = patching_pairs(self.task.value)
+        pairs = self.pairs[self.task.value]
         if self.pair.value == ALL_PAIRS:
             saved = self.exact.get(self.task.value, {}).get("pairs")
             return [p for p in pairs if saved is None or p["id"] in saved]
