@@ -429,6 +429,7 @@ def grads_sum_over_batch(lm, tokens, metric, site):
 
 def test_activations_and_grads_check() -> None:
     check = lab03.check_activations_and_grads
+    _ACCUMULATED.clear()  # a fresh kernel
     for good in (SOL["activations_and_grads"], grads_backward, grads_one_layer_at_a_time):
         assert passes(check, good), good.__name__
     for wrong in (
@@ -441,6 +442,7 @@ def test_activations_and_grads_check() -> None:
         grads_sum_over_batch,
     ):
         assert fails(check, wrong), wrong.__name__
+    _ACCUMULATED.clear()
     assert "accumulate" in fails(check, grads_accumulate)
 
 

@@ -613,8 +613,11 @@ AGREEMENT_KEYS = ("pearson", "spearman", "slope", "sign agreement", "top-k recal
 def check_agreement(agreement: Callable, t: Checker) -> None:
     gen = torch.Generator().manual_seed(t.seed(7))
     exact = torch.randn(5, 6, generator=gen) ** 3  # heavy tails, like patching effects
+    exact[0, 1:5] = -(exact[0, 1:5].abs() + 2.0)  # large negative effects count for top-k too
+    exact = exact + 0.5  # a nonzero mean: a line through the origin is not the fit
     estimate = 0.6 * exact + 0.3 * torch.randn(5, 6, generator=gen) - 0.05
     estimate[0, 0] = -estimate[0, 0] - 0.5  # a large estimate with the wrong sign
+    estimate[0, 1:3] = -estimate[0, 1:3]  # two large effects with the wrong sign
     k = t.choice([5, 4, 6])
     want = _agreement(estimate, exact, k)
     y, x = estimate.flatten().double(), exact.flatten().double()
