@@ -15,7 +15,12 @@ The attribution patching time includes its clean forward pass and the corrupted 
 backward passes. Printed: seconds, the speed-up measured in this run, and beside it the
 agreement of the estimate with exact patching (Pearson, Spearman, top-10 recall). Every
 function is read from solutions/03_attribution_patching.ipynb, so this measures the code
-students see. Run:  HF_HUB_OFFLINE=1 python benchmarks/attribution_patching.py [--pairs N]
+students see.
+
+Measured on the shared 2-core machine under heavy load (2026-11-23, 2 pairs, 1 thread): every
+head 11.4x (Pearson 0.83, Spearman 0.95), head x position 42.4x (Pearson 0.83, Spearman 0.97);
+to be re-measured on an idle machine. Run:
+    HF_HUB_OFFLINE=1 python benchmarks/attribution_patching.py [--pairs N] [--threads T]
 """
 
 from __future__ import annotations
