@@ -29,3 +29,29 @@ def test_targets_are_single_tokens(lm: labkit.LabModel) -> None:
         lm.token_id(item["target"]) and lm.token_id(item["foil"])
     for item in data.facts():
         lm.token_id(item["target"])
+
+
+def test_patching_pairs_are_well_formed() -> None:
+    for task in data.PATCHING_TASKS:
+        pairs = data.patching_pairs(task)
+        assert pairs
+        for pair in pairs:
+            assert {"id", "clean", "corrupted", "target", "foil"} <= set(pair)
+            assert pair["clean"] != pair["corrupted"] and pair["target"] != pair["foil"]
+    assert len(data.patching_pairs("ioi")) >= 6
+    with pytest.raises(KeyError, match="Tasks"):
+        data.patching_pairs("nope")
+
+
+@pytest.mark.default_model
+def test_patching_pairs_align_on_the_default_model(lm: labkit.LabModel) -> None:
+    lengths = set()
+    for task in data.PATCHING_TASKS:
+        for pair in data.patching_pairs(task):
+            clean = lm.to_tokens(pair["clean"], prepend_anchor=True)
+            corrupted = lm.to_tokens(pair["corrupted"], prepend_anchor=True)
+            assert clean.shape == corrupted.shape, pair["id"]
+            lm.token_id(pair["target"]) and lm.token_id(pair["foil"])
+            if task == "ioi":
+                lengths.add(clean.shape[1])
+    assert len(lengths) == 1  # IOI pairs share one template: they batch position by position

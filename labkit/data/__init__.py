@@ -35,3 +35,20 @@ def pun(pun_id: str) -> dict:
             return dict(item)
     ids = ", ".join(item["id"] for item in _load("puns"))
     raise KeyError(f"No pun {pun_id!r}. Available: {ids}.")
+
+
+PATCHING_TASKS = ("ioi", "fact", "pun")
+
+
+def patching_pairs(task: str = "ioi") -> list[dict]:
+    """Clean/corrupted prompt pairs for lab 03: id, clean, corrupted, target, foil.
+
+    ``task`` is "ioi" (indirect object identification, names swapped), "fact" (a subject
+    swapped for one of the same token length) or "pun". Both prompts of a pair have the same
+    number of tokens; the target answers the clean prompt, the foil the corrupted one.
+    """
+    text = resources.files("labkit.data").joinpath("patching.json").read_text(encoding="utf-8")
+    tasks = json.loads(text)["tasks"]
+    if task not in tasks:
+        raise KeyError(f"No task {task!r}. Tasks: {', '.join(tasks)}.")
+    return [dict(item) for item in tasks[task]]

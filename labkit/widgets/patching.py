@@ -1,0 +1,203 @@
+"""Lab 03's explorer: choose a task, a site and a prompt pair; see attribution patching next to
+exact patching, and the scatter of one against the other.
+
+The explorer computes nothing itself: it calls the functions you wrote in the lab,
+
+* ``normalised_metric(lm, clean_tokens, corrupted_tokens, target_ids, foil_ids)``,
+* ``attribution_patching(lm, clean, corrupted, metric, site)`` and
+  ``head_attribution(lm, clean, corrupted, metric)`` for the estimate,
+* ``patch_grid(lm, clean, corrupted, metric, site)`` and ``patch_heads(...)`` for exact
+  patching, unless the lab's saved results (``exact``) already hold the answer,
+
+so what you see is your own implementation at work.
+
+>>> PatchingExplorer(lm, functions, exact=saved["tasks"])  # in a notebook: controls + pictures
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+from labkit.data import PATCHING_TASKS, patching_pairs
+from labkit.models import LabModel
+
+__all__ = ["PatchingExplorer", "SITE_CHOICES"]
+
+SITE_CHOICES = ("resid_pre", "attn_out", "mlp_out", "heads")
+ALL_PAIRS = "all pairs (one batch)"
+_NEEDS = {
+    "normalised_metric": "3.1",
+    "patch_grid": "3.2",
+    "patch_heads": "3.3",
+    "attribution_patching": "3.5",
+    "head_attribution": "3.6",
+}
+
+
+class PatchingExplorer:
+    """Dropdowns for task, site and pair above two pictures that follow them.
+
+    ``functions`` maps the exercise names above to your functions. ``exact`` holds saved exact
+    results per task (``{task: {"pairs": [...], "exact": {site: grid}}}``), used when the pair
+    is the saved batch; other pairs are patched exactly with your functions (a few seconds).
+    ``pairs`` replaces the lab's prompt pairs (``{task: [{"id", "clean", "corrupted", "target",
+    "foil"}]}``), e.g. your own.
+    """
+
+    def __init__(
+        self,
+        lm: LabModel,
+        functions: Mapping[str, Callable],
+        exact: Mapping[str, Mapping] | None = None,
+        task: str = "ioi",
+        site: str = "resid_pre",
+        pairs: Mapping[str, list[dict]] | None = None,
+    ) -> None:
+        import ipywidgets as widgets
+
+        self.lm, self.functions, self.exact = lm, dict(functions), dict(exact or {})
+        self.pairs = dict(pairs) if pairs else {t: patching_pairs(t) for t in PATCHING_TASKS}
+        self.task = widgets.Dropdown(options=list(self.pairs), value=task, description="task")
+        self.site = widgets.Dropdown(options=list(SITE_CHOICES), value=site, description="site")
+        self.pair = widgets.Dropdown(description="pair", layout=widgets.Layout(width="420px"))
+        self.status = widgets.HTML()
+        hidden = widgets.Layout(display="none")
+        self.heatmaps = widgets.Image(format="png", layout=hidden)
+        self.scatter = widgets.Image(format="png", layout=widgets.Layout(display="none"))
+        self.estimate: torch.Tensor | None = None
+        self.exact_grid: torch.Tensor | None = None
+        self._quiet = False
+        self._set_pairs()
+        self.task.observe(lambda change: (self._set_pairs(), self.update()), names="value")
+        self.site.observe(lambda change: self.update(), names="value")
+        self.pair.observe(lambda change: self._quiet or self.update(), names="value")
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.task, self.site, self.pair]),
+                self.status,
+                widgets.HBox([self.heatmaps, self.scatter]),
+            ]
+        )
+        self.update()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _set_pairs(self) -> None:
+        pairs = self.pairs[self.task.value]
+        options = [ALL_PAIRS] if len(pairs) > 1 else []
+        options += [p["id"] for p in pairs]
+        self._quiet = True  # one redraw per change of task, not one per dropdown update
+        try:
+            self.pair.options = options  # also selects the first option
+            self.pair.value = options[0]
+        finally:
+            self._quiet = False
+
+    def _message(self, text: str) -> None:
+        self.status.value = f"<span style='color:#b00'>{text}</span>"
+        self.heatmaps.layout.display = self.scatter.layout.display = "none"
+
+    def _selected(self) -> list[dict]:
+        pairs = self.pairs[self.task.value]
+        if self.pair.value == ALL_PAIRS:
+            saved = self.exact.get(self.task.value, {}).get("pairs")
+            return [p for p in pairs if saved is None or p["id"] in saved]
+        return [p for p in pairs if p["id"] == self.pair.value]
+
+    def _saved_exact(self, pairs: list[dict], site: str) -> torch.Tensor | None:
+        saved = self.exact.get(self.task.value)
+        if not saved or [p["id"] for p in pairs] != list(saved.get("pairs", [])):
+            return None
+        grid = saved.get("exact", {}).get(site)
+        return None if grid is None else torch.tensor(grid)
+
+    def _call(self, name: str, *args):
+        fn = self.functions.get(name)
+        if fn is None:
+            raise NotImplementedError(name)
+        return fn(*args)
+
+    def update(self) -> None:
+        """Compute the estimate (and exact patching if not saved) and redraw both pictures."""
+        from labkit.plot.patching import plot_patching_pair, plot_patching_scatter
+
+        lm, site = self.lm, self.site.value
+        pairs = self._selected()
+        if not pairs:
+            self._message("No pair selected.")
+            return
+        try:
+            clean = torch.cat([lm.to_tokens(p["clean"], prepend_anchor=True) for p in pairs])
+            corrupted = torch.cat(
+                [lm.to_tokens(p["corrupted"], prepend_anchor=True) for p in pairs]
+            )
+            targets = [lm.token_id(p["target"]) for p in pairs]
+            foils = [lm.token_id(p["foil"]) for p in pairs]
+        except (ValueError, RuntimeError) as err:
+            self._message(f"These prompts do not fit this model: {err}")
+            return
+        start = time.perf_counter()
+        step = "normalised_metric"
+        try:
+            metric = self._call(step, lm, clean, corrupted, targets, foils)
+            if site == "heads":
+                step = "head_attribution"
+                estimate = self._call(step, lm, clean, corrupted, metric).sum(-1)
+            else:
+                step = "attribution_patching"
+                estimate = self._call(step, lm, clean, corrupted, metric, site)
+            exact = self._saved_exact(pairs, site)
+            if exact is None:
+                step = "patch_heads" if site == "heads" else "patch_grid"
+                args = (lm, clean, corrupted, metric) + (() if site == "heads" else (site,))
+                exact = self._call(step, *args)
+        except NotImplementedError:
+            self._message(
+                f"Finish exercise {_NEEDS[step]} ({step}) first: the explorer runs your code."
+            )
+            return
+        except Exception as err:  # the student's code failed: say so, keep the widget alive
+            self._message(f"Your {step} raised {type(err).__name__}: {err}")
+            return
+        self.estimate = torch.as_tensor(estimate).detach().cpu().double()
+        self.exact_grid = torch.as_tensor(exact).detach().cpu().double()
+        if self.estimate.shape != self.exact_grid.shape:
+            self._message(
+                f"The estimate has shape {tuple(self.estimate.shape)} but exact patching "
+                f"{tuple(self.exact_grid.shape)}."
+            )
+            return
+        seconds = time.perf_counter() - start
+        columns = [str(h) for h in range(lm.n_heads)] if site == "heads" else None
+        if columns is None:
+            columns = lm.str_tokens(clean[0])
+        name = f"{self.task.value}, {site}, {len(pairs)} pair{'s' * (len(pairs) > 1)}"
+        self.heatmaps.value = _png(
+            plot_patching_pair(
+                self.estimate,
+                self.exact_grid,
+                columns=columns,
+                xlabel="head" if site == "heads" else "position (first prompt's tokens)",
+                title=name,
+            )
+        )
+        self.scatter.value = _png(plot_patching_scatter(self.estimate, self.exact_grid))
+        self.heatmaps.layout.display = self.scatter.layout.display = None
+        r = torch.corrcoef(torch.stack([self.estimate.flatten(), self.exact_grid.flatten()]))
+        self.status.value = (
+            f"{name}: Pearson r = {float(r[0, 1]):.3f} over {self.estimate.numel()} "
+            f"components; computed in {seconds:.1f} s"
+        )
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    return buffer.getvalue()

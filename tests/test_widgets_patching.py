@@ -1,0 +1,118 @@
+"""labkit.widgets.patching: the explorer calls the student's functions, redraws, degrades."""
+
+import pytest
+import torch
+
+from labkit.tiny import tiny_model
+from labkit.widgets.patching import ALL_PAIRS, PatchingExplorer
+
+pytest.importorskip("ipywidgets")
+
+
+# The tiny model's tokenizer is byte-level: one-byte targets, same-length prompts.
+PAIRS = {
+    "ioi": [
+        {
+            "id": f"ioi-{i}",
+            "clean": f"Al and Bo {i}: Al to",
+            "corrupted": f"Al and Bo {i}: Bo to",
+            "target": "B",
+            "foil": "A",
+        }
+        for i in range(3)
+    ],
+    "fact": [
+        {"id": "f", "clean": "The cat is", "corrupted": "The dog is", "target": "s", "foil": "t"}
+    ],
+    "pun": [{"id": "p", "clean": "Why so?", "corrupted": "Why no?", "target": "a", "foil": "b"}],
+}
+
+
+@pytest.fixture
+def lm():
+    return tiny_model("llama")
+
+
+class Calls:
+    """Stand-ins for the student's functions that remember how they were called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def metric(self, lm, clean, corrupted, targets, foils):
+        self.calls.append(("metric", tuple(clean.shape)))
+        return lambda logits: logits[:, 0].mean()
+
+    def attribution(self, lm, clean, corrupted, metric, site):
+        self.calls.append(("attribution", site))
+        return torch.rand(lm.n_layers, clean.shape[1])
+
+    def heads(self, lm, clean, corrupted, metric):
+        self.calls.append(("heads",))
+        return torch.rand(lm.n_layers, lm.n_heads, clean.shape[1])
+
+    def grid(self, lm, clean, corrupted, metric, site):
+        self.calls.append(("grid", site))
+        return torch.rand(lm.n_layers, clean.shape[1])
+
+    def patch_heads(self, lm, clean, corrupted, metric):
+        self.calls.append(("patch_heads",))
+        return torch.rand(lm.n_layers, lm.n_heads)
+
+    def functions(self):
+        return {
+            "normalised_metric": self.metric,
+            "attribution_patching": self.attribution,
+            "head_attribution": self.heads,
+            "patch_grid": self.grid,
+            "patch_heads": self.patch_heads,
+        }
+
+
+def test_draws_on_start_and_follows_the_controls(lm) -> None:
+    calls = Calls()
+    explorer = PatchingExplorer(lm, calls.functions(), task="fact", pairs=PAIRS)
+    assert bytes(explorer.heatmaps.value[:4]) == b"\x89PNG"
+    assert bytes(explorer.scatter.value[:4]) == b"\x89PNG"
+    assert explorer.heatmaps.layout.display is None
+    assert ("attribution", "resid_pre") in calls.calls and ("grid", "resid_pre") in calls.calls
+    first = explorer.heatmaps.value
+    explorer.site.value = "heads"
+    assert calls.calls[-1] == ("patch_heads",) and explorer.estimate.shape == (lm.n_layers, 4)
+    assert explorer.heatmaps.value != first
+    explorer.task.value = "ioi"
+    assert explorer.pair.value == ALL_PAIRS
+    assert "Pearson r" in explorer.status.value
+
+
+def test_saved_exact_results_are_used_for_the_batch(lm) -> None:
+    calls = Calls()
+    ids = [p["id"] for p in PAIRS["ioi"]]
+    n_pos = lm.to_tokens(PAIRS["ioi"][0]["clean"], prepend_anchor=True).shape[1]
+    saved = {"ioi": {"pairs": ids, "exact": {"attn_out": torch.ones(lm.n_layers, n_pos).tolist()}}}
+    explorer = PatchingExplorer(lm, calls.functions(), exact=saved, site="attn_out", pairs=PAIRS)
+    assert ("grid", "attn_out") not in calls.calls  # read from the saved results
+    assert torch.equal(explorer.exact_grid, torch.ones(lm.n_layers, n_pos, dtype=torch.float64))
+    explorer.pair.value = ids[1]  # a single pair is not saved: computed with patch_grid
+    assert calls.calls[-1] == ("grid", "attn_out")
+
+
+def test_unfinished_exercises_and_errors_give_messages_not_broken_images(lm) -> None:
+    def unfinished(*args):
+        raise NotImplementedError
+
+    explorer = PatchingExplorer(lm, {"normalised_metric": unfinished}, task="pun", pairs=PAIRS)
+    assert "Finish exercise 3.1" in explorer.status.value
+    assert explorer.heatmaps.layout.display == "none"
+    calls = Calls()
+    functions = calls.functions()
+    functions["attribution_patching"] = unfinished
+    explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
+    assert "Finish exercise 3.5" in explorer.status.value
+
+    def broken(*args):
+        raise ValueError("oops")
+
+    functions["attribution_patching"] = broken
+    explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
+    assert "raised ValueError: oops" in explorer.status.value
