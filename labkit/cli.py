@@ -27,13 +27,24 @@ def _doctor(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from labkit.build import build
+    from labkit.build import BuildError, build
 
-    stale = build(Path(args.solutions), Path(args.labs), check_only=args.check)
-    if args.check and stale:
-        print("Out of date (run `labkit build`): " + ", ".join(stale), file=sys.stderr)
+    try:
+        changes = build(Path(args.solutions), Path(args.labs), check_only=args.check)
+    except (BuildError, OSError) as err:
+        print(f"labkit build: {err}", file=sys.stderr)
         return 1
-    print("Up to date." if not stale else "Wrote " + ", ".join(stale))
+    if args.check and changes:
+        print("Out of date (run `labkit build`): " + ", ".join(map(str, changes)), file=sys.stderr)
+        return 1
+    written = [str(c.path) for c in changes if c.action == "write"]
+    removed = [str(c) for c in changes if c.action == "remove"]
+    if written:
+        print("Wrote " + ", ".join(written))
+    if removed:
+        print("Removed " + ", ".join(removed))
+    if not changes:
+        print("Up to date.")
     return 0
 
 
