@@ -7,14 +7,28 @@ import sys
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from labkit.models import ModelUnavailableError, prepare_default_model
-
+    """Convert the default model if needed (checking every byte of an existing conversion),
+    then load it and run one forward pass; "ready" only after that."""
     try:
-        path = prepare_default_model(force=args.force)
-    except ModelUnavailableError as err:
-        print(err, file=sys.stderr)
+        from labkit import models
+        from labkit.doctor import verify_default_model
+    except ImportError as err:
+        print(
+            f"labkit prepare needs torch and transformers ({err}). Run `labkit doctor`: it "
+            "names what is missing and the command that installs it.",
+            file=sys.stderr,
+        )
         return 1
-    print(f"Default model ready in {path}")
+    try:
+        path = models.prepare_default_model(force=args.force, full_check=True)
+        result = verify_default_model()
+    except Exception as err:  # noqa: BLE001 (one line, never a traceback)
+        text = str(err).strip().splitlines()
+        print(f"labkit prepare: {text[0] if text else type(err).__name__}", file=sys.stderr)
+        if isinstance(err, models.ModelUnavailableError) and len(text) > 1:
+            print("\n".join(text[1:]), file=sys.stderr)
+        return 1
+    print(f"Default model ready in {path}: {result}")
     return 0
 
 
