@@ -211,3 +211,75 @@ def test_restoring_the_clean_residual_recovers_paris(lm: labkit.LabModel) -> Non
     with patch(lm, "resid_post", 25, cache["resid_post", 25], positions=[-1]):
         restored = lm.next_token_probs(corrupt)[paris]
     assert restored > 0.5
+
+
+# ----- input validation: clear errors, never a silent truncation ---------------------------------
+def test_layers_given_as_a_tensor_are_plain_ints(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "resid_post", torch.arange(2)) as cache:
+        run(tiny, CLEAN)
+    assert sorted(cache) == [("resid_post", 0), ("resid_post", 1)]
+    assert all(type(layer) is int for _, layer in cache)
+    torch.testing.assert_close(cache["resid_post", torch.tensor(1)], cache["resid_post", 1])
+    with capture(tiny, "mlp_out", torch.tensor(2)) as single:
+        run(tiny, CLEAN)
+    assert list(single) == [("mlp_out", 2)]
+
+
+@pytest.mark.parametrize("bad", [1.5, [0, 1.5], torch.tensor([1.0]), True])
+def test_fractional_layers_are_rejected(tiny: labkit.LabModel, bad) -> None:
+    with pytest.raises(TypeError, match="whole number"):
+        with capture(tiny, "resid_post", bad):
+            pass
+    if not isinstance(bad, list):
+        with pytest.raises(TypeError, match="whole number"):
+            with patch(tiny, "resid_post", bad, torch.zeros(tiny.d_model)):
+                pass
+
+
+@pytest.mark.parametrize("bad", [[1.7], 1.7, torch.tensor([1.0]), [True], torch.tensor([True])])
+def test_fractional_positions_are_rejected(tiny: labkit.LabModel, bad) -> None:
+    with pytest.raises(TypeError, match="whole numbers?"):
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model), positions=bad):
+            run(tiny, CLEAN)
+
+
+def test_positions_as_ranges_and_integer_tensors(tiny: labkit.LabModel) -> None:
+    results = []
+    for positions in ([1, 2], range(1, 3), torch.tensor([1, 2]), torch.tensor([1, 2]).int()):
+        with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions=positions):
+            results.append(run(tiny, CLEAN))
+    for other in results[1:]:
+        assert torch.equal(other, results[0])
+
+
+def test_complex_and_non_tensor_values(tiny: labkit.LabModel) -> None:
+    with pytest.raises(TypeError, match="complex"):
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model, dtype=torch.complex64)):
+            run(tiny, CLEAN)
+    with pytest.raises(TypeError, match="tensor or a function"):
+        with patch(tiny, "resid_post", 0, "zeros"):
+            run(tiny, CLEAN)
+    with patch(tiny, "mlp_out", 1, 0.0):  # a number is broadcast like a tensor
+        with capture(tiny, "mlp_out", layers=1) as cache:
+            run(tiny, CLEAN)
+    assert cache["mlp_out", 1].abs().max() == 0
+
+
+def test_heads_out_of_range_or_fractional(tiny: labkit.LabModel) -> None:
+    value = torch.zeros(tiny.d_head)
+    with pytest.raises(IndexError, match=f"heads 0..{tiny.n_heads - 1}"):
+        with patch(tiny, "head_out", 0, value, heads=[tiny.n_heads]):
+            run(tiny, CLEAN)
+    with pytest.raises(TypeError, match="whole numbers?"):
+        with patch(tiny, "head_out", 0, value, heads=[0.5]):
+            run(tiny, CLEAN)
+
+
+def test_a_capture_inside_a_patch_records_the_patched_value(tiny: labkit.LabModel) -> None:
+    """As documented: hooks run in the order they were opened."""
+    with capture(tiny, "resid_post", layers=0) as outside:
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model)):
+            with capture(tiny, "resid_post", layers=0) as inside:
+                run(tiny, CLEAN)
+    assert inside["resid_post", 0].abs().max() == 0
+    assert outside["resid_post", 0].abs().max() > 0
