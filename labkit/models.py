@@ -596,6 +596,16 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
+def _no_init_weights():
+    """transformers' switch that skips random initialisation (on meta parameters it is not
+    free: about 2 s of slow reference kernels for this model)."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4
+    return no_init_weights()
+
+
 def _load_checkpoint_fast(folder: Path, dtype: torch.dtype):
     """Load a checkpoint written by :func:`prepare_default_model` as fast as the format allows:
     parameters created empty and replaced by the safetensors tensors (no init, no copy)."""
@@ -607,7 +617,7 @@ def _load_checkpoint_fast(folder: Path, dtype: torch.dtype):
     config = model_class.config_class.from_dict(config_dict)
     config._attn_implementation = "eager"
     config._name_or_path = str(folder)
-    with _parameters_on_meta():
+    with _parameters_on_meta(), _no_init_weights():
         model = model_class(config)
     state = load_file(folder / "model.safetensors")
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -620,7 +630,9 @@ def _load_checkpoint_fast(folder: Path, dtype: torch.dtype):
         )
     if (folder / "generation_config.json").exists():
         model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
-    return model.eval().to(dtype), _load_tokenizer_fast(folder)
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    return model.eval(), _load_tokenizer_fast(folder)
 
 
 def _load_tokenizer_fast(folder: Path):
