@@ -39,18 +39,29 @@ print("@@", imported - start, loaded - imported)
 """
 
 
+# What load_model() cannot avoid: torch, and transformers' Llama model and fast tokenizer.
+FLOOR = """
+import time
+start = time.perf_counter()
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+imported = time.perf_counter()
+print("@@", imported - start, 0.0)
+"""
+
+
 def child_env(source: Path) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     return env
 
 
-def one_run(source: Path) -> dict[str, float]:
+def one_run(source: Path, code: str = FIRST_CELL) -> dict[str, float]:
     """Wall and CPU seconds of one fresh first cell, with its import/load split."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", FIRST_CELL],
+        [sys.executable, "-c", code],
         env=child_env(source),
         cwd=source,  # the current folder comes first on sys.path
         capture_output=True,
@@ -106,24 +117,28 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="rows of the import breakdown")
     args = parser.parse_args()
 
-    sources = {"this checkout": ROOT}
+    sources = {"this checkout": (ROOT, FIRST_CELL)}
     if args.baseline:
-        sources["baseline"] = args.baseline.resolve()
-    for source in sources.values():
-        one_run(source)  # warm the file cache (and convert a missing model) before timing
+        sources["baseline"] = (args.baseline.resolve(), FIRST_CELL)
+    sources["floor: import torch + transformers' Llama"] = (ROOT, FLOOR)
+    for source, code in sources.values():
+        one_run(source, code)  # warm the file cache (and convert a missing model) first
     runs: dict[str, list] = {name: [] for name in sources}
     for _ in range(args.runs):
-        for name, source in sources.items():  # alternate, so a busy moment hits both
-            runs[name].append(one_run(source))
+        for name, (source, code) in sources.items():  # alternate: a busy moment hits all
+            runs[name].append(one_run(source, code))
     print(
         f"First cell: import labkit; labkit.load_model()  ({os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.1f})"
     )
-    medians = {name: summarise(f"{name} ({sources[name]})", r) for name, r in runs.items()}
+    medians = {name: summarise(f"{name} ({sources[name][0]})", r) for name, r in runs.items()}
     if args.baseline:
         for key in ("wall", "cpu"):
             ratio = medians["baseline"][key] / medians["this checkout"][key]
             print(f"  {key}: baseline / this checkout = {ratio:.2f}x")
+    floor = medians["floor: import torch + transformers' Llama"]["cpu"]
+    share = floor / medians["this checkout"]["cpu"]
+    print(f"  the floor is {share:.0%} of this checkout's first cell (CPU time)")
     import_breakdown(ROOT, args.top)
     print(json.dumps({name: m for name, m in medians.items()}, indent=None))
 
