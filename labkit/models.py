@@ -657,12 +657,12 @@ def _load_default(dtype: torch.dtype):
     folder = prepare_default_model()
     try:
         return _load_checkpoint_fast(folder, dtype)
-    except Exception:
+    except Exception:  # noqa: BLE001 (damage, or a transformers version the fast path misses)
         problem = cache_problem(folder, full=True)
-        if problem is None:  # the files are what the conversion wrote: a real bug, not damage
-            raise
+        if problem is None:  # intact files: load them transformers' own (slower) way
+            return _load_pretrained(folder, dtype)
     _say(f"the cached default model in {folder} is damaged: {problem}. Converting it again.")
-    return _load_checkpoint_fast(prepare_default_model(force=True), dtype)
+    return _load_pretrained(prepare_default_model(force=True), dtype)
 
 
 def _load_pretrained(source: str | Path, dtype: torch.dtype):

@@ -59,17 +59,19 @@ def test_fast_load_equals_from_pretrained(lm: labkit.LabModel) -> None:
     """The fast path (empty parameters + safetensors, tokenizer from tokenizer.json) gives the
     same weights, buffers, tying and tokens as transformers' own from_pretrained."""
     folder = models.default_checkpoint_dir()
+    model, tokenizer = models._load_checkpoint_fast(folder, torch.float32)  # raises if it fails
     reference, ref_tokenizer = models._load_pretrained(folder, torch.float32)
-    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight
-    ours, theirs = lm.model.state_dict(), reference.state_dict()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    for (name, a), (_, b) in zip(lm.model.named_buffers(), reference.named_buffers(), strict=True):
+    for (name, a), (_, b) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
         assert torch.equal(a, b), name
+    assert model.config._attn_implementation == "eager" and not model.training
     text = "Why do electricians make good swimmers? <|im_start|> Because they know the current."
-    assert lm.tokenizer(text)["input_ids"] == ref_tokenizer(text)["input_ids"]
-    assert lm.tokenizer.all_special_tokens == ref_tokenizer.all_special_tokens
-    assert lm.tokenizer.chat_template == ref_tokenizer.chat_template
+    assert tokenizer(text)["input_ids"] == ref_tokenizer(text)["input_ids"]
+    assert tokenizer.all_special_tokens == ref_tokenizer.all_special_tokens
+    assert tokenizer.chat_template == ref_tokenizer.chat_template
 
 
 # ----- the default model's cache, on a fake conversion (a tiny model, fast) ----------------------
@@ -299,3 +301,16 @@ def test_tiny_models_are_seeded() -> None:
     ids = a.to_tokens("seed")
     assert torch.equal(a.logits(ids), b.logits(ids))
     assert not torch.equal(a.logits(ids), c.logits(ids))
+
+
+def test_if_the_fast_path_fails_on_intact_files_transformers_loads_them(
+    fake_default, monkeypatch
+) -> None:
+    models.prepare_default_model()
+
+    def unsupported(folder, dtype):
+        raise AttributeError("this transformers version has no such thing")
+
+    monkeypatch.setattr(models, "_load_checkpoint_fast", unsupported)
+    lm = labkit.load_model()
+    assert lm.family == "llama" and len(fake_default.calls) == 1, "no conversion for that"
