@@ -8,14 +8,28 @@ import sys
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from labkit.models import ModelUnavailableError, prepare_default_model
-
+    """Convert the default model if needed (checking every byte of an existing conversion),
+    then load it and run one forward pass; "ready" only after that."""
     try:
-        path = prepare_default_model(force=args.force)
-    except ModelUnavailableError as err:
-        print(err, file=sys.stderr)
+        from labkit import models
+        from labkit.doctor import verify_default_model
+    except ImportError as err:
+        print(
+            f"labkit prepare needs torch and transformers ({err}). Run `labkit doctor`: it "
+            "names what is missing and the command that installs it.",
+            file=sys.stderr,
+        )
         return 1
-    print(f"Default model ready in {path}")
+    try:
+        path = models.prepare_default_model(force=args.force, full_check=True)
+        result = verify_default_model()
+    except Exception as err:  # noqa: BLE001 (one line, never a traceback)
+        text = str(err).strip().splitlines()
+        print(f"labkit prepare: {text[0] if text else type(err).__name__}", file=sys.stderr)
+        if isinstance(err, models.ModelUnavailableError) and len(text) > 1:
+            print("\n".join(text[1:]), file=sys.stderr)
+        return 1
+    print(f"Default model ready in {path}: {result}")
     return 0
 
 
@@ -28,13 +42,24 @@ def _doctor(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from labkit.build import build
+    from labkit.build import BuildError, build
 
-    stale = build(Path(args.solutions), Path(args.labs), check_only=args.check)
-    if args.check and stale:
-        print("Out of date (run `labkit build`): " + ", ".join(stale), file=sys.stderr)
+    try:
+        changes = build(Path(args.solutions), Path(args.labs), check_only=args.check)
+    except (BuildError, OSError) as err:
+        print(f"labkit build: {err}", file=sys.stderr)
         return 1
-    print("Up to date." if not stale else "Wrote " + ", ".join(stale))
+    if args.check and changes:
+        print("Out of date (run `labkit build`): " + ", ".join(map(str, changes)), file=sys.stderr)
+        return 1
+    written = [str(c.path) for c in changes if c.action == "write"]
+    removed = [str(c) for c in changes if c.action == "remove"]
+    if written:
+        print("Wrote " + ", ".join(written))
+    if removed:
+        print("Removed " + ", ".join(removed))
+    if not changes:
+        print("Up to date.")
     return 0
 
 

@@ -1,14 +1,19 @@
-"""``labkit doctor``: is this environment ready for the labs? Each problem comes with its fix."""
+"""``labkit doctor``: is this environment ready for the labs? Each problem comes with its fix.
+
+It says "ready" for the default model only after loading it and running one forward pass. It
+imports nothing heavy at module level, so it also works (and says what to install) when torch
+or transformers is missing or broken.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass
-
-from labkit import models
 
 # package -> what to run if it is missing
 REQUIRED = {
@@ -23,6 +28,9 @@ REQUIRED = {
     "accelerate": "pip install accelerate",
 }
 OPTIONAL = {"jupyterlab": 'pip install "jupyterlab>=4,<5"'}
+# Imported for real (not only looked up): the default model's check needs them to work.
+IMPORTED = ("torch", "transformers")
+PROMPT, EXPECTED = "The capital of France is", " Paris"
 
 
 @dataclass
@@ -43,6 +51,31 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _import_error(package: str) -> str | None:
+    """Why ``import package`` fails, in one line, or None if it works."""
+    try:
+        importlib.import_module(package)
+    except Exception as err:  # noqa: BLE001 (a broken install fails in many ways)
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return None
+
+
+def _package(package: str, fix: str, needed: bool) -> Finding:
+    version = _version(package)
+    if version is None:
+        return Finding(package, "missing", fix=fix if needed else None)
+    if package in IMPORTED:
+        error = _import_error(package)
+        if error:
+            return Finding(
+                package,
+                f"{version} installed, but `import {package}` fails ({error})",
+                fix=f"{fix.split('  ')[0]} --force-reinstall",
+            )
+    return Finding(package, version)
+
+
 def _device() -> Finding:
     import torch
 
@@ -51,17 +84,69 @@ def _device() -> Finding:
     return Finding("device", f"cpu ({os.cpu_count()} cores)")
 
 
-def _default_model() -> Finding:
+def verify_default_model() -> str:
+    """Load the default model on the CPU and run one forward pass; return what it predicted.
+
+    Raises what loading raises, or RuntimeError if the prediction is not finite or not
+    ``EXPECTED`` (None: any finite prediction will do).
+    """
+    import torch
+
+    from labkit import models
+
+    start = time.perf_counter()
+    lm = models.load_model(device="cpu")
+    seconds = time.perf_counter() - start
+    probs = lm.next_token_probs(PROMPT)
+    if not torch.isfinite(probs).all():
+        raise RuntimeError("its forward pass gives NaN or infinite probabilities")
+    p, top = probs.max(0)
+    word = lm.tokenizer.decode([top.item()])
+    result = f"{PROMPT!r} -> {word!r} (p {p.item():.2f})"
+    if EXPECTED is not None and word != EXPECTED:
+        raise RuntimeError(f"{result}, expected {EXPECTED!r}: the weights may be damaged")
+    return f"loads in {seconds:.1f} s; {result}"
+
+
+def _default_model(imports_ok: bool) -> Finding:
+    name = "default model"
+    if not imports_ok:
+        return Finding(name, "not checked: needs torch and transformers (see above)")
+    from labkit import models
+
     status = models.default_model_status()
-    if status == "cached":
-        where = models.default_checkpoint_dir()
-        return Finding("default model", f"{models.DEFAULT_MODEL}: ready ({where})")
+    where = models.default_checkpoint_dir()
+    if status == "missing":
+        return Finding(name, "missing", fix=models.INSTALL_DEFAULT_MODEL)
     if status == "embedded":
+        problem = models.gguf_problem(models.find_default_gguf())
+        if problem:
+            return Finding(
+                name, f"embedded file damaged: {problem}", fix=models.REINSTALL_DEFAULT_MODEL
+            )
         return Finding(
-            "default model",
-            f"{models.DEFAULT_MODEL}: installed, converted on first load (about 30 s)",
+            name,
+            f"{models.DEFAULT_MODEL}: installed, not converted yet; the first load_model() "
+            f"converts it into {where} (about 30 s), or run `labkit prepare` now",
         )
-    return Finding("default model", "missing", fix=models.INSTALL_DEFAULT_MODEL)
+    problem = models.cache_problem(where, full=True)
+    if problem:
+        return Finding(
+            name,
+            f"the cache in {where} is damaged: {problem}",
+            fix="labkit prepare  (converts it again, about 30 s)",
+        )
+    try:
+        result = verify_default_model()
+    except Exception as err:  # noqa: BLE001 (report, never crash)
+        text = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {text[0] if text else ''}"
+        return Finding(
+            name,
+            f"fails its load-and-run check ({where}): {reason}",
+            fix="labkit prepare --force  (converts it again, about 30 s)",
+        )
+    return Finding(name, f"{models.DEFAULT_MODEL}: ready ({where}); {result}")
 
 
 def diagnose() -> list[Finding]:
@@ -72,14 +157,12 @@ def diagnose() -> list[Finding]:
         Finding("colab", "yes" if in_colab() else "no"),
     ]
     for package, fix in {**REQUIRED, **OPTIONAL}.items():
-        version = _version(package)
-        needed = package in REQUIRED or not in_colab()
-        findings.append(
-            Finding(package, version or "missing", fix=None if version or not needed else fix)
-        )
-    if _version("torch"):
+        findings.append(_package(package, fix, needed=package in REQUIRED or not in_colab()))
+    by_name = {f.name: f for f in findings}
+    imports_ok = all(by_name[p].fix is None and by_name[p].value != "missing" for p in IMPORTED)
+    if by_name["torch"].fix is None and by_name["torch"].value != "missing":
         findings.append(_device())
-    findings.append(_default_model())
+    findings.append(_default_model(imports_ok))
     return findings
 
 

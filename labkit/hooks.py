@@ -20,6 +20,14 @@ Two context managers do everything the labs need:
 
 Hooks are always removed when the ``with`` block ends, also when it raises.
 
+Hooks at one site run in the order they were opened. So a :func:`capture` opened *inside* a
+:func:`patch` at the same site records the patched value, and one opened *outside* it (before
+it) records the value before the patch. A patch never writes into the activation tensor: it
+passes on a new one, so a ``keep_grad`` capture keeps the original.
+
+Layers are whole numbers and may be negative (``-1`` is the last layer); positions and heads are
+whole numbers (a list, a range or an integer tensor), never floats.
+
 >>> with capture(lm, "resid_post") as cache:
 ...     lm.model(clean_ids)
 >>> with patch(lm, "resid_post", layer=5, value=cache["resid_post", 5], positions=[3]):
@@ -28,6 +36,7 @@ Hooks are always removed when the ``with`` block ends, also when it raises.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -44,16 +53,54 @@ ActivationFn = Callable[[torch.Tensor], torch.Tensor | None]
 Positions = int | Sequence[int] | slice | torch.Tensor | None
 
 
+def _whole_number(value, what: str) -> int:
+    """``value`` as a Python int: ints, numpy ints and one-element integer tensors; never a float
+    or a bool (which would silently pick the wrong layer or position)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{what} must be a whole number, got a {value.dtype} tensor {value}.")
+        value = value.item()
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a whole number such as 3, got {value!r}.")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a whole number such as 3, got {value!r}.") from None
+
+
 class ActivationCache(dict):
-    """Activations keyed by ``(site, layer)``; ``cache["embed"]`` for the embedding site."""
+    """Activations keyed by ``(site, layer)``; ``cache["embed"]`` for the embedding site.
+
+    Layers are plain ints; a negative layer counts from the end (``cache["resid_post", -1]``).
+    """
+
+    def __init__(self, *args, n_layers: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.n_layers = n_layers
+
+    def _key(self, key):
+        if isinstance(key, str):
+            return (key, None)
+        if isinstance(key, tuple) and len(key) == 2 and key[1] is not None:
+            layer = _whole_number(key[1], "The layer")
+            if self.n_layers and -self.n_layers <= layer < 0:
+                layer += self.n_layers
+            return (key[0], layer)
+        return key
 
     def __getitem__(self, key):
-        if isinstance(key, str):
-            key = (key, None)
+        key = self._key(key)
         if key not in self:
             have = sorted({f"{s}" if layer is None else f"({s!r}, {layer})" for s, layer in self})
             raise KeyError(f"{key} was not captured. Captured: {', '.join(have) or 'nothing'}.")
         return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        try:
+            key = self._key(key)
+        except TypeError:
+            return False
+        return super().__contains__(key)
 
     def stack(self, site: str) -> torch.Tensor:
         """All captured layers of ``site`` stacked: (n_layers, batch, pos, ...)."""
@@ -70,8 +117,24 @@ def _check_site(lm: LabModel, site: str, layer: int | None) -> int | None:
         return None
     if layer is None:
         raise ValueError(f"Site {site!r} needs a layer (0..{lm.n_layers - 1}).")
+    layer = _whole_number(layer, "The layer")
     lm.block(layer)  # raises a clear IndexError if out of range
     return layer % lm.n_layers
+
+
+def _layer_list(lm: LabModel, layers) -> list[int]:
+    """``layers`` (None: all; an int; a list, range or 1-d integer tensor) as a list of ints."""
+    if layers is None:
+        return list(range(lm.n_layers))
+    if hasattr(layers, "tolist") and not isinstance(layers, torch.Tensor):  # numpy
+        layers = layers.tolist()
+    if isinstance(layers, torch.Tensor):
+        if layers.dim() > 1:
+            raise TypeError(f"layers must be one layer or a flat list, got shape {layers.shape}.")
+        layers = layers.reshape(-1).tolist() if not layers.is_floating_point() else [layers]
+    if isinstance(layers, int | float | bool) or not isinstance(layers, Sequence | range):
+        return [_whole_number(layers, "layers")]
+    return [_whole_number(layer, "Each layer") for layer in layers]
 
 
 def _first(output):
@@ -149,13 +212,11 @@ def capture(
 
     With ``keep_grad=True`` the cache holds the live tensors (not detached copies) and keeps
     their ``.grad`` after a backward pass: this is what attribution patching needs.
+    Opened inside a :func:`patch` at the same site, it records the patched value.
     """
     sites = [sites] if isinstance(sites, str) else list(sites)
-    if layers is None:
-        layers = range(lm.n_layers)
-    elif isinstance(layers, int):
-        layers = [layers]
-    cache = ActivationCache()
+    layers = _layer_list(lm, layers)
+    cache = ActivationCache(n_layers=lm.n_layers)
 
     def recorder(key):
         def record(act: torch.Tensor) -> None:
@@ -176,18 +237,52 @@ def capture(
         yield cache
 
 
+def _integer_index(values, what: str) -> torch.Tensor:
+    """Positions or heads as a 1-d long tensor; floats and bools are errors, not truncated."""
+    if isinstance(values, torch.Tensor):
+        if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{what} must be whole numbers, got a {values.dtype} tensor.")
+        return values.reshape(-1).long()
+    if hasattr(values, "tolist"):  # numpy arrays and scalars
+        values = values.tolist()
+    if isinstance(values, int | float | bool) or not isinstance(values, Sequence | range):
+        values = [values]
+    return torch.tensor([_whole_number(v, what) for v in values], dtype=torch.long)
+
+
 def _as_index(positions: Positions, length: int) -> torch.Tensor | slice:
     if positions is None:
         return slice(None)
     if isinstance(positions, slice):
         return positions
-    index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    index = _integer_index(positions, "Positions")
     if index.numel() and (index.max() >= length or index.min() < -length):
         raise IndexError(
             f"Position(s) {index.tolist()} are outside the prompt, which has {length} tokens "
             f"(positions 0..{length - 1})."
         )
     return index
+
+
+def _patch_value(value) -> torch.Tensor | ActivationFn:
+    """A patch value as a real-valued tensor or a function; anything else is a clear error."""
+    if value is None:
+        raise ValueError("patch needs a value: a tensor, or a function of the activation.")
+    if callable(value) and not isinstance(value, torch.Tensor):
+        return value
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"The patch value must be a tensor or a function of the activation, got "
+            f"{type(value).__name__}."
+        ) from None
+    if tensor.is_complex():
+        raise TypeError(
+            "The patch value is complex; activations are real. Pass its real part "
+            "(value.real) if that is what you mean."
+        )
+    return tensor
 
 
 @contextmanager
@@ -209,11 +304,19 @@ def patch(
       * a smaller tensor, e.g. a vector (d_model,), broadcast to the chosen positions; or
       * a function ``activation -> new activation`` for full control.
     ``positions=None`` means every position; ``heads`` only applies to the ``head_out`` site.
+    A :func:`capture` opened inside this block at the same site records the patched value.
+    The caller's tensors and the model's activation are never written to: the patched
+    activation is a new tensor.
     """
-    if value is None:
-        raise ValueError("patch needs a value: a tensor, or a function of the activation.")
+    value = _patch_value(value)
     if heads is not None and site != "head_out":
         raise ValueError("`heads` only applies to the 'head_out' site.")
+    if heads is not None:
+        heads = _integer_index(heads, "Heads")
+        if heads.numel() and (heads.max() >= lm.n_heads or heads.min() < -lm.n_heads):
+            raise IndexError(
+                f"Head(s) {heads.tolist()} do not exist: this model has heads 0..{lm.n_heads - 1}."
+            )
 
     def apply(act: torch.Tensor) -> torch.Tensor:
         if callable(value):

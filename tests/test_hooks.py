@@ -1,5 +1,7 @@
 """labkit.hooks: capture and patch activations the same way in every family; hooks always go."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -211,3 +213,202 @@ def test_restoring_the_clean_residual_recovers_paris(lm: labkit.LabModel) -> Non
     with patch(lm, "resid_post", 25, cache["resid_post", 25], positions=[-1]):
         restored = lm.next_token_probs(corrupt)[paris]
     assert restored > 0.5
+
+
+# ----- input validation: clear errors, never a silent truncation ---------------------------------
+def test_layers_given_as_a_tensor_are_plain_ints(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "resid_post", torch.arange(2)) as cache:
+        run(tiny, CLEAN)
+    assert sorted(cache) == [("resid_post", 0), ("resid_post", 1)]
+    assert all(type(layer) is int for _, layer in cache)
+    torch.testing.assert_close(cache["resid_post", torch.tensor(1)], cache["resid_post", 1])
+    with capture(tiny, "mlp_out", torch.tensor(2)) as single:
+        run(tiny, CLEAN)
+    assert list(single) == [("mlp_out", 2)]
+
+
+@pytest.mark.parametrize("bad", [1.5, [0, 1.5], torch.tensor([1.0]), True])
+def test_fractional_layers_are_rejected(tiny: labkit.LabModel, bad) -> None:
+    with pytest.raises(TypeError, match="whole number"):
+        with capture(tiny, "resid_post", bad):
+            pass
+    if not isinstance(bad, list):
+        with pytest.raises(TypeError, match="whole number"):
+            with patch(tiny, "resid_post", bad, torch.zeros(tiny.d_model)):
+                pass
+
+
+@pytest.mark.parametrize("bad", [[1.7], 1.7, torch.tensor([1.0]), [True], torch.tensor([True])])
+def test_fractional_positions_are_rejected(tiny: labkit.LabModel, bad) -> None:
+    with pytest.raises(TypeError, match="whole numbers?"):
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model), positions=bad):
+            run(tiny, CLEAN)
+
+
+def test_positions_as_ranges_and_integer_tensors(tiny: labkit.LabModel) -> None:
+    results = []
+    for positions in ([1, 2], range(1, 3), torch.tensor([1, 2]), torch.tensor([1, 2]).int()):
+        with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions=positions):
+            results.append(run(tiny, CLEAN))
+    for other in results[1:]:
+        assert torch.equal(other, results[0])
+
+
+def test_complex_and_non_tensor_values(tiny: labkit.LabModel) -> None:
+    with pytest.raises(TypeError, match="complex"):
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model, dtype=torch.complex64)):
+            run(tiny, CLEAN)
+    with pytest.raises(TypeError, match="tensor or a function"):
+        with patch(tiny, "resid_post", 0, "zeros"):
+            run(tiny, CLEAN)
+    with patch(tiny, "mlp_out", 1, 0.0):  # a number is broadcast like a tensor
+        with capture(tiny, "mlp_out", layers=1) as cache:
+            run(tiny, CLEAN)
+    assert cache["mlp_out", 1].abs().max() == 0
+
+
+def test_heads_out_of_range_or_fractional(tiny: labkit.LabModel) -> None:
+    value = torch.zeros(tiny.d_head)
+    with pytest.raises(IndexError, match=f"heads 0..{tiny.n_heads - 1}"):
+        with patch(tiny, "head_out", 0, value, heads=[tiny.n_heads]):
+            run(tiny, CLEAN)
+    with pytest.raises(TypeError, match="whole numbers?"):
+        with patch(tiny, "head_out", 0, value, heads=[0.5]):
+            run(tiny, CLEAN)
+
+
+def test_a_capture_inside_a_patch_records_the_patched_value(tiny: labkit.LabModel) -> None:
+    """As documented: hooks run in the order they were opened."""
+    with capture(tiny, "resid_post", layers=0) as outside:
+        with patch(tiny, "resid_post", 0, torch.zeros(tiny.d_model)):
+            with capture(tiny, "resid_post", layers=0) as inside:
+                run(tiny, CLEAN)
+    assert inside["resid_post", 0].abs().max() == 0
+    assert outside["resid_post", 0].abs().max() > 0
+
+
+# ----- semantics pinned down (issue 15): what a regression would silently change ------------------
+def test_patch_never_mutates_the_callers_tensors(tiny: labkit.LabModel) -> None:
+    with capture(tiny, ["resid_post", "head_out"], layers=1) as other:
+        run(tiny, OTHER)
+    saved = {key: value.clone() for key, value in other.items()}
+    vector = torch.randn(tiny.d_model)
+    vector_before = vector.clone()
+    for add in (False, True):
+        with patch(tiny, "resid_post", 1, other["resid_post", 1], positions=[2], add=add):
+            run(tiny, CLEAN)
+        with patch(tiny, "head_out", 1, other["head_out", 1], positions=[1, 3], heads=[0, 2]):
+            run(tiny, CLEAN)
+        with patch(tiny, "resid_post", 1, vector, add=add):
+            run(tiny, CLEAN)
+    for key, value in other.items():
+        assert torch.equal(value, saved[key]), key
+    assert torch.equal(vector, vector_before)
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post", "mlp_out", "head_out", "embed"])
+def test_patch_never_writes_into_the_activation(tiny: labkit.LabModel, site: str) -> None:
+    """A keep_grad capture opened before a patch holds the live activation: the patch must
+    pass on a new tensor, not overwrite that one (lab 03's attribution patching relies on it)."""
+    layer = None if site == "embed" else 1
+    key = site if site == "embed" else (site, layer)
+    with capture(tiny, site, layers=1) as clean:
+        run(tiny, CLEAN)
+    zeros = torch.zeros(tiny.d_head if site == "head_out" else tiny.d_model)
+    embeds = tiny.embed(tiny.to_tokens(CLEAN, prepend_anchor=True)).requires_grad_(True)
+    with capture(tiny, site, layers=1, keep_grad=True) as live:
+        with patch(tiny, site, layer, zeros, positions=[2]):
+            if site == "embed":
+                run(tiny, CLEAN)
+            else:
+                tiny.model(inputs_embeds=embeds).logits[0, -1, 5].backward()
+    torch.testing.assert_close(live[key].detach(), clean[key])
+    assert live[key][:, 2].abs().max() > 0
+
+
+def test_negative_layers_mean_the_same_as_positive_ones(tiny: labkit.LabModel) -> None:
+    last = tiny.n_layers - 1
+    with capture(tiny, "resid_post", layers=[-1, 0]) as cache:
+        run(tiny, CLEAN)
+    assert sorted(cache) == [("resid_post", 0), ("resid_post", last)]
+    assert cache["resid_post", -1] is cache["resid_post", last]
+    with capture(tiny, "resid_post", layers=-1) as other:
+        run(tiny, OTHER)
+    outs = []
+    for layer in (-1, last):
+        with patch(tiny, "resid_post", layer, other["resid_post", -1], positions=[3]):
+            outs.append(run(tiny, CLEAN))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], run(tiny, CLEAN))
+    with hooked(tiny, "mlp_out", -tiny.n_layers, lambda a: None):
+        pass
+    with pytest.raises(IndexError, match=f"layers 0..{last}"):
+        with capture(tiny, "resid_post", layers=-tiny.n_layers - 1):
+            pass
+
+
+def test_positions_at_the_bound(tiny: labkit.LabModel) -> None:
+    length = 1 + len(CLEAN)  # with the anchor
+    zero = torch.zeros(tiny.d_model)
+    for position, changed in ((length - 1, length - 1), (-length, 0)):
+        with patch(tiny, "embed", value=zero, positions=[position]):
+            with capture(tiny, "embed") as cache:
+                run(tiny, CLEAN)
+        rows = cache["embed"][0].abs().sum(-1)  # (pos,)
+        assert rows[changed] == 0 and (rows > 0).sum() == length - 1, position
+    for position in (length, -length - 1):
+        with pytest.raises(IndexError, match=f"positions 0..{length - 1}"):
+            with patch(tiny, "embed", value=zero, positions=[position]):
+                run(tiny, CLEAN)
+
+
+def test_resid_pre_also_works_when_the_block_gets_hidden_states_by_keyword(
+    tiny: labkit.LabModel,
+) -> None:
+    block = tiny.blocks[1]
+    calls = []
+    handle = block.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append((args, kwargs)), with_kwargs=True
+    )
+    try:
+        tiny.model(input_ids=tiny.to_tokens(CLEAN, prepend_anchor=True), use_cache=False)
+    finally:
+        handle.remove()
+    args, kwargs = calls[0]
+    signature = inspect.signature(block.forward)
+    named = {}  # every argument by name (GPT-2 passes several by position)
+    for name, arg in signature.bind(*args, **kwargs).arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(arg)
+        else:
+            named[name] = arg
+    hidden = named.pop("hidden_states")
+    value = torch.randn_like(hidden)
+    expected = hidden.clone()
+    expected[:, 2] = value[:, 2]
+    with patch(tiny, "resid_pre", 1, value, positions=[2]):
+        with capture(tiny, "resid_pre", layers=1) as by_keyword:
+            keyword_out = block(hidden_states=hidden, **named)
+        with capture(tiny, "resid_pre", layers=1) as by_position:
+            position_out = block(hidden, **named)
+    torch.testing.assert_close(by_keyword["resid_pre", 1], expected)
+    torch.testing.assert_close(by_position["resid_pre", 1], expected)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    torch.testing.assert_close(first(keyword_out), first(position_out))
+    assert not torch.allclose(first(keyword_out), first(block(hidden, **named)))
+
+
+def test_key_value_prefix_maps_rows_when_prefixes_differ(tiny: labkit.LabModel) -> None:
+    """New row i is old row i % batch: with prefixes that differ per row, any other mapping
+    (repeat_interleave, say) pairs a suffix with the wrong row's keys and values."""
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True).repeat(2, 1)  # (2, pos)
+    tokens[1, 1] = tiny.to_tokens("Q").item()  # the rows differ inside every prefix below
+    with capture(tiny, "resid_pre") as cache:
+        out = tiny.model(input_ids=tokens, use_cache=True)
+    full = out.logits[:, -1]  # (2, vocab)
+    assert not torch.allclose(full[0], full[1])
+    for p in (2, 5):
+        for layer in (0, 2):
+            past = key_value_prefix(out.past_key_values, p, repeat=3)
+            suffix = cache["resid_pre", layer][:, p:].repeat(3, 1, 1)  # rows 0, 1, 0, 1, 0, 1
+            resumed = run_from(tiny, layer, suffix, past=past)
+            torch.testing.assert_close(resumed, full.repeat(3, 1), atol=1e-5, rtol=1e-4)

@@ -29,3 +29,12 @@ def test_logit_diff_is_target_minus_foil() -> None:
 def test_bad_ids_get_a_clear_error(bad) -> None:
     with pytest.raises(ValueError, match="not in the vocabulary"):
         target_prob(torch.zeros(3), bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 2.0, True])
+def test_logit_diff_rejects_a_bad_target_or_foil(bad) -> None:
+    logits = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        logit_diff(logits, 0, bad)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        logit_diff(logits, bad, 0)

@@ -1,5 +1,11 @@
 """labkit.models: the default model offline, the family adapter, token helpers, clear errors."""
 
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,6 +43,148 @@ def test_default_model_ioi_and_anchor(lm: labkit.LabModel) -> None:
 def test_cache_is_reused(lm: labkit.LabModel) -> None:
     assert models.default_model_status() == "cached"
     assert models.prepare_default_model() == models.default_checkpoint_dir()
+
+
+@pytest.mark.default_model
+def test_the_real_cache_has_a_manifest_and_is_readable_by_all(lm: labkit.LabModel) -> None:
+    folder = models.default_checkpoint_dir()
+    assert models.cache_problem(folder, full=True) is None
+    assert (folder.stat().st_mode & 0o777) == 0o755
+    for path in folder.iterdir():
+        assert (path.stat().st_mode & 0o444) == 0o444, f"{path.name} is not readable by all"
+
+
+@pytest.mark.default_model
+def test_fast_load_equals_from_pretrained(lm: labkit.LabModel) -> None:
+    """The fast path (empty parameters + safetensors, tokenizer from tokenizer.json) gives the
+    same weights, buffers, tying and tokens as transformers' own from_pretrained."""
+    folder = models.default_checkpoint_dir()
+    model, tokenizer = models._load_checkpoint_fast(folder, torch.float32)  # raises if it fails
+    reference, ref_tokenizer = models._load_pretrained(folder, torch.float32)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    for (name, a), (_, b) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
+        assert torch.equal(a, b), name
+    assert model.config._attn_implementation == "eager" and not model.training
+    text = "Why do electricians make good swimmers? <|im_start|> Because they know the current."
+    assert tokenizer(text)["input_ids"] == ref_tokenizer(text)["input_ids"]
+    assert tokenizer.all_special_tokens == ref_tokenizer.all_special_tokens
+    assert tokenizer.chat_template == ref_tokenizer.chat_template
+
+
+# ----- the default model's cache, on a fake conversion (a tiny model, fast) ----------------------
+def damage(path: Path, how: str) -> None:
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "delete":
+        path.unlink()
+    elif how == "empty":
+        path.write_text("")
+
+
+@pytest.mark.parametrize(
+    "name, how, said",
+    [
+        ("model.safetensors", "truncate", "model.safetensors has"),
+        ("model.safetensors", "delete", "model.safetensors is missing"),
+        ("config.json", "empty", "config.json has 0 bytes instead of"),
+        ("tokenizer.json", "delete", "tokenizer.json is missing"),
+        ("tokenizer_config.json", "delete", "tokenizer_config.json is missing"),
+        ("labkit-manifest.json", "delete", "its manifest is missing"),
+        ("labkit-manifest.json", "empty", "its manifest is unreadable"),
+    ],
+)
+def test_a_damaged_cache_says_so_and_converts_again(fake_default, capsys, name, how, said) -> None:
+    labkit.load_model()
+    assert len(fake_default.calls) == 1
+    damage(fake_default.folder / name, how)
+    capsys.readouterr()
+    lm = labkit.load_model()  # heals itself
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("labkit:")]
+    assert len(fake_default.calls) == 2
+    assert len(err) == 1 and said in err[0] and "Converting it again" in err[0], err
+    assert lm.next_token_probs("hi").isfinite().all()
+    labkit.load_model()
+    assert len(fake_default.calls) == 2, "a healed cache is reused"
+
+
+def test_a_cache_folder_without_config_converts_once(fake_default) -> None:
+    fake_default.folder.mkdir(parents=True)  # e.g. a half-copied or hand-made folder
+    (fake_default.folder / "model.safetensors").write_bytes(b"junk")
+    labkit.load_model()
+    labkit.load_model()
+    assert len(fake_default.calls) == 1
+    assert not (fake_default.folder / "model.safetensors").read_bytes().startswith(b"junk")
+
+
+def test_stale_temporary_folders_are_removed(fake_default) -> None:
+    cache = fake_default.folder.parent
+    host = socket.gethostname()
+    dead = cache / f".converting-{host}-999999999-abc"  # no such process
+    old = cache / ".converting-k3j4h5"  # labkit 0.1's name; three days old
+    live = cache / f".converting-{host}-{os.getpid()}-xyz"  # this process: in progress
+    for folder in (dead, old, live):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 3 * 86400,) * 2)
+    labkit.load_model()
+    assert not dead.exists() and not old.exists() and live.exists()
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == [live.name]
+
+
+def test_cache_files_are_readable_by_whoever_can_read_the_folder(fake_default) -> None:
+    umask = os.umask(0o077)  # a private umask must not make a shared cache unusable
+    try:
+        labkit.load_model()
+    finally:
+        os.umask(umask)
+    assert (fake_default.folder.stat().st_mode & 0o777) == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in fake_default.folder.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_an_unwritable_cache_is_detected_before_converting(fake_default, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LABKIT_CACHE", str(blocker / "cache"))  # cannot be created
+    with pytest.raises(models.ModelUnavailableError, match="Set LABKIT_CACHE") as err:
+        labkit.load_model()
+    assert "Cannot write the model cache" in str(err.value)
+    assert fake_default.calls == []
+    if os.geteuid() != 0:  # root ignores permissions
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o555)
+        monkeypatch.setenv("LABKIT_CACHE", str(readonly))
+        with pytest.raises(models.ModelUnavailableError, match="Set LABKIT_CACHE"):
+            labkit.load_model()
+        assert fake_default.calls == []
+
+
+def test_a_damaged_gguf_names_the_reinstall(monkeypatch, tmp_path: Path) -> None:
+    """The real conversion on a truncated GGUF: one line, blaming the file, with the fix."""
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / models.SMOLLM2_GGUF
+    gguf.write_bytes(b"GGUF" + bytes(4096))
+    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)
+    with pytest.raises(models.ModelUnavailableError, match="is damaged") as err:
+        models.prepare_default_model()
+    assert models.REINSTALL_DEFAULT_MODEL in str(err.value) and "\n" not in str(err.value)
+    assert not [p for p in (tmp_path / "cache").iterdir()], "nothing is left behind"
+
+
+def test_full_check_finds_what_the_quick_check_misses(fake_default) -> None:
+    labkit.load_model()
+    extra = fake_default.folder / "extra.bin"
+    data = bytearray(extra.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of a 3 MiB file
+    extra.write_bytes(bytes(data))
+    assert models.cache_problem(fake_default.folder) is None
+    assert "extra.bin does not match" in models.cache_problem(fake_default.folder, full=True)
+    models.prepare_default_model(full_check=True)
+    assert len(fake_default.calls) == 2
+    assert models.cache_problem(fake_default.folder, full=True) is None
 
 
 def test_adapter_names_the_same_parts_in_every_family(tiny: labkit.LabModel) -> None:
@@ -114,8 +262,55 @@ def test_missing_model_wheel_says_how_to_install(monkeypatch, tmp_path) -> None:
         models.prepare_default_model()
 
 
+def test_load_model_takes_a_path_to_a_local_folder(tmp_path: Path) -> None:
+    tiny = tiny_model("gpt2")
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    loaded = labkit.load_model(tmp_path / "m", device="cpu")
+    assert loaded.family == "gpt2" and loaded.n_layers == tiny.n_layers
+    ids = tiny.to_tokens("abc")
+    torch.testing.assert_close(loaded.logits(ids), tiny.logits(ids))
+
+
+def test_a_local_folder_with_a_garbage_config_is_blamed_on_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{ this is not json")
+    with pytest.raises(models.ModelUnavailableError, match="not valid JSON") as err:
+        labkit.load_model(str(tmp_path))
+    assert "hub" not in str(err.value) and str(tmp_path) in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelUnavailableError, match="no config.json"):
+        labkit.load_model(tmp_path / "empty")
+
+
+def test_a_prompt_longer_than_the_context_warns(tiny: labkit.LabModel) -> None:
+    limit = tiny.max_positions
+    with pytest.warns(UserWarning, match=f"more than the {limit}"):
+        tiny.to_tokens("a" * (limit + 1))
+    with pytest.warns(UserWarning, match="Shorten the prompt"):
+        try:
+            tiny.logits(torch.zeros(1, limit + 1, dtype=torch.long))
+        except (IndexError, RuntimeError):  # GPT-2 has no position embedding that far
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny.to_tokens("a" * limit)
+
+
 def test_tiny_models_are_seeded() -> None:
     a, b, c = tiny_model("llama", seed=1), tiny_model("llama", seed=1), tiny_model("llama", seed=2)
     ids = a.to_tokens("seed")
     assert torch.equal(a.logits(ids), b.logits(ids))
     assert not torch.equal(a.logits(ids), c.logits(ids))
+
+
+def test_if_the_fast_path_fails_on_intact_files_transformers_loads_them(
+    fake_default, monkeypatch
+) -> None:
+    models.prepare_default_model()
+
+    def unsupported(folder, dtype):
+        raise AttributeError("this transformers version has no such thing")
+
+    monkeypatch.setattr(models, "_load_checkpoint_fast", unsupported)
+    lm = labkit.load_model()
+    assert lm.family == "llama" and len(fake_default.calls) == 1, "no conversion for that"
