@@ -37,6 +37,7 @@ CODE_END = re.compile(r"^\s*# END SOLUTION\s*$")
 STUB_LINE = re.compile(r"^\s*# STUB: ?(.*)$")
 MARKDOWN_BEGIN, MARKDOWN_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 MARKDOWN_MARKER = re.compile(f"{re.escape(MARKDOWN_BEGIN)}|{re.escape(MARKDOWN_END)}")
+MARKDOWN_REGION = re.compile(f"{re.escape(MARKDOWN_BEGIN)}.*?{re.escape(MARKDOWN_END)}", re.DOTALL)
 # Whatever an author may have meant as a marker: any case, any number of '#', any spacing.
 LOOKS_LIKE_MARKER = re.compile(r"\b(?:begin|end)[\s_-]*solutions?\b|#+\s*stub\s*:", re.I)
 FENCE = re.compile(r"^\s{0,3}(```|~~~)")
