@@ -315,3 +315,63 @@ def _explore(page, lab: Lab) -> None:
     )
     for name, took in rows:
         print(f"  {name:55} {took:6.1f} s")
+
+
+# ----- a saved notebook, opened without running it ---------------------------------------------
+SAVED = """
+import torch
+from labkit.tiny import tiny_model
+from labkit.widgets.tracing import TracingExplorer
+
+def corrupt(lm, tokens, subject, n_samples, noise_scale, seed):
+    embeds = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    embeds[:, subject] += noise_scale
+    return embeds
+
+def grid(lm, tokens, corrupted, target_id, site, window):
+    return torch.rand(lm.n_layers, tokens.shape[1], generator=torch.Generator().manual_seed(0))
+
+TracingExplorer(tiny_model("llama"), grid, corrupt, "The cat", "cat", "s")
+"""
+
+
+def test_saved_notebook_shows_the_explorers_picture(lab_server, tmp_path: Path) -> None:
+    """Opened without a kernel, a saved explorer shows its first picture, not 'VBox(...)'.
+
+    The same holds without the widget state in the notebook's metadata (then nbconvert, and so
+    nbviewer, fall back to the PNG as well).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    server, browser = lab_server
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SAVED)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    assert "widgets" in notebook.metadata  # nbclient stores the widget state
+    stateless = nbformat.reads(nbformat.writes(notebook), as_version=4)
+    del stateless.metadata["widgets"]
+    html, _ = HTMLExporter().from_notebook_node(stateless)
+    assert 'src="data:image/png;base64,' in html and "VBox(" not in html
+
+    for name, saved in [("saved_with_state", notebook), ("saved_without_state", stateless)]:
+        nbformat.write(saved, server.root / f"{name}.ipynb")
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(120_000)
+        try:
+            page.goto(server.page_url(f"{name}.ipynb"))
+            output = page.locator(".jp-OutputArea-output").first
+            output.wait_for()
+            picture = output.locator("img")
+            picture.wait_for()
+            assert page.evaluate(
+                "img => img.complete && img.naturalWidth > 0", picture.element_handle()
+            ), f"{name}: the picture does not load"
+            assert "VBox(" not in output.inner_text()
+        except Exception:
+            page.screenshot(path=tmp_path / f"{name}.png")
+            print(f"screenshot: {tmp_path / name}.png")
+            raise
+        finally:
+            page.close()

@@ -243,7 +243,7 @@ class TracingExplorer:
             clean_prob=clean,
         )
         buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=90)
+        self.figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
         self.png = buffer.getvalue()
         self.image.value = self.png
         self.image.layout.display = None
