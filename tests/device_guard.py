@@ -17,8 +17,9 @@ Indexing a device tensor with host indices is allowed, as on CUDA.
 
 from __future__ import annotations
 
+import json
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -74,10 +75,11 @@ def _mark(out, side: str | None) -> None:
 class DeviceGuard(TorchFunctionMode):
     """Records operations that would mix a CPU tensor with a GPU model's tensors."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: str | None = None) -> None:
         super().__init__()
         self.mixes: list[Mix] = []
         self.cell = ""  # set by the notebook's pre_run_cell event
+        self.log = log  # each new finding is appended there at once (JSON lines)
 
     def watch(self, model: torch.nn.Module) -> None:
         """Treat ``model``'s parameters and buffers as living on the GPU."""
@@ -125,7 +127,11 @@ class DeviceGuard(TorchFunctionMode):
             stack[-1],
         )
         name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-        self.mixes.append(
-            Mix(f"{frame.filename}:{frame.lineno} in {frame.name}", frame.line or "", name,
-                self.cell)
-        )  # fmt: skip
+        mix = Mix(f"{frame.filename}:{frame.lineno} in {frame.name}", frame.line or "", name,
+                  self.cell)  # fmt: skip
+        if mix in self.mixes:
+            return
+        self.mixes.append(mix)
+        if self.log:
+            with open(self.log, "a") as log:
+                log.write(json.dumps(asdict(mix)) + "\n")

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 CELL_TIMEOUT = 1200
 
-SETUP = f"""
+SETUP = """
 import sys
-sys.path.insert(0, {str(TESTS)!r})
+sys.path.insert(0, {tests!r})
 import labkit, labkit.models
 from device_guard import DeviceGuard
 
-_device_guard = DeviceGuard()
+_device_guard = DeviceGuard(log={log!r})
 _load_model = labkit.load_model
 
 def _guarded_load_model(*args, **kwargs):
@@ -39,12 +39,6 @@ labkit.load_model = labkit.models.load_model = _guarded_load_model
 get_ipython().events.register("pre_run_cell", lambda info: setattr(_device_guard, "cell", info.raw_cell))
 _device_guard.__enter__()
 """  # noqa: E501
-REPORT = """
-_device_guard.__exit__(None, None, None)
-import json as _json
-from dataclasses import asdict as _asdict
-print("DEVICE-MIXES" + _json.dumps([_asdict(m) for m in _device_guard.mixes]))
-"""
 # After the notebook: every explorer control, with the notebook's own functions.
 EXPLORE = {
     "01_attribution": """
@@ -66,24 +60,30 @@ def run_guarded(path: Path, tmp_path: Path) -> tuple[list[dict], list[str], list
     """Run a notebook under the guard: (mixes, cell sources, errors)."""
     notebook = nbformat.read(path, as_version=4)
     sources = [cell.source for cell in notebook.cells]
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(SETUP))
+    log = tmp_path / "mixes.jsonl"  # written as they are found: survives a dead kernel
+    notebook.cells.insert(
+        0, nbformat.v4.new_code_cell(SETUP.format(tests=str(TESTS), log=str(log)))
+    )
     notebook.cells.append(nbformat.v4.new_code_cell(EXPLORE.get(path.stem, "")))
-    notebook.cells.append(nbformat.v4.new_code_cell(REPORT))
-    NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        allow_errors=True,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    try:
+        NotebookClient(
+            notebook,
+            timeout=CELL_TIMEOUT,
+            kernel_name="python3",
+            allow_errors=True,
+            resources={"metadata": {"path": str(tmp_path)}},
+        ).execute()
+    finally:
+        lines = log.read_text().splitlines() if log.exists() else []
+        mixes = [json.loads(line) for line in lines]
+        if mixes:
+            print("\n".join(describe(mixes, sources, path.name)))
     errors = [
         f"cell {i - 1}: {out['ename']}: {out['evalue']}"
         for i, cell in enumerate(notebook.cells)
         for out in cell.get("outputs", [])
         if out.output_type == "error"
     ]
-    report = "".join(out.get("text", "") for out in notebook.cells[-1].outputs)
-    mixes = json.loads(report.split("DEVICE-MIXES", 1)[1]) if "DEVICE-MIXES" in report else []
     return mixes, sources, errors
 
 
@@ -103,7 +103,8 @@ def test_lab_code_works_with_the_model_on_another_device(path: Path, tmp_path: P
     mixes, sources, errors = run_guarded(path, tmp_path)
     assert not errors, f"{path.name} failed under the device guard: {errors}"
     found = describe(mixes, sources, path.name)
-    print("\n".join(found) or f"{path.name}: no CPU tensor meets the model's tensors")
+    if not found:
+        print(f"{path.name}: no CPU tensor meets the model's tensors")
     assert not found, (
         "These lines combine a tensor made without device= with the model's tensors; on a GPU "
         "they fail. Create the tensor on the model's device (device=lm.device, or "
