@@ -7,7 +7,8 @@ on a CPU-only machine. Every tensor gets a side:
 
 * ``host``: made by a factory without ``device=`` (``torch.zeros(3)``, ``torch.tensor([...])``,
   ``torch.randn(..., generator=g)``, ``torch.from_numpy``) or moved with ``.cpu()``;
-* ``device``: a parameter or buffer of the guarded model, or computed from one;
+* ``device``: a parameter or buffer of the guarded model, or computed from one (0-d ones
+  included: CUDA accepts a 0-d CPU tensor next to CUDA tensors, not the other way round);
 * neutral: everything else (``device=`` given, ``.to(x.device)``, tiny test models).
 
 An operation whose inputs include a host tensor and a device tensor (both with at least one
@@ -90,7 +91,11 @@ class DeviceGuard(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if func in _FACTORIES:
-            if kwargs.get("device") is None:
+            given = args[0] if args else kwargs.get("data")
+            if isinstance(given, torch.Tensor):  # as_tensor(t), tensor(t): t's device
+                if out is not given:
+                    _mark(out, given.__dict__.get(_SIDE))
+            elif kwargs.get("device") is None:
                 _mark(out, "host")
             return out
         if func is torch.Tensor.cpu:
@@ -107,7 +112,12 @@ class DeviceGuard(TorchFunctionMode):
             # may return its input itself, which keeps its side: return an alias instead.
             return out.view_as(out) if isinstance(out, torch.Tensor) else out
         tensors = _tensors(args, kwargs)
-        sides = {t.__dict__.get(_SIDE, "neutral") for t in tensors if t.dim() > 0}
+        # A 0-d CPU tensor may meet CUDA tensors; a 0-d CUDA tensor may not meet CPU ones.
+        sides = {
+            side
+            for t in tensors
+            if (side := t.__dict__.get(_SIDE, "neutral")) == "device" or t.dim() > 0
+        }
         if not sides:  # only 0-d tensors: they keep their side
             sides = {t.__dict__.get(_SIDE, "neutral") for t in tensors}
         if "host" in sides and "device" in sides:

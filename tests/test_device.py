@@ -130,4 +130,6 @@ def test_the_guard_finds_a_cpu_tensor_mixed_with_model_tensors() -> None:
         embeddings[:, torch.arange(2)]  # so is indexing with CPU indices
         lm.model(inputs_embeds=embeddings)  # the model's own code
         torch.tensor([1.0, 2.0]) + torch.zeros(2)  # CPU only: fine
-    assert [asdict(m)["op"] for m in guard.mixes] == ["TensorBase.mul"]
+        torch.as_tensor(embeddings) * embeddings  # as_tensor keeps the device: fine
+        torch.randn(3) * embeddings.std()  # a 0-d CUDA tensor times a CPU tensor fails
+    assert [asdict(m)["op"] for m in guard.mixes] == ["TensorBase.mul", "TensorBase.mul"]
