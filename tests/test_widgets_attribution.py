@@ -109,6 +109,7 @@ def test_saved_notebooks_get_the_first_view_and_a_text_line(tiny) -> None:
     view = bundle["application/vnd.jupyter.widget-view+json"]
     assert view == {"version_major": 2, "version_minor": 0, "model_id": explorer.widget.model_id}
     assert first in bundle["text/html"]  # the first view, not the current one
+    assert "took" not in bundle["text/html"]  # no timings: a re-run notebook stays the same
     assert bundle["text/plain"].startswith("AttributionExplorer")
     assert "VBox" not in bundle["text/plain"]
 

@@ -176,7 +176,13 @@ class AttributionExplorer:
         self.status.add_class("labkit-status")
         self.html.add_class("labkit-picture")
         self.update()
-        self._first_view = self.status.value + self.html.value
+        # What a saved notebook shows: no timings, so re-running the notebook changes nothing.
+        self._first_view = (
+            f"<div><b>{html.escape(self.method.value)}</b>: {html.escape(self.prompt.value)} "
+            f"&rarr; {html.escape(repr(self.target.value))}</div>{self.html.value}"
+            if self.html.value
+            else ""
+        )
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """The live widget, plus its first view as HTML and a line of text for static viewers."""
