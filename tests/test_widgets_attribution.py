@@ -26,7 +26,20 @@ def _not_done(lm, tokens, target_id):
     raise NotImplementedError
 
 
-PROMPTS = {"one": ("abc", ["d", "e"]), "two": ("hello", ["o"])}
+PROMPTS = {"one": ("abc", ["d", "e"]), "two": ("hello", ["o"]), "one, literal": ("xbc", ["d"])}
+
+
+class Counting:
+    """A method that counts its calls and remembers what the status line said meanwhile."""
+
+    def __init__(self, explorer_ref: list) -> None:
+        self.calls, self.status_during, self.explorer_ref = 0, [], explorer_ref
+
+    def __call__(self, lm, tokens, target_id):
+        self.calls += 1
+        if self.explorer_ref:
+            self.status_during.append(self.explorer_ref[0].status.value)
+        return tokens[0].float() * (target_id + 1)
 
 
 def test_default_prompts_cover_puns_literals_and_facts() -> None:
@@ -59,6 +72,46 @@ def test_explorer_reports_problems_without_crashing(tiny) -> None:
     assert "single token" in explorer.status.value
     with pytest.raises(ValueError, match="at least one method"):
         AttributionExplorer(tiny, {}, PROMPTS)
+
+
+def test_switching_to_a_prompt_with_the_same_target_redraws_once(tiny) -> None:
+    """A pun and its literal sentence share the target: the heatmap must still follow."""
+    ref: list = []
+    method = Counting(ref)
+    explorer = AttributionExplorer(tiny, {"count": method}, PROMPTS)
+    ref.append(explorer)
+    first, calls = explorer.html.value, method.calls
+    explorer.prompt.value = "one, literal"  # same first target 'd'
+    assert explorer.target.value == "d"
+    assert method.calls == calls + 1, "one redraw per prompt change, not zero or two"
+    assert explorer.html.value != first
+    assert "x" in explorer.html.value
+    explorer.prompt.value = "one"
+    assert explorer.html.value == first and method.calls == calls + 2
+
+
+def test_target_box_waits_for_enter_and_shows_busy_state(tiny) -> None:
+    ref: list = []
+    method = Counting(ref)
+    explorer = AttributionExplorer(tiny, {"count": method}, PROMPTS)
+    ref.append(explorer)
+    assert explorer.target.continuous_update is False  # no redraw per keystroke
+    explorer.target.value = "e"  # what the browser sends on Enter
+    assert "computing" in method.status_during[-1]
+    assert "computing" not in explorer.status.value and "p(&#x27;e&#x27;)" in explorer.status.value
+
+
+def test_saved_notebooks_get_the_first_view_and_a_text_line(tiny) -> None:
+    explorer = AttributionExplorer(tiny, {"position": _position, "ixg": _input_x_gradient}, PROMPTS)
+    first = explorer.html.value
+    explorer.method.value = "ixg"
+    bundle = explorer._repr_mimebundle_()
+    view = bundle["application/vnd.jupyter.widget-view+json"]
+    assert view == {"version_major": 2, "version_minor": 0, "model_id": explorer.widget.model_id}
+    assert first in bundle["text/html"]  # the first view, not the current one
+    assert "took" not in bundle["text/html"]  # no timings: a re-run notebook stays the same
+    assert bundle["text/plain"].startswith("AttributionExplorer")
+    assert "VBox" not in bundle["text/plain"]
 
 
 def test_show_anchor_keeps_position_zero(tiny) -> None:

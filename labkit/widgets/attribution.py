@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from labkit.models import LabModel
+from labkit.widgets.display import ERROR_COLOUR, explorer_bundle, format_probability
 
 __all__ = ["AttributionExplorer", "default_prompts", "inseq_attribution", "inseq_method"]
 
@@ -123,7 +124,11 @@ class AttributionExplorer:
 
     ``methods`` maps a name to ``method(lm, tokens, target_id) -> scores (pos,)``; ``prompts``
     maps a label to ``(prompt, candidate targets)`` (default: :func:`default_prompts`). The
-    target box also offers the model's top predictions and accepts any single-token text.
+    target box also offers the model's top predictions and accepts any single-token text,
+    read when you press Enter or leave the box.
+
+    In a saved notebook the explorer shows the heatmap it drew first (as HTML), so a notebook
+    viewer without a running kernel still shows a picture.
     """
 
     def __init__(
@@ -141,27 +146,51 @@ class AttributionExplorer:
         self.methods = dict(methods)
         self.prompts = dict(prompts or default_prompts())
         self.show_anchor = show_anchor
+        self._quiet = False  # True while the explorer sets its own controls
         first = next(iter(self.prompts))
+        wide = {"description_width": "initial"}
         self.prompt = widgets.Dropdown(
-            options=list(self.prompts), value=first, description="prompt"
+            options=list(self.prompts), value=first, description="prompt", style=wide
         )
-        self.target = widgets.Combobox(description="target", ensure_option=False)
-        self.method = widgets.Dropdown(options=list(self.methods), description="method")
+        # continuous_update=False: the value arrives on Enter or when the box loses focus, not
+        # at every keystroke (half-typed words are often several tokens).
+        self.target = widgets.Combobox(
+            description="target",
+            ensure_option=False,
+            continuous_update=False,
+            placeholder="a token, then Enter",
+            style=wide,
+        )
+        self.method = widgets.Dropdown(options=list(self.methods), description="method", style=wide)
         self.status = widgets.HTML()
         self.html = widgets.HTML()
         self._set_targets()
         self.prompt.observe(self._on_prompt, names="value")
-        self.target.observe(lambda change: self.update(), names="value")
-        self.method.observe(lambda change: self.update(), names="value")
+        self.target.observe(self._on_control, names="value")
+        self.method.observe(self._on_control, names="value")
         self.widget = widgets.VBox(
             [widgets.HBox([self.prompt, self.target, self.method]), self.status, self.html]
         )
+        self.widget.add_class("labkit-explorer")
+        self.widget.add_class("labkit-attribution-explorer")
+        self.status.add_class("labkit-status")
+        self.html.add_class("labkit-picture")
         self.update()
+        # What a saved notebook shows: no timings, so re-running the notebook changes nothing.
+        self._first_view = (
+            f"<div><b>{html.escape(self.method.value)}</b>: {html.escape(self.prompt.value)} "
+            f"&rarr; {html.escape(repr(self.target.value))}</div>{self.html.value}"
+            if self.html.value
+            else ""
+        )
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The live widget, plus its first view as HTML and a line of text for static viewers."""
+        return explorer_bundle(
+            self.widget,
+            {"text/html": self._first_view},
+            "AttributionExplorer (run the notebook to use its controls)",
+        )
 
     def _tokens(self) -> torch.Tensor:
         return self.lm.to_tokens(self.prompts[self.prompt.value][0], prepend_anchor=True)
@@ -170,11 +199,22 @@ class AttributionExplorer:
         prompt, candidates = self.prompts[self.prompt.value]
         top = [token for token, _ in self.lm.top_tokens(self._tokens(), k=5)]
         options = list(dict.fromkeys([*candidates, *top]))
-        self.target.options = options
-        self.target.value = options[0]
+        self._quiet = True
+        try:
+            self.target.options = options
+            self.target.value = options[0]
+        finally:
+            self._quiet = False
 
     def _on_prompt(self, change) -> None:
-        self._set_targets()  # setting the target's value triggers update()
+        # A pun and its literal sentence share their target: setting the same target fires no
+        # event, so redraw here, once, whatever the target did.
+        self._set_targets()
+        self.update()
+
+    def _on_control(self, change) -> None:
+        if not self._quiet:
+            self.update()
 
     def update(self) -> None:
         """Recompute the selected method's scores and redraw."""
@@ -187,6 +227,7 @@ class AttributionExplorer:
             self._message(str(err))
             return
         prob = float(self.lm.next_token_probs(tokens)[target_id])
+        self.status.value = f"<i>computing {html.escape(name)} for {html.escape(repr(target))}…</i>"
         start = time.perf_counter()
         try:
             scores = self.methods[name](self.lm, tokens, target_id)
@@ -206,11 +247,12 @@ class AttributionExplorer:
             labels, scores = labels[1:], scores[1:]
         top = labels[int(scores.abs().argmax())]
         self.status.value = (
-            f"p({html.escape(repr(target))}) = {prob:.3f} &middot; {html.escape(name)} took "
-            f"{seconds:.2f} s &middot; largest |score|: {html.escape(repr(top))}"
+            f"p({html.escape(repr(target))}) = {format_probability(prob)} &middot; "
+            f"{html.escape(name)} took {seconds:.2f} s &middot; largest |score|: "
+            f"{html.escape(repr(top))}"
         )
         self.html.value = token_heatmap(labels, scores).data
 
     def _message(self, text: str) -> None:
-        self.status.value = f'<span style="color: #b00">{html.escape(text)}</span>'
+        self.status.value = f'<span style="color: {ERROR_COLOUR}">{html.escape(text)}</span>'
         self.html.value = ""
