@@ -101,15 +101,29 @@ def _quadratic(w: Tensor) -> Fn:
 
 
 # ----- tiny transformers -------------------------------------------------------------------------
-_TINY: dict[str, tuple[LabModel, dict[str, Tensor], dict[int, tuple]]] = {}
+_TINY: dict[str, tuple[LabModel, dict[str, Tensor], dict[int, tuple[dict, ...]]]] = {}
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _hook_keys(model: torch.nn.Module) -> dict[int, tuple]:
+def _hooks(model: torch.nn.Module) -> dict[int, tuple[dict, ...]]:
+    """A copy of every module's hook dictionaries (handle id -> hook)."""
     return {
-        id(m): tuple(frozenset(getattr(m, name, {})) for name in _HOOK_DICTS)
-        for m in model.modules()
+        id(m): tuple(dict(getattr(m, name, {})) for name in _HOOK_DICTS) for m in model.modules()
     }
+
+
+def _restore_hooks(model: torch.nn.Module, pristine: dict[int, tuple[dict, ...]]) -> None:
+    """Remove hooks added since ``pristine`` and put back any of its hooks that went missing."""
+    for module in model.modules():
+        kept = pristine.get(id(module), ({},) * len(_HOOK_DICTS))
+        for name, keep in zip(_HOOK_DICTS, kept, strict=True):
+            registered = getattr(module, name, None)
+            if registered is None:
+                continue
+            for key in [k for k in registered if k not in keep]:
+                del registered[key]
+            for key, hook in keep.items():
+                registered.setdefault(key, hook)
 
 
 def _tiny(family: str) -> LabModel:
@@ -134,18 +148,13 @@ def _tiny(family: str) -> LabModel:
             ids = torch.tensor([[lm.anchor_token_id, 70, 71]])
             lm.model(input_ids=ids, output_hidden_states=True, output_attentions=True)
         pristine = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-        _TINY[family] = (lm, pristine, _hook_keys(lm.model))
+        _TINY[family] = (lm, pristine, _hooks(lm.model))
     lm, pristine, hooks = _TINY[family]
     with torch.no_grad():
         for key, value in lm.model.state_dict().items():
             if not torch.equal(value, pristine[key]):
                 value.copy_(pristine[key])
-    for module in lm.model.modules():
-        kept = hooks.get(id(module), (frozenset(),) * len(_HOOK_DICTS))
-        for name, keep in zip(_HOOK_DICTS, kept, strict=True):
-            registered = getattr(module, name, {})
-            for key in [k for k in registered if k not in keep]:
-                del registered[key]
+    _restore_hooks(lm.model, hooks)
     for p in lm.model.parameters():
         p.requires_grad_(False)
         p.grad = None
@@ -334,7 +343,7 @@ def check_input_x_gradient(input_x_gradient: Callable, t: Checker) -> None:
         )
 
 
-# ----- Exercise 1.3 ------------------------------------------------------------------------------
+# ----- Exercise 1.4 ------------------------------------------------------------------------------
 def _quadrature(rule: str, n: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
     """Points alpha (n,) and weights (n,) of a rule on [0, 1]."""
     k = torch.arange(n, dtype=dtype)
@@ -426,7 +435,7 @@ def _ig_mistakes(
     return out
 
 
-@check("Exercise 1.3: integrated gradients", points=4, timeout=20)
+@check("Exercise 1.4: integrated gradients", points=4, timeout=20)
 def check_integrated_gradients(integrated_gradients: Callable, t: Checker) -> None:
     with t.part("a linear f and a nonzero baseline: exactly sum_d (x - b) w", points=1):
         p = _smooth_problem(t, 5)
@@ -486,8 +495,8 @@ def check_integrated_gradients(integrated_gradients: Callable, t: Checker) -> No
         )
 
 
-# ----- Exercise 1.4 ------------------------------------------------------------------------------
-@check("Exercise 1.4: completeness gap", points=2)
+# ----- Exercise 1.5 ------------------------------------------------------------------------------
+@check("Exercise 1.5: completeness gap", points=2)
 def check_completeness_gap(completeness_gap: Callable, t: Checker) -> None:
     for offset, excess, label in ((9, 0.8, "claim MORE"), (10, -0.6, "claim LESS")):
         with t.part(f"scores that {label} than f(x) - f(b)", points=1):
@@ -533,8 +542,8 @@ def check_completeness_gap(completeness_gap: Callable, t: Checker) -> None:
             )
 
 
-# ----- Exercise 1.5 ------------------------------------------------------------------------------
-@check("Exercise 1.5: the space baseline", points=2)
+# ----- Exercise 1.6 ------------------------------------------------------------------------------
+@check("Exercise 1.6: the space baseline", points=2)
 def check_space_baseline(space_baseline: Callable, t: Checker) -> None:
     for part, (anchor, offset) in enumerate(((True, 11), (False, 12))):
         name = "an anchored prompt" if anchor else "a prompt whose first token is not the anchor"
@@ -638,7 +647,7 @@ def _rollout(mats: Sequence[Tensor], left: bool = True) -> Tensor:
     return out
 
 
-@check("Exercise 1.6: layer-weighted attention", points=2)
+@check("Exercise 1.7: layer-weighted attention", points=2)
 def check_layer_weighted_attention(layer_weighted_attention: Callable, t: Checker) -> None:
     shapes = t.choice([(3, 4, 5), (4, 3, 6), (2, 5, 7)])
     for part, offset in enumerate((13, 14)):
@@ -693,7 +702,7 @@ def check_layer_weighted_attention(layer_weighted_attention: Callable, t: Checke
             )
 
 
-@check("Exercise 1.7: attention rollout", points=3)
+@check("Exercise 1.8: attention rollout", points=3)
 def check_attention_rollout(attention_rollout: Callable, t: Checker) -> None:
     n_layers, n_heads, n_pos = t.choice([(3, 4, 5), (4, 3, 6), (3, 2, 4)])
     with t.part("several layers with heterogeneous heads", points=2):
@@ -794,7 +803,7 @@ def _widest_path(mats: Sequence[Tensor], target: int) -> Tensor:
     return width[:, target % n]
 
 
-@check("Exercise 1.8: attention flow", points=3, timeout=20)
+@check("Exercise 1.9: attention flow", points=3, timeout=20)
 def check_attention_flow(attention_flow: Callable, t: Checker) -> None:
     n_layers, n_heads, n_pos = t.choice([(3, 3, 5), (2, 4, 6), (4, 2, 4)])
     with t.part("several layers: many paths between tokens", points=2):
@@ -916,8 +925,8 @@ def _tiny_scorer(lm: LabModel, target: int) -> Callable:
     return score
 
 
-# ----- Exercise 1.9 ------------------------------------------------------------------------------
-@check("Exercise 1.9: occlusion", points=2)
+# ----- Exercise 1.10 -----------------------------------------------------------------------------
+@check("Exercise 1.10: occlusion", points=2)
 def check_occlusion(occlusion: Callable, t: Checker) -> None:
     with t.part("a nonlinear, position-aware scorer", points=1):
         score = _scorer(t, 19)
@@ -995,7 +1004,7 @@ def check_occlusion(occlusion: Callable, t: Checker) -> None:
         )
 
 
-# ----- Exercise 1.10 -----------------------------------------------------------------------------
+# ----- Exercise 1.12 -----------------------------------------------------------------------------
 def _differentiate(f: Callable, embeddings: Tensor) -> Tensor | str:
     """Run the student's f on a leaf copy and return the gradient of its sum (or why not)."""
     x = embeddings.detach().clone().requires_grad_(True)
@@ -1006,7 +1015,7 @@ def _differentiate(f: Callable, embeddings: Tensor) -> Tensor | str:
     return "no gradient" if grad is None else grad
 
 
-@check("Exercise 1.10: contrastive logit difference", points=3)
+@check("Exercise 1.12: contrastive logit difference", points=3)
 def check_logit_difference_fn(logit_difference_fn: Callable, t: Checker) -> None:
     from labkit.hooks import capture
 
@@ -1089,7 +1098,7 @@ def check_logit_difference_fn(logit_difference_fn: Callable, t: Checker) -> None
         t.close(grad, expected_grad, what, scale=_scale(expected_grad))
 
 
-# ----- Exercises 1.11 and 1.12 -------------------------------------------------------------------
+# ----- Exercises 1.13 and 1.14 -------------------------------------------------------------------
 def _curve_problem(t: Checker, offset: int) -> tuple[Callable, Tensor, Tensor, int]:
     """A nonlinear scorer, 8 tokens, and an order over 5 of them (not sorted)."""
     score = _scorer(t, offset)
@@ -1101,7 +1110,7 @@ def _curve_problem(t: Checker, offset: int) -> tuple[Callable, Tensor, Tensor, i
     return score, ids, order, 0
 
 
-@check("Exercise 1.11: deletion curve", points=2)
+@check("Exercise 1.13: deletion curve", points=2)
 def check_deletion_curve(deletion_curve: Callable, t: Checker) -> None:
     with t.part("a nonlinear scorer, an unsorted order over 5 of 8 tokens", points=1):
         score, ids, order, r = _curve_problem(t, 23)
@@ -1165,7 +1174,7 @@ def check_deletion_curve(deletion_curve: Callable, t: Checker) -> None:
         t.close(got, expected, what, scale=_scale(expected))
 
 
-@check("Exercise 1.12: insertion curve", points=2)
+@check("Exercise 1.14: insertion curve", points=2)
 def check_insertion_curve(insertion_curve: Callable, t: Checker) -> None:
     with t.part("a nonlinear scorer, an unsorted order over 5 of 8 tokens", points=1):
         score, ids, order, r = _curve_problem(t, 27)
@@ -1231,7 +1240,7 @@ def check_insertion_curve(insertion_curve: Callable, t: Checker) -> None:
         t.close(got, expected, what, scale=_scale(expected))
 
 
-# ----- Exercise 1.13 -----------------------------------------------------------------------------
+# ----- Exercise 1.15 -----------------------------------------------------------------------------
 def _ranks(x: Tensor) -> Tensor:
     return x.argsort().argsort().double()
 
@@ -1241,7 +1250,7 @@ def _pearson(a: Tensor, b: Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
-@check("Exercise 1.13: Spearman rank correlation", points=2)
+@check("Exercise 1.15: Spearman rank correlation", points=2)
 def check_spearman(spearman: Callable, t: Checker) -> None:
     for part, (offset, n, dtype) in enumerate(((31, 7, torch.float32), (32, 9, torch.float64))):
         with t.part(f"{n} scores of very different sizes ({dtype})", points=1):
@@ -1287,7 +1296,7 @@ def check_spearman(spearman: Callable, t: Checker) -> None:
             )
 
 
-# ----- Exercise 1.14 -----------------------------------------------------------------------------
+# ----- Exercise 1.16 -----------------------------------------------------------------------------
 def _randomize_and_read(randomize: Callable, module: torch.nn.Module, seed: int) -> list:
     """Call the student's function on ``module`` and read what it did, as plain data:
     [parameter values after, same Parameter objects?, requires_grad flags, global RNG moved?]."""
@@ -1331,7 +1340,7 @@ def _read_randomized(
     return values, list(same), list(flags), bool(rng_moved)
 
 
-@check("Exercise 1.14: randomise weights", points=4)
+@check("Exercise 1.16: randomise weights", points=4)
 def check_randomize_weights(randomize_weights_: Callable, t: Checker) -> None:
     seed = t.seed(33) % 1000
     net = _frozen_module(seed)
@@ -1452,7 +1461,7 @@ def check_randomize_weights(randomize_weights_: Callable, t: Checker) -> None:
         )
 
 
-# ----- Exercise 1.15: layer attribution ----------------------------------------------------------
+# ----- Exercise 1.3: layer attribution -----------------------------------------------------------
 def _layer_reference(lm: LabModel, ids: Tensor, target: int) -> dict[str, Tensor]:
     """x . dlogit/dx at every block's input (resid_pre), and what the usual mistakes give."""
     from labkit.hooks import capture
@@ -1487,7 +1496,7 @@ def _layer_reference(lm: LabModel, ids: Tensor, target: int) -> dict[str, Tensor
     }
 
 
-@check("Exercise 1.15: layer attribution", points=2)
+@check("Exercise 1.3: layer attribution", points=2)
 def check_layer_attribution(layer_attribution: Callable, t: Checker) -> None:
     lm = t.watch(_tiny(t.choice(TINY_FAMILIES)), "the tiny test model")
     for part, (offset, n) in enumerate(((35, 6), (36, 9))):
@@ -1538,7 +1547,7 @@ def check_layer_attribution(layer_attribution: Callable, t: Checker) -> None:
             )
 
 
-# ----- Exercise 1.16: Shapley values -------------------------------------------------------------
+# ----- Exercise 1.11: Shapley values -------------------------------------------------------------
 def _shapley(
     score: Callable,
     ids: Tensor,
@@ -1564,7 +1573,7 @@ def _shapley_weight(s: int, n: int) -> float:
     return factorial(s) * factorial(n - s - 1) / factorial(n)
 
 
-@check("Exercise 1.16: exact Shapley values", points=2)
+@check("Exercise 1.11: exact Shapley values", points=2)
 def check_shapley_values(shapley_values: Callable, t: Checker) -> None:
     with t.part("a scorer with interactions between tokens", points=1):
         score = _scorer(t, 37)
@@ -1675,6 +1684,7 @@ def check_shapley_values(shapley_values: Callable, t: Checker) -> None:
 EXERCISES = {
     "saliency": check_saliency,
     "input_x_gradient": check_input_x_gradient,
+    "layer_attribution": check_layer_attribution,
     "integrated_gradients": check_integrated_gradients,
     "completeness_gap": check_completeness_gap,
     "space_baseline": check_space_baseline,
@@ -1682,11 +1692,10 @@ EXERCISES = {
     "attention_rollout": check_attention_rollout,
     "attention_flow": check_attention_flow,
     "occlusion": check_occlusion,
+    "shapley_values": check_shapley_values,
     "logit_difference_fn": check_logit_difference_fn,
     "deletion_curve": check_deletion_curve,
     "insertion_curve": check_insertion_curve,
     "spearman": check_spearman,
     "randomize_weights_": check_randomize_weights,
-    "layer_attribution": check_layer_attribution,
-    "shapley_values": check_shapley_values,
 }
