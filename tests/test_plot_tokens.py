@@ -74,3 +74,30 @@ def test_figures_show_as_png_in_notebooks() -> None:
     ]
     for fig in figures:
         assert fig._repr_png_()[:4] == b"\x89PNG"
+
+
+def test_log_axis_base_follows_the_text() -> None:
+    """Alphas from 1e-5 to 1 are described in powers of ten: the ticks must be powers of ten."""
+    alphas = torch.logspace(-5, 0, 11)
+    fig = plot.plot_curves({"f": torch.arange(11.0)}, x=alphas, logx=True, logbase=10)
+    assert fig.axes[0].xaxis.get_major_locator()._base == 10
+
+
+def test_attribution_grid_one_column_per_token() -> None:
+    fig = plot.attribution_grid(torch.randn(4, 5), TOKENS, rows=["l0", "l1", "l2", "l3"], title="t")
+    image = fig.axes[0].images[0]
+    assert image.get_array().shape == (4, 5)
+    low, high = image.get_clim()
+    assert low == -high  # one scale centred at zero
+    assert fig._repr_png_()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="one column per token"):
+        plot.attribution_grid(torch.randn(4, 6), TOKENS)
+
+
+def test_attribution_scatter_one_group_per_method() -> None:
+    fig = plot.attribution_scatter(
+        {"a": (torch.randn(7), torch.randn(7)), "b": (np.arange(3.0), [1.0, 2.0, 3.0])}, "x", "y"
+    )
+    assert len(fig.axes[0].collections) == 2 and fig.axes[0].get_legend() is not None
+    with pytest.raises(ValueError, match="'a'"):
+        plot.attribution_scatter({"a": (torch.randn(3), torch.randn(4))}, "x", "y")

@@ -23,6 +23,8 @@ from labkit.plot.figure import LabFigure
 __all__ = [
     "agreement_matrix",
     "attribution_bars",
+    "attribution_grid",
+    "attribution_scatter",
     "plot_curves",
     "token_heatmap",
     "token_heatmaps",
@@ -137,9 +139,11 @@ def plot_curves(
     title: str | None = None,
     x: Scores | None = None,
     logx: bool = False,
+    logbase: int = 2,
 ) -> Figure:
     """Line plots on one axis. A 2-D entry (samples, points) is drawn as its mean with a band
-    of one standard deviation: use it for the random-order baseline."""
+    of one standard deviation: use it for the random-order baseline. ``logx`` draws x on a log
+    scale with ticks at powers of ``logbase`` (2 for step counts, 10 for small alphas)."""
     fig = LabFigure(figsize=(6.4, 3.8))
     ax = fig.subplots()
     for name, values in curves.items():
@@ -153,7 +157,7 @@ def plot_curves(
         else:
             ax.plot(xs, data, marker="o", markersize=3, label=name)
     if logx:
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("log", base=logbase)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)
@@ -176,6 +180,71 @@ def agreement_matrix(matrix: Scores, names: Sequence[str], title: str | None = N
         for j in range(len(names)):
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(image, ax=ax, label="Spearman rank correlation")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attribution_grid(
+    grid: Scores,
+    tokens: Sequence[str],
+    rows: Sequence[str] | None = None,
+    title: str | None = None,
+    ylabel: str = "layer",
+    xlabel: str = "",
+) -> Figure:
+    """A signed heatmap with one column per token and one row per layer (or generation step):
+    red pushes the score up, blue down, on one colour scale centred at zero."""
+    values = grid.detach().cpu().float().numpy() if isinstance(grid, torch.Tensor) else grid
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(tokens):
+        raise ValueError(
+            f"Expected a grid (rows, {len(tokens)} tokens), got shape {values.shape}: one column "
+            "per token (did you drop the anchor from only one of them?)."
+        )
+    rows = list(rows) if rows is not None else [str(i) for i in range(values.shape[0])]
+    fig = LabFigure(figsize=(max(5.0, 0.6 * len(tokens) + 2), max(2.5, 0.22 * len(rows) + 1.5)))
+    ax = fig.subplots()
+    limit = float(np.nanmax(np.abs(values))) or 1.0
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(
+        range(len(tokens)), [t.replace("\n", "\\n") for t in tokens], rotation=45, ha="right"
+    )
+    step = max(1, len(rows) // 15)
+    ax.set_yticks(range(0, len(rows), step), rows[::step])
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    fig.colorbar(image, ax=ax, label="attribution")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attribution_scatter(
+    points: Mapping[str, tuple[Scores, Scores]],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+) -> Figure:
+    """One scatter per group (e.g. per method): x against y for every token, with a dashed
+    diagonal through zero when both axes share units."""
+    fig = LabFigure(figsize=(5.2, 4.2))
+    ax = fig.subplots()
+    for name, (xs, ys) in points.items():
+        x, y = _as_array(xs), _as_array(ys)
+        if len(x) != len(y):
+            raise ValueError(f"{name!r}: {len(x)} x values but {len(y)} y values.")
+        ax.scatter(x, y, s=18, alpha=0.75, label=name)
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.axvline(0, color="grey", linewidth=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.spines[["top", "right"]].set_visible(False)
+    if len(points) > 1:
+        ax.legend(frameon=False)
     if title:
         ax.set_title(title)
     fig.tight_layout()
