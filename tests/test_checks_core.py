@@ -430,3 +430,23 @@ def test_a_module_changed_in_place_is_replayed_into_the_graders_module() -> None
         outcomes = torch.load(buffer, weights_only=True)
         replayed = run_check(check_zero.body, "z", 1, does_nothing, runner=Replayer(outcomes))
         assert replayed.passed is passed
+
+
+def test_plain_values_survive_the_trip_to_the_grader(tmp_path) -> None:
+    """Dicts (e.g. lab 03's agreement table), tuples, lists, numbers, tensors and numpy arrays
+    come back from a recording as what the function returned."""
+    from labkit.checks.transport import restore, transportable
+
+    value = {
+        "pearson": 0.5,
+        "top-k recall": 1,
+        "nested": ({"t": torch.arange(3)}, [True, None, "s"]),
+        2: np.arange(2.0),
+    }
+    path = tmp_path / "value.pt"
+    torch.save(transportable(value), path)
+    back = restore(torch.load(path, weights_only=True))
+    assert back.keys() == value.keys() and back["pearson"] == 0.5 and back["top-k recall"] == 1
+    assert torch.equal(back["nested"][0]["t"], torch.arange(3))
+    assert back["nested"][1] == [True, None, "s"] and np.array_equal(back[2], np.arange(2.0))
+    assert "unsupported" in str(transportable({(1, 2): 3}))  # keys must be str or int

@@ -198,6 +198,10 @@ def transportable(value: Any, depth: int = 0) -> Any:
     if type(value) in (list, tuple):
         items = [transportable(v, depth + 1) for v in value[:10_000]]
         return items if type(value) is list else {"__tuple__": items}
+    if type(value) is dict and all(type(k) in (str, int) for k in value):
+        if len(value) > 10_000:
+            return {"__unsupported__": "a dict with far too many keys"}
+        return {"__dict__": [[k, transportable(v, depth + 1)] for k, v in value.items()]}
     if callable(value) and not isinstance(value, torch.Tensor):
         return {"__function__": True}
     return {"__unsupported__": describe(value)}
@@ -209,6 +213,9 @@ def restore(value: Any) -> Any:
     if isinstance(value, dict):
         if "__tuple__" in value:
             return tuple(restore(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            pairs = value["__dict__"]
+            return {k: restore(v) for k, v in pairs if type(k) in (str, int)}
         if "__numpy__" in value:
             return value["__numpy__"].numpy()
         if "__numpy_scalar__" in value:
