@@ -450,3 +450,32 @@ def test_plain_values_survive_the_trip_to_the_grader(tmp_path) -> None:
     assert torch.equal(back["nested"][0]["t"], torch.arange(3))
     assert back["nested"][1] == [True, None, "s"] and np.array_equal(back[2], np.arange(2.0))
     assert "unsupported" in str(transportable({(1, 2): 3}))  # keys must be str or int
+
+
+def test_a_leaked_hook_is_removed_exactly_beside_transformers_own_hooks() -> None:
+    """transformers adds output-capturing hooks on a model's first run (here inside the
+    student's call); the grader removes the student's leaked hook and keeps those."""
+    from labkit.tiny import tiny_model
+
+    lm = tiny_model("llama", seed=3)
+    ids = torch.tensor([[5, 6, 7, 8]])
+
+    @check("leaks on a fresh model")
+    def check_fresh(fn, t: Checker) -> None:
+        with t.part("a"):
+            watched = t.watch(lm, "the tiny model")
+            t.call(fn, watched)
+
+    def leaks(model):
+        model.block(0).register_forward_hook(lambda m, a, out: out)
+        return model.model(ids, output_attentions=True).logits
+
+    result = check_fresh(leaks, quiet=True)
+    assert not result.passed and "left 1 hook(s)" in result.messages[0]
+    assert all(
+        (getattr(fn, "__module__", "") or "").startswith("transformers.")
+        for m in lm.model.modules()
+        for fn in m._forward_hooks.values()
+    ), "only transformers' own hooks remain"
+    clean = tiny_model("llama", seed=3).model(ids).logits
+    assert torch.allclose(lm.model(ids).logits, clean)

@@ -109,14 +109,28 @@ def clone_inputs(value: Any) -> Any:
     return value
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _is_library_hook(fn: Any) -> bool:
+    """transformers installs its own output-capturing hooks lazily, on a model's first run."""
+    return (getattr(fn, "__module__", None) or "").startswith("transformers.")
+
+
+def hook_keys(module: torch.nn.Module) -> set[tuple[str, str, int]]:
+    """(submodule, kind, handle id) of every hook on ``module`` that is not transformers' own."""
+    return {
+        (name, kind, key)
+        for name, m in module.named_modules()
+        for kind in _HOOK_DICTS
+        for key, fn in getattr(m, kind, {}).items()
+        if not _is_library_hook(fn)
+    }
+
+
 def hook_count(module: torch.nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks)
-        + len(m._forward_pre_hooks)
-        + len(m._backward_hooks)
-        + len(getattr(m, "_backward_pre_hooks", {}))
-        for m in module.modules()
-    )
+    """How many hooks (other than transformers' own) are registered on ``module``."""
+    return len(hook_keys(module))
 
 
 def global_hook_count() -> int:
@@ -138,18 +152,19 @@ class WatchedModel:
         self.module, self.name = module, name
         self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         self.requires_grad = {n: p.requires_grad for n, p in module.named_parameters()}
-        self.hooks = hook_count(module)
+        self.hooks = hook_keys(module)
 
     def problems(self) -> list[str]:
         """What changed, and put it back so that the next call starts from the same model."""
         found = []
-        if hook_count(self.module) != self.hooks:
+        leaked = hook_keys(self.module) - self.hooks
+        if leaked:
             found.append(
-                f"it left {hook_count(self.module) - self.hooks} hook(s) registered on {self.name}"
+                f"it left {len(leaked)} hook(s) registered on {self.name}"
                 ". Remove hooks when done: use a `with` block (labkit.hooks.capture/patch/hooked) "
                 "or call handle.remove() in a `finally`"
             )
-            _remove_hooks(self.module, keep=self.hooks)
+            _remove_hooks(self.module, leaked)
         changed = [
             k
             for k, v in self.module.state_dict().items()
@@ -187,19 +202,15 @@ class WatchedModel:
         return found
 
 
-def _remove_hooks(module: torch.nn.Module, keep: int) -> None:
-    """Remove hooks registered after the snapshot (the newest ones), so later checks work."""
-    extra = hook_count(module) - keep
-    for m in reversed(list(module.modules())):
-        for hooks in (
-            m._forward_hooks,
-            m._forward_pre_hooks,
-            m._backward_hooks,
-            getattr(m, "_backward_pre_hooks", {}),
-        ):
-            while extra > 0 and hooks:
-                hooks.pop(next(reversed(hooks)))
-                extra -= 1
+def _remove_hooks(module: torch.nn.Module, leaked: set[tuple[str, str, int]]) -> None:
+    """Remove exactly the hooks registered after the snapshot, so later checks work."""
+    modules = dict(module.named_modules())
+    for name, kind, key in leaked:
+        m = modules[name]
+        getattr(m, kind).pop(key, None)
+        for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                      "_forward_pre_hooks_with_kwargs"):  # fmt: skip
+            getattr(m, extra, {}).pop(key, None)
 
 
 def describe(value: Any) -> str:
