@@ -1,78 +1,92 @@
-"""Lab 02 checks accept the solution and other correct implementations, and reject mistakes.
+"""Lab 02 checks accept correct implementations and reject plausible mistakes, by name.
 
 The solution functions come from solutions/02_causal_tracing.ipynb itself. The alternative
-correct implementations (looped, batched, nnsight) and the plausible wrong ones live here, not
-in the notebook or in labkit.
+correct implementations (looped, batched, float64, nnsight) and the plausible wrong ones live
+here, not in the notebook or in labkit. Every wrong one must fail with a message that names its
+mistake; every check also runs on hidden variants (other model families, prompts and seeds).
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import torch
 
+import labkit
 from labkit.build import solution_functions
 from labkit.checks import lab02
+from labkit.checks.core import run_check
 from labkit.hooks import capture, hooked, patch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = solution_functions(ROOT / "solutions" / "02_causal_tracing.ipynb")
 SITE_OF = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+VARIANTS = (1, 2, 3)
 
 
 def stub(*args, **kwargs):
     raise NotImplementedError("Exercise: replace this line with your code.")
 
 
-def passes(check, fn) -> bool:
-    result = check(fn, quiet=True)
-    assert result.attempted, result.report()
-    return result.passed
+def run(check, fn, variant: int = 0):
+    return run_check(
+        check.body, check.check_name, check.points, fn, variant=variant, timeout=check.timeout
+    )
 
 
-def fails(check, fn) -> bool:
-    result = check(fn, quiet=True)
-    return result.attempted and not result.passed
+def assert_passes(check, fn, variant: int = 0) -> None:
+    result = run(check, fn, variant)
+    assert result.attempted and result.passed, result.report()
+
+
+def assert_rejects(check, fn, needle: str, variant: int = 0) -> None:
+    result = run(check, fn, variant)
+    text = result.report()
+    assert result.attempted and not result.passed, text
+    assert needle in text, text
+    assert "def " not in text and "check itself stopped" not in text, text
+
+
+def float64(lm: labkit.LabModel) -> labkit.LabModel:
+    """A float64 copy of the model (the original is left alone)."""
+    return labkit.LabModel(copy.deepcopy(lm.model).double(), lm.tokenizer, lm.name)
+
+
+def module_at(root, lm: labkit.LabModel, layer: int, site: str):
+    """The module (or nnsight envoy) whose output is ``site`` at ``layer``, by attribute path."""
+    for name in lm.spec.blocks.split("."):
+        root = getattr(root, name)
+    block = root[layer]
+    if site == "resid_post":
+        return block
+    for name in (lm.spec.mlp if site == "mlp_out" else lm.spec.attn).split("."):
+        block = getattr(block, name)
+    return block
+
+
+def nnsight_model(lm: labkit.LabModel):
+    from nnsight import TransformersModel
+
+    return TransformersModel(lm.model, tokenizer=lm.tokenizer)
 
 
 def test_stubs_are_not_attempted() -> None:
-    for check in (
-        lab02.check_collect_activations,
-        lab02.check_patch_position,
-        lab02.check_corrupt_subject,
-        lab02.check_restoration_grid,
-        lab02.check_average_indirect_effect,
-    ):
+    for check in lab02.EXERCISES.values():
         result = check(stub, quiet=True)
-        assert not result.attempted and result.status == "not attempted"
+        assert not result.attempted and result.status == "not attempted", check.check_name
 
 
-# ----- 2.1 collect_activations ---------------------------------------------------------------
-def collect_nnsight(lm, tokens, site="resid_post"):
-    from nnsight import TransformersModel
-
-    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
-    saved = []
-    with torch.no_grad(), model.trace(tokens):
-        for layer in range(lm.n_layers):
-            block = lm.blocks[layer]
-            module = {"resid_post": block, "mlp_out": block.mlp}.get(site)
-            if site == "attn_out":
-                envoy = model.transformer.h[layer].attn if lm.family == "gpt2" else None
-                envoy = envoy or model.model.layers[layer].self_attn
-                saved.append(envoy.output[0].save())
-                continue
-            path = "transformer.h" if lm.family == "gpt2" else "model.layers"
-            envoy = model.transformer.h[layer] if path == "transformer.h" else None
-            envoy = envoy or model.model.layers[layer]
-            envoy = envoy if module is block else envoy.mlp
-            saved.append(envoy.output.save())
-    return torch.stack([s[0] if s.dim() == 3 else s for s in saved])
+def test_check_names_follow_the_exercise_format() -> None:
+    for name, check in lab02.EXERCISES.items():
+        assert check.check_name.startswith("Exercise 2."), name
+        assert ": " in check.check_name, name
 
 
-def collect_per_layer_hooks(lm, tokens, site="resid_post"):
+# ----- 2.1 collect_activations -------------------------------------------------------------------
+def collect_per_layer(lm, tokens, site="resid_post"):
     acts = []
     for layer in range(lm.n_layers):  # one forward per layer, on purpose
         with torch.no_grad(), capture(lm, site, layer) as cache:
@@ -81,15 +95,38 @@ def collect_per_layer_hooks(lm, tokens, site="resid_post"):
     return torch.stack(acts)
 
 
-def collect_hidden_states_wrong(lm, tokens, site="resid_post"):
-    # hidden_states[-1] has the final norm applied: wrong at the last layer.
-    out = lm.model(tokens, output_hidden_states=True)
-    return torch.stack(out.hidden_states[1:])[:, 0]
+def collect_float64(lm, tokens, site="resid_post"):
+    return SOLUTION["collect_activations"](float64(lm), tokens, site)
+
+
+def collect_nnsight(lm, tokens, site="resid_post"):
+    model = nnsight_model(lm)
+    saved = []
+    with torch.no_grad(), model.trace(tokens):
+        for layer in range(lm.n_layers):
+            out = module_at(model, lm, layer, site).output
+            saved.append((out[0] if site == "attn_out" else out).save())
+    return torch.stack(saved)[:, 0]
+
+
+def collect_hidden_states_plus_hook(lm, tokens, site="resid_post"):
+    """hidden_states for all but the last block, whose output comes from a hook."""
+    if site != "resid_post":
+        return SOLUTION["collect_activations"](lm, tokens, site)
+    last = lm.n_layers - 1
+    with torch.no_grad(), capture(lm, "resid_post", last) as cache:
+        hidden = lm.model(tokens, output_hidden_states=True).hidden_states
+    return torch.cat([torch.stack(hidden[1 : last + 1])[:, 0], cache["resid_post", last]])
+
+
+def collect_final_norm(lm, tokens, site="resid_post"):
+    hidden = lm.model(tokens, output_hidden_states=True).hidden_states
+    return torch.stack(hidden[1:])[:, 0]
 
 
 def collect_resid_pre(lm, tokens, site="resid_post"):
-    out = lm.model(tokens, output_hidden_states=True)
-    return torch.stack(out.hidden_states[:-1])[:, 0]
+    hidden = lm.model(tokens, output_hidden_states=True).hidden_states
+    return torch.stack(hidden[:-1])[:, 0]
 
 
 def collect_ignores_site(lm, tokens, site="resid_post"):
@@ -100,38 +137,153 @@ def collect_with_batch_dim(lm, tokens, site="resid_post"):
     return SOLUTION["collect_activations"](lm, tokens, site)[:, None]
 
 
-def test_collect_activations_check() -> None:
+def collect_module_inputs(lm, tokens, site="resid_post"):
+    """Records what goes *into* the MLP or the output projection."""
+    if site == "resid_post":
+        return SOLUTION["collect_activations"](lm, tokens, site)
+    saved = []
+    modules = [lm.mlp(i) if site == "mlp_out" else lm.attn_out_proj(i) for i in range(lm.n_layers)]
+    handles = [m.register_forward_pre_hook(lambda m, args: saved.append(args[0])) for m in modules]
+    try:
+        lm.model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(saved)[:, 0]
+
+
+def collect_resid_mid(lm, tokens, site="resid_post"):
+    if site != "attn_out":
+        return SOLUTION["collect_activations"](lm, tokens, site)
+    with torch.no_grad(), capture(lm, ["resid_pre", "attn_out"]) as cache:
+        lm.model(tokens)
+    return (cache.stack("resid_pre") + cache.stack("attn_out"))[:, 0]
+
+
+_KEPT: list[torch.Tensor] = []
+
+
+def collect_accumulates(lm, tokens, site="resid_post"):
+    """Appends to a list that outlives the call."""
+    with torch.no_grad(), capture(lm, site) as cache:
+        lm.model(tokens)
+    _KEPT.extend(cache[site, layer][0] for layer in range(lm.n_layers))
+    return torch.stack(_KEPT[-lm.n_layers :]) * (len(_KEPT) // lm.n_layers)
+
+
+def collect_leaves_hooks(lm, tokens, site="resid_post"):
+    saved = []
+    for layer in range(lm.n_layers):
+        module = {"resid_post": lm.block, "mlp_out": lm.mlp, "attn_out": lm.attn}[site](layer)
+        module.register_forward_hook(
+            lambda m, a, out: saved.append(out[0] if isinstance(out, tuple) else out)
+        )
+    lm.model(tokens)
+    return torch.stack(saved)[:, 0]
+
+
+def collect_half(lm, tokens, site="resid_post"):
+    return SOLUTION["collect_activations"](lm, tokens, site).half()
+
+
+COLLECT_CORRECT = [
+    SOLUTION["collect_activations"],
+    collect_per_layer,
+    collect_float64,
+    collect_nnsight,
+    collect_hidden_states_plus_hook,
+]
+COLLECT_WRONG = [
+    (collect_final_norm, "final norm"),
+    (collect_resid_pre, "blocks' inputs (resid_pre)"),
+    (collect_ignores_site, "use the `site` argument"),
+    (collect_with_batch_dim, "Expected shape"),
+    (collect_module_inputs, "MLPs' inputs"),
+    (collect_resid_mid, "residual stream after attention"),
+    (collect_accumulates, "second call"),
+    (collect_leaves_hooks, "hook(s) registered"),
+    (collect_half, "float16"),
+]
+
+
+@pytest.mark.parametrize("fn", COLLECT_CORRECT, ids=lambda f: f.__name__)
+def test_collect_activations_accepts(fn) -> None:
+    assert_passes(lab02.check_collect_activations, fn)
+
+
+@pytest.mark.parametrize("fn, needle", COLLECT_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_collect_activations_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_collect_activations, fn, needle)
+
+
+def test_collect_activations_rejects_the_attention_output_projection_input() -> None:
+    def attn_inputs(lm, tokens, site="resid_post"):
+        return collect_module_inputs(lm, tokens, site if site != "mlp_out" else "resid_post")
+
+    result = run(lab02.check_collect_activations, attn_inputs)
+    assert not result.passed and "output projection" in result.parts[2].message
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_collect_activations_hidden_variants(variant) -> None:
     check = lab02.check_collect_activations
-    assert passes(check, SOLUTION["collect_activations"])
-    assert passes(check, collect_per_layer_hooks)
-    assert passes(check, collect_nnsight)
-    for wrong in (
-        collect_hidden_states_wrong,
-        collect_resid_pre,
-        collect_ignores_site,
-        collect_with_batch_dim,
-    ):
-        assert fails(check, wrong), wrong.__name__
+    assert_passes(check, SOLUTION["collect_activations"], variant)
+    assert_passes(check, collect_nnsight, variant)
+    assert_rejects(check, collect_final_norm, "final norm", variant)
+    assert_rejects(check, collect_module_inputs, "MLPs' inputs", variant)
 
 
-# ----- 2.2 patch_position --------------------------------------------------------------------
-def patch_with_labkit_patch(lm, tokens, layer, position, vector):
+# ----- 2.2 patch_position ------------------------------------------------------------------------
+def patch_with_labkit(lm, tokens, layer, position, vector):
     with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
         return lm.model(tokens).logits[0, -1].softmax(-1)
 
 
-def patch_with_nnsight(lm, tokens, layer, position, vector):
-    from nnsight import TransformersModel
+def patch_float64(lm, tokens, layer, position, vector):
+    return patch_with_labkit(float64(lm), tokens, layer, position, vector.double())
 
-    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
+
+def patch_nnsight(lm, tokens, layer, position, vector):
+    model = nnsight_model(lm)
     with torch.no_grad(), model.trace(tokens):
-        model.model.layers[layer].output[:, position, :] = vector
+        module_at(model, lm, layer, "resid_post").output[:, position, :] = vector
         logits = model.lm_head.output.save()
     return logits[0, -1].softmax(-1)
 
 
+def patch_in_place(lm, tokens, layer, position, vector):
+    """Writes into the block's output tensor and returns None from the hook."""
+
+    def write(module, args, output):
+        output[:, position] = vector
+
+    handle = lm.block(layer).register_forward_hook(write)
+    try:
+        with torch.no_grad():
+            return lm.model(tokens).logits[0, -1].softmax(-1)
+    finally:
+        handle.remove()
+
+
+def patch_next_block_input(lm, tokens, layer, position, vector):
+    """resid_post[layer] is resid_pre[layer + 1], or the final norm's input after the last."""
+
+    def put(module, args):
+        hidden = args[0].clone()
+        hidden[:, position] = vector
+        return (hidden, *args[1:])
+
+    module = lm.final_norm if layer == lm.n_layers - 1 else lm.block(layer + 1)
+    handle = module.register_forward_pre_hook(put)
+    try:
+        with torch.no_grad():
+            return torch.softmax(lm.model(tokens).logits[0, -1], dim=0)
+    finally:
+        handle.remove()
+
+
 def patch_off_by_one(lm, tokens, layer, position, vector):
-    return patch_with_labkit_patch(lm, tokens, layer, position + 1, vector)
+    return patch_with_labkit(lm, tokens, layer, min(position + 1, tokens.shape[1] - 1), vector)
 
 
 def patch_resid_pre(lm, tokens, layer, position, vector):
@@ -154,22 +306,95 @@ def patch_returns_logits(lm, tokens, layer, position, vector):
         return lm.model(tokens).logits[0, -1]
 
 
-def test_patch_position_check() -> None:
+def patch_log_softmax(lm, tokens, layer, position, vector):
+    with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
+        return lm.model(tokens).logits[0, -1].log_softmax(-1)
+
+
+def patch_no_final_norm(lm, tokens, layer, position, vector):
+    """Reads the last block's output and unembeds it, skipping the final norm."""
+    last = lm.n_layers - 1
+    with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
+        with capture(lm, "resid_post", last) as cache:
+            lm.model(tokens)
+    return lm.unembed(cache["resid_post", last][0, -1]).softmax(-1)
+
+
+def patch_leaves_hook(lm, tokens, layer, position, vector):
+    def put(module, args, output):
+        output = output.clone()
+        output[:, position] = vector
+        return output
+
+    lm.block(layer).register_forward_hook(put)
+    return lm.model(tokens).logits[0, -1].softmax(-1)
+
+
+def patch_next_block_only(lm, tokens, layer, position, vector):
+    """Patches the input of block layer + 1, forgetting the case of the last block."""
+    if layer + 1 == lm.n_layers:
+        return lm.model(tokens).logits[0, -1].softmax(-1)
+    with torch.no_grad(), patch(lm, "resid_pre", layer + 1, vector, positions=[position]):
+        return lm.model(tokens).logits[0, -1].softmax(-1)
+
+
+PATCH_CORRECT = [
+    SOLUTION["patch_position"],
+    patch_with_labkit,
+    patch_float64,
+    patch_nnsight,
+    patch_in_place,
+    patch_next_block_input,
+]
+PATCH_WRONG = [
+    (patch_off_by_one, "next position"),
+    (patch_resid_pre, "block's input (resid_pre)"),
+    (patch_every_position, "every position"),
+    (patch_adds, "added the vector"),
+    (patch_returns_logits, "logits"),
+    (patch_log_softmax, "log-probabilities"),
+    (patch_no_final_norm, "final norm"),
+    (patch_leaves_hook, "hook(s) registered"),
+    (patch_next_block_only, "input of block layer + 1"),
+]
+
+
+@pytest.mark.parametrize("fn", PATCH_CORRECT, ids=lambda f: f.__name__)
+def test_patch_position_accepts(fn) -> None:
+    assert_passes(lab02.check_patch_position, fn)
+
+
+@pytest.mark.parametrize("fn, needle", PATCH_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_patch_position_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_patch_position, fn, needle)
+
+
+def test_patch_position_expected_values_ignore_hooks_the_student_left() -> None:
+    """A leaked hook fails that call, is removed, and later parts still grade correctly."""
+    result = run(lab02.check_patch_position, patch_leaves_hook)
+    assert [p.passed for p in result.parts] == [False, False, False]
+    calls = []
+
+    def leak_once(lm, tokens, layer, position, vector):
+        if not calls:
+            calls.append(1)
+            return patch_leaves_hook(lm, tokens, layer, position, vector)
+        return SOLUTION["patch_position"](lm, tokens, layer, position, vector)
+
+    result = run(lab02.check_patch_position, leak_once)
+    assert [p.passed for p in result.parts] == [False, True, True], result.report()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_patch_position_hidden_variants(variant) -> None:
     check = lab02.check_patch_position
-    assert passes(check, SOLUTION["patch_position"])
-    assert passes(check, patch_with_labkit_patch)
-    assert passes(check, patch_with_nnsight)
-    for wrong in (
-        patch_off_by_one,
-        patch_resid_pre,
-        patch_every_position,
-        patch_adds,
-        patch_returns_logits,
-    ):
-        assert fails(check, wrong), wrong.__name__
+    assert_passes(check, SOLUTION["patch_position"], variant)
+    assert_passes(check, patch_next_block_input, variant)
+    assert_rejects(check, patch_resid_pre, "resid_pre", variant)
+    assert_rejects(check, patch_no_final_norm, "final norm", variant)
 
 
-# ----- 2.3 corrupt_subject -------------------------------------------------------------------
+# ----- 2.4 corrupt_subject -----------------------------------------------------------------------
 def corrupt_full_noise_then_mask(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     clean = lm.embed(tokens).detach()
@@ -179,12 +404,12 @@ def corrupt_full_noise_then_mask(lm, tokens, subject, n_samples=10, noise_scale=
     return clean + noise_scale * lm.embed.weight.std() * noise * mask
 
 
-def corrupt_global_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+def corrupt_global_seed_loop(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         clean = lm.embed(tokens).detach()[0]
         rows = []
-        for _ in range(n_samples):  # one sample at a time
+        for _ in range(n_samples):  # one sample, one position at a time
             row = clean.clone()
             for p in subject:
                 row[p] += noise_scale * lm.embed.weight.std() * torch.randn(lm.d_model)
@@ -192,17 +417,99 @@ def corrupt_global_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed
     return torch.stack(rows)
 
 
+def corrupt_float64(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    clean = lm.embed(tokens).detach().double()
+    sigma = lm.embed.weight.double().std()
+    noise = torch.randn(
+        lm.d_model, len(subject), n_samples, generator=generator, dtype=torch.float64
+    )
+    out = clean.repeat(n_samples, 1, 1)
+    out[:, subject] += noise_scale * sigma * noise.permute(2, 1, 0)  # another draw order
+    return out
+
+
+def corrupt_generator_per_sample(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    clean = lm.embed(tokens).detach()[0]
+    rows = []
+    for i in range(n_samples):
+        generator = torch.Generator().manual_seed(seed * 10_007 + i)
+        row = clean.clone()
+        row[subject] += (
+            noise_scale
+            * lm.embed.weight.std()
+            * torch.randn(len(subject), lm.d_model, generator=generator)
+        )
+        rows.append(row)
+    return torch.stack(rows)
+
+
 def corrupt_every_position(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    n_pos = tokens.shape[1]
-    return SOLUTION["corrupt_subject"](lm, tokens, list(range(n_pos)), n_samples, noise_scale, seed)
+    every = list(range(tokens.shape[1]))
+    return SOLUTION["corrupt_subject"](lm, tokens, every, n_samples, noise_scale, seed)
 
 
-def corrupt_unit_std(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+def corrupt_shifted(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    shifted = [p + 1 for p in subject]
+    return SOLUTION["corrupt_subject"](lm, tokens, shifted, n_samples, noise_scale, seed)
+
+
+def _with_sigma(sigma_of):
+    def corrupt(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+        noise = torch.randn(n_samples, len(subject), lm.d_model, generator=generator)
+        out[:, subject] += noise_scale * sigma_of(lm, tokens) * noise
+        return out
+
+    return corrupt
+
+
+corrupt_unit_std = _with_sigma(lambda lm, tokens: 1.0)
+corrupt_prompt_std = _with_sigma(lambda lm, tokens: lm.embed(tokens).std())
+corrupt_column_std = _with_sigma(lambda lm, tokens: lm.embed.weight.std(0).mean())
+corrupt_variance = _with_sigma(lambda lm, tokens: lm.embed.weight.var())
+
+
+def corrupt_hard_coded_three(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    return SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, 3.0, seed)
+
+
+def corrupt_uniform(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
-    out[:, subject] += noise_scale * torch.randn(
-        n_samples, len(subject), lm.d_model, generator=generator
-    )
+    noise = torch.rand(n_samples, len(subject), lm.d_model, generator=generator)
+    out[:, subject] += noise_scale * lm.embed.weight.std() * noise
+    return out
+
+
+def corrupt_uniform_same_std(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    noise = (torch.rand(n_samples, len(subject), lm.d_model, generator=generator) - 0.5) * 12**0.5
+    out[:, subject] += noise_scale * lm.embed.weight.std() * noise
+    return out
+
+
+def corrupt_same_noise_every_sample(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    one = SOLUTION["corrupt_subject"](lm, tokens, subject, 1, noise_scale, seed)
+    return one.repeat(n_samples, 1, 1)
+
+
+def corrupt_reseeded_per_position(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    for p in subject:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(n_samples, lm.d_model, generator=generator)
+        out[:, p] += noise_scale * lm.embed.weight.std() * noise
+    return out
+
+
+def corrupt_one_number_per_token(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    noise = torch.randn(n_samples, len(subject), 1, generator=generator)
+    out[:, subject] += noise_scale * lm.embed.weight.std() * noise
     return out
 
 
@@ -213,31 +520,90 @@ def corrupt_redrawn(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     return out
 
 
-def corrupt_same_noise_every_sample(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    one = SOLUTION["corrupt_subject"](lm, tokens, subject, 1, noise_scale, seed)
-    return one.repeat(n_samples, 1, 1)
+_ONE_GENERATOR = torch.Generator().manual_seed(0)
 
 
-def corrupt_hard_coded_three(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    return SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, 3.0, seed)
+def corrupt_generator_kept_between_calls(
+    lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0
+):
+    out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    noise = torch.randn(n_samples, len(subject), lm.d_model, generator=_ONE_GENERATOR)
+    out[:, subject] += noise_scale * lm.embed.weight.std() * noise
+    return out
 
 
-def test_corrupt_subject_check() -> None:
+def corrupt_ignores_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    return SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, noise_scale, 0)
+
+
+def corrupt_adds_positions(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    """Adds GPT-2's position embeddings, which the model adds again to inputs_embeds."""
+    out = SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, noise_scale, seed)
+    wpe = getattr(getattr(lm.model, "transformer", None), "wpe", None)
+    if wpe is not None:
+        out = out + wpe.weight[: tokens.shape[1]]
+    return out
+
+
+CORRUPT_CORRECT = [
+    SOLUTION["corrupt_subject"],
+    corrupt_full_noise_then_mask,
+    corrupt_global_seed_loop,
+    corrupt_float64,
+    corrupt_generator_per_sample,
+]
+CORRUPT_WRONG = [
+    (corrupt_every_position, "outside the subject"),
+    (corrupt_shifted, "outside the subject"),
+    (corrupt_adds_positions, "outside the subject"),
+    (corrupt_unit_std, "std noise_scale"),
+    (corrupt_prompt_std, "this prompt's embeddings"),
+    (corrupt_column_std, "std per dimension"),
+    (corrupt_variance, "variance"),
+    (corrupt_hard_coded_three, "ignores noise_scale"),
+    (corrupt_uniform, "mean zero"),
+    (corrupt_uniform_same_std, "Gaussian"),
+    (corrupt_same_noise_every_sample, "consecutive samples"),
+    (corrupt_reseeded_per_position, "consecutive subject positions"),
+    (corrupt_one_number_per_token, "consecutive dimensions"),
+    (corrupt_redrawn, "twice gives exactly the same"),
+    (corrupt_generator_kept_between_calls, "twice gives exactly the same"),
+    (corrupt_ignores_seed, "`seed` argument"),
+]
+
+
+@pytest.mark.parametrize("fn", CORRUPT_CORRECT, ids=lambda f: f.__name__)
+def test_corrupt_subject_accepts(fn) -> None:
+    assert_passes(lab02.check_corrupt_subject, fn)
+
+
+@pytest.mark.parametrize("fn, needle", CORRUPT_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_corrupt_subject_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_corrupt_subject, fn, needle)
+
+
+def test_corrupt_subject_accepts_many_valid_noise_streams() -> None:
+    """The statistical tests use 5 standard errors: valid noise fails about once in a million."""
+    for offset in range(40):
+
+        def shifted_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0, k=offset):
+            return corrupt_full_noise_then_mask(
+                lm, tokens, subject, n_samples, noise_scale, seed + 7919 * k
+            )
+
+        assert_passes(lab02.check_corrupt_subject, shifted_seed)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_corrupt_subject_hidden_variants(variant) -> None:
     check = lab02.check_corrupt_subject
-    assert passes(check, SOLUTION["corrupt_subject"])
-    assert passes(check, corrupt_full_noise_then_mask)
-    assert passes(check, corrupt_global_seed)
-    for wrong in (
-        corrupt_every_position,
-        corrupt_unit_std,
-        corrupt_redrawn,
-        corrupt_same_noise_every_sample,
-        corrupt_hard_coded_three,
-    ):
-        assert fails(check, wrong), wrong.__name__
+    assert_passes(check, SOLUTION["corrupt_subject"], variant)
+    assert_passes(check, corrupt_global_seed_loop, variant)
+    assert_rejects(check, corrupt_prompt_std, "prompt's embeddings", variant)
+    assert_rejects(check, corrupt_reseeded_per_position, "subject positions", variant)
 
 
-# ----- 2.4 restoration_grid ------------------------------------------------------------------
+# ----- 2.6 restoration_grid ----------------------------------------------------------------------
 def _window(layer, window, n_layers):
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
@@ -251,7 +617,7 @@ def grid_looped(
     window=1,
     *,
     shift=0,
-    layer_of=None,
+    layers_of=None,
     every_position=False,
     fresh_noise=False,
     first_sample_only=False,
@@ -265,8 +631,8 @@ def grid_looped(
     grid = torch.zeros(lm.n_layers, n_pos)
     for layer in range(lm.n_layers):
         layers = [layer] if site == "resid" else list(_window(layer, window, lm.n_layers))
-        if layer_of is not None:
-            layers = layer_of(layer)
+        if layers_of is not None and site != "resid":  # a mistake in the window's formula
+            layers = layers_of(layer, window, lm.n_layers)
         for position in range(n_pos):
             embeds = corrupted_embeds
             if fresh_noise:
@@ -276,14 +642,20 @@ def grid_looped(
             target = None if every_position else [min(position + shift, n_pos - 1)]
             with ExitStack() as stack, torch.no_grad():
                 for restored in layers:
-                    value = clean[name, restored]
+                    value = clean[name, restored % lm.n_layers]
                     stack.enter_context(patch(lm, name, restored, value, positions=target))
                 probs = lm.model(inputs_embeds=embeds).logits[:, -1].softmax(-1)
             grid[layer, position] = probs[:, target_id].mean()
     return grid
 
 
-def grid_batched_by_layer(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+def grid_float64(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    return grid_looped(float64(lm), tokens, corrupted_embeds.double(), target_id, site, window)
+
+
+def grid_batched_by_layer(
+    lm, tokens, corrupted_embeds, target_id, site="resid", window=1, *, mixed_rows=False
+):
     """One forward per layer: batch row (position, sample) restores its own position."""
     name = SITE_OF[site]
     n_samples, n_pos, _ = corrupted_embeds.shape
@@ -291,7 +663,7 @@ def grid_batched_by_layer(lm, tokens, corrupted_embeds, target_id, site="resid",
         lm.model(tokens)
     positions = torch.arange(n_pos).repeat_interleave(n_samples)
     rows = torch.arange(len(positions))
-    batch = corrupted_embeds.repeat(n_pos, 1, 1)
+    batch = corrupted_embeds.repeat(n_pos, 1, 1)  # row p * n_samples + s: position p, sample s
     grid = torch.zeros(lm.n_layers, n_pos)
     for layer in range(lm.n_layers):
         layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
@@ -305,53 +677,49 @@ def grid_batched_by_layer(lm, tokens, corrupted_embeds, target_id, site="resid",
 
                 stack.enter_context(hooked(lm, name, restored, fn))
             probs = lm.model(inputs_embeds=batch).logits[:, -1].softmax(-1)[:, target_id]
-        grid[layer] = probs.view(n_pos, n_samples).mean(1)
+        if mixed_rows:  # rows are position-major: this averages the wrong rows together
+            grid[layer] = probs.view(n_samples, n_pos).mean(0)
+        else:
+            grid[layer] = probs.view(n_pos, n_samples).mean(1)
     return grid
 
 
 def grid_nnsight(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    """Per cell with nnsight: clean values saved in one trace, restored in another."""
-    from nnsight import TransformersModel
-
-    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
-
-    def envoy(layer):
-        block = model.model.layers[layer]
-        return {"resid": block, "mlp": block.mlp, "attn": block.self_attn}[site]
+    """nnsight, one trace per layer: batch row (position, sample) restores its position."""
+    name = SITE_OF[site]
+    model = nnsight_model(lm)
+    n_samples, n_pos, _ = corrupted_embeds.shape
 
     def output(layer):
-        out = envoy(layer).output
-        return out[0] if site == "attn" else out
+        out = module_at(model, lm, layer, name).output
+        return out[0] if name == "attn_out" else out
 
     saved = []
     with torch.no_grad(), model.trace(tokens):
         for layer in range(lm.n_layers):
             saved.append(output(layer).save())
-    n_pos = tokens.shape[1]
+    positions = torch.arange(n_pos).repeat_interleave(n_samples)
+    rows = torch.arange(len(positions))
+    batch = corrupted_embeds.repeat(n_pos, 1, 1)
     grid = torch.zeros(lm.n_layers, n_pos)
     for layer in range(lm.n_layers):
-        layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
-        for position in range(n_pos):
-            with torch.no_grad(), model.trace(inputs_embeds=corrupted_embeds):
-                for restored in layers:
-                    output(restored)[:, position, :] = saved[restored][0, position, :]
-                logits = model.lm_head.output.save()
-            grid[layer, position] = logits[:, -1].softmax(-1)[:, target_id].mean()
+        layers = [layer] if site == "resid" else list(_window(layer, window, lm.n_layers))
+        with torch.no_grad(), model.trace(inputs_embeds=batch):
+            for restored in layers:
+                output(restored)[rows, positions] = saved[restored][0, positions]
+            logits = model.lm_head.output.save()
+        grid[layer] = logits[:, -1].softmax(-1)[:, target_id].view(n_pos, n_samples).mean(1)
     return grid
 
 
-WRONG_GRIDS = {
-    "restores the next position": dict(shift=1),
-    "restores resid_pre (the block's input)": dict(name="resid_pre"),
-    "restores every position of the layer": dict(every_position=True),
-    "redraws noise for every run": dict(fresh_noise=True),
-    "uses only the first noise sample": dict(first_sample_only=True),
-    "ignores the window": dict(layer_of=lambda layer: [layer]),
-    "window starts at the layer": dict(layer_of=lambda layer: list(range(layer, layer + 2))),
-}
+def _looped_with(**options):
+    def grid(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+        return grid_looped(lm, tokens, corrupted_embeds, target_id, site, window, **options)
+
+    return grid
 
 
-def grid_wrong_site(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+def grid_swapped_site(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
     swapped = {"resid": "resid", "mlp": "attn", "attn": "mlp"}[site]
     return grid_looped(lm, tokens, corrupted_embeds, target_id, swapped, window)
 
@@ -367,35 +735,127 @@ def grid_mean_logits(lm, tokens, corrupted_embeds, target_id, site="resid", wind
         for position in range(tokens.shape[1]):
             with ExitStack() as stack, torch.no_grad():
                 for restored in layers:
-                    stack.enter_context(
-                        patch(lm, name, restored, clean[name, restored], positions=[position])
-                    )
+                    value = clean[name, restored]
+                    stack.enter_context(patch(lm, name, restored, value, positions=[position]))
                 logits = lm.model(inputs_embeds=corrupted_embeds).logits[:, -1].mean(0)
             grid[layer, position] = logits.softmax(-1)[target_id]
     return grid
 
 
-def test_restoration_grid_check_accepts_correct_implementations() -> None:
+def grid_normalised(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    grid = SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+    with torch.no_grad():
+        high = lm.model(tokens).logits[0, -1].softmax(-1)[target_id]
+        low = lm.model(inputs_embeds=corrupted_embeds).logits[:, -1].softmax(-1)[:, target_id]
+    return (grid - low.mean()) / (high - low.mean())
+
+
+def grid_noising(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    """Runs the clean prompt and puts the *corrupted* activation in at each cell."""
+    name = SITE_OF[site]
+    with torch.no_grad(), capture(lm, name) as noisy:
+        lm.model(inputs_embeds=corrupted_embeds)
+    n_samples = corrupted_embeds.shape[0]
+    clean_embeds = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    grid = torch.zeros(lm.n_layers, tokens.shape[1])
+    for layer in range(lm.n_layers):
+        layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
+        for position in range(tokens.shape[1]):
+            with ExitStack() as stack, torch.no_grad():
+                for restored in layers:
+                    value = noisy[name, restored]
+                    stack.enter_context(patch(lm, name, restored, value, positions=[position]))
+                probs = lm.model(inputs_embeds=clean_embeds).logits[:, -1].softmax(-1)
+            grid[layer, position] = probs[:, target_id].mean()
+    return grid
+
+
+def grid_restores_resid_in_window(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    return grid_looped(lm, tokens, corrupted_embeds, target_id, site, window, name="resid_post")
+
+
+def grid_mixed_rows(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    return grid_batched_by_layer(
+        lm, tokens, corrupted_embeds, target_id, site, window, mixed_rows=True
+    )
+
+
+def grid_in_place(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    corrupted_embeds[:, :, 0] += 0.0 * corrupted_embeds[:, :, 0] + 1e-3  # "normalising" it
+    return SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+
+
+def grid_leaves_hooks(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    grid = SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+    lm.mlp(0).register_forward_hook(lambda module, args, out: None)
+    return grid
+
+
+GRID_CORRECT = [
+    SOLUTION["restoration_grid"],
+    grid_looped,
+    grid_float64,
+    grid_batched_by_layer,
+    grid_nnsight,
+]
+GRID_WRONG = [
+    (_looped_with(shift=1), "position p + 1"),
+    (_looped_with(name="resid_pre"), "resid_pre"),
+    (_looped_with(every_position=True), "every position"),
+    (_looped_with(fresh_noise=True), "twice gives the same grid"),
+    (_looped_with(first_sample_only=True), "only the first noise sample"),
+    (_looped_with(layers_of=lambda L, w, n: [L]), "restores only layer L"),
+    (_looped_with(layers_of=lambda L, w, n: range(L, min(n, L + w))), "starts at L"),
+    (
+        _looped_with(layers_of=lambda L, w, n: range(max(0, L - w // 2), min(n, L + w // 2))),
+        "one layer short",
+    ),
+    (
+        _looped_with(layers_of=lambda L, w, n: range(L - w // 2, min(n, L - (-w // 2)))),
+        "wraps around",
+    ),
+    (grid_swapped_site, "the other module"),
+    (grid_mean_logits, "averages the logits"),
+    (grid_normalised, "normalised to 0..1"),
+    (grid_noising, "noising"),
+    (grid_restores_resid_in_window, "restores the residual stream over the window"),
+    (grid_mixed_rows, "every cell"),
+    (grid_in_place, "changed its input"),
+    (grid_leaves_hooks, "hook(s) registered"),
+]
+
+
+@pytest.mark.parametrize("fn", GRID_CORRECT, ids=lambda f: f.__name__)
+def test_restoration_grid_accepts(fn) -> None:
+    assert_passes(lab02.check_restoration_grid, fn)
+
+
+@pytest.mark.parametrize("fn, needle", GRID_WRONG, ids=lambda x: x if isinstance(x, str) else "")
+def test_restoration_grid_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_restoration_grid, fn, needle)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_restoration_grid_hidden_variants(variant) -> None:
     check = lab02.check_restoration_grid
-    assert passes(check, SOLUTION["restoration_grid"])
-    assert passes(check, grid_looped)
-    assert passes(check, grid_batched_by_layer)
-    assert passes(check, grid_nnsight)
+    assert_passes(check, SOLUTION["restoration_grid"], variant)
+    assert_passes(check, grid_batched_by_layer, variant)
+    assert_rejects(check, _looped_with(shift=1), "position p + 1", variant)
+    assert_rejects(check, grid_swapped_site, "the other module", variant)
 
 
-@pytest.mark.parametrize("mistake", sorted(WRONG_GRIDS))
-def test_restoration_grid_check_rejects_mistakes(mistake: str) -> None:
-    options = WRONG_GRIDS[mistake]
-
-    def wrong(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-        return grid_looped(lm, tokens, corrupted_embeds, target_id, site, window, **options)
-
-    assert fails(lab02.check_restoration_grid, wrong)
-
-
-@pytest.mark.parametrize("wrong", [grid_wrong_site, grid_mean_logits])
-def test_restoration_grid_check_rejects_wrong_site_and_averaging(wrong) -> None:
-    assert fails(lab02.check_restoration_grid, wrong)
+def test_the_reference_grid_equals_a_per_cell_loop() -> None:
+    """The check's batched reference is the plain one-forward-per-cell loop."""
+    for family in ("llama", "gpt_neox"):
+        lm = lab02._model(family)
+        tokens = lab02._ids(lm, "A cat sat.")
+        generator = torch.Generator().manual_seed(3)
+        corrupted = lm.embed(tokens).detach().repeat(2, 1, 1)
+        corrupted[:, 3:6] += 2 * torch.randn(2, 3, lm.d_model, generator=generator)
+        grid_of = lab02._grid_problem(lm, tokens, corrupted, 7)
+        for site, window in [("resid", 1), ("mlp", 2), ("attn", 3)]:
+            loop = grid_looped(lm, tokens, corrupted, 7, site, window).double()
+            assert torch.allclose(grid_of(site, window), loop, atol=1e-6), (family, site)
 
 
 def test_fast_grid_matches_the_loop_on_the_default_model(lm) -> None:
@@ -405,10 +865,10 @@ def test_fast_grid_matches_the_loop_on_the_default_model(lm) -> None:
     for site, window in [("resid", 1), ("mlp", 10)]:
         fast = SOLUTION["restoration_grid"](lm, tokens, corrupted, target, site, window)
         slow = grid_batched_by_layer(lm, tokens, corrupted, target, site, window)
-        assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
+        assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
 
 
-# ----- 2.5 average_indirect_effect -----------------------------------------------------------
+# ----- 2.8 average_indirect_effect ---------------------------------------------------------------
 ROLES = lab02.ROLES
 
 
@@ -444,6 +904,23 @@ def aie_masks(grids, corrupted_probs, subjects):
     return torch.stack(columns, dim=1)
 
 
+def aie_nanmean(grids, corrupted_probs, subjects):
+    """float64, NaN for a role a prompt lacks, then nanmean over prompts."""
+    per_prompt = []
+    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+        effect = grid.double() - corrupted
+        per_prompt.append(
+            torch.stack(
+                [
+                    effect[:, p].mean(1) if p else torch.full((grid.shape[0],), torch.nan)
+                    for p in _roles(subject, grid.shape[1])
+                ],
+                dim=1,
+            )
+        )
+    return torch.stack(per_prompt).nanmean(0)
+
+
 def aie_no_subtraction(grids, corrupted_probs, subjects):
     return aie_loops(grids, [0.0] * len(grids), subjects)
 
@@ -463,29 +940,104 @@ def aie_pooled_tokens(grids, corrupted_probs, subjects):
 
 
 def aie_last_subject_off_by_one(grids, corrupted_probs, subjects):
-    return aie_loops(grids, corrupted_probs, [[*s, s[-1] + 1] for s in subjects])
+    out = aie_loops(grids, corrupted_probs, subjects)
+    effects = [
+        g[:, s[-1] + 1] - c for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
+    out[:, 1] = torch.stack(effects).mean(0)
+    return out
 
 
 def aie_includes_prefix(grids, corrupted_probs, subjects):
     return aie_loops(grids, corrupted_probs, [list(range(0, s[-1] + 1)) for s in subjects])
 
 
-def test_average_indirect_effect_check() -> None:
+def aie_counts_every_prompt(grids, corrupted_probs, subjects):
+    n_layers = grids[0].shape[0]
+    out = torch.zeros(n_layers, len(ROLES))
+    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+        for column, positions in enumerate(_roles(subject, grid.shape[1])):
+            if positions:
+                out[:, column] += (grid[:, positions] - corrupted).mean(1)
+    return out / len(grids)
+
+
+def aie_whole_subject(grids, corrupted_probs, subjects):
+    out = aie_loops(grids, corrupted_probs, subjects)
+    whole = [
+        (g[:, s] - c).mean(1) for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
+    out[:, 0] = torch.stack(whole).mean(0)
+    return out
+
+
+def aie_after_includes_last(grids, corrupted_probs, subjects):
+    out = aie_loops(grids, corrupted_probs, subjects)
+    after = [
+        (g[:, s[-1] + 1 :] - c).mean(1)
+        for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
+    out[:, 2] = torch.stack(after).mean(0)
+    return out
+
+
+def aie_in_place(grids, corrupted_probs, subjects):
+    for grid, corrupted in zip(grids, corrupted_probs, strict=True):
+        grid -= corrupted  # changes the caller's grids
+    return aie_loops(grids, [0.0] * len(grids), subjects)
+
+
+def aie_transposed(grids, corrupted_probs, subjects):
+    return aie_loops(grids, corrupted_probs, subjects).T
+
+
+AIE_CORRECT = [SOLUTION["average_indirect_effect"], aie_loops, aie_masks, aie_nanmean]
+AIE_WRONG = [
+    (aie_no_subtraction, "minus that prompt's corrupted probability"),
+    (aie_pooled_tokens, "weigh more"),
+    (aie_last_subject_off_by_one, "token after the subject"),
+    (aie_includes_prefix, "tokens before the subject"),
+    (aie_counts_every_prompt, "number of all prompts"),
+    (aie_whole_subject, "includes the last subject token"),
+    (aie_after_includes_last, "includes the last token"),
+    (aie_in_place, "changed its input"),
+    (aie_transposed, "One row per layer"),
+]
+
+
+@pytest.mark.parametrize("fn", AIE_CORRECT, ids=lambda f: f.__name__)
+def test_average_indirect_effect_accepts(fn) -> None:
+    assert_passes(lab02.check_average_indirect_effect, fn)
+
+
+@pytest.mark.parametrize("fn, needle", AIE_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_average_indirect_effect_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_average_indirect_effect, fn, needle)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_average_indirect_effect_hidden_variants(variant) -> None:
     check = lab02.check_average_indirect_effect
-    assert passes(check, SOLUTION["average_indirect_effect"])
-    assert passes(check, aie_loops)
-    assert passes(check, aie_masks)
-    for wrong in (
-        aie_no_subtraction,
-        aie_pooled_tokens,
-        aie_last_subject_off_by_one,
-        aie_includes_prefix,
-    ):
-        assert fails(check, wrong), wrong.__name__
+    assert_passes(check, SOLUTION["average_indirect_effect"], variant)
+    assert_passes(check, aie_nanmean, variant)
+    for wrong, needle in AIE_WRONG[:5]:
+        assert_rejects(check, wrong, needle, variant)
 
 
-def test_failures_name_what_was_tested_and_never_show_code() -> None:
-    result = lab02.check_patch_position(patch_off_by_one, quiet=True)
-    text = result.report()
-    assert "Tested:" in text and "Hint:" in text
-    assert "def " not in text and "hooked(" not in text
+# ----- the test problems themselves --------------------------------------------------------------
+def test_problem_models_have_norm_weights_other_than_one_and_are_rebuilt_when_damaged() -> None:
+    lm = lab02._model("llama")
+    assert not torch.allclose(lm.final_norm.weight, torch.ones_like(lm.final_norm.weight))
+    with torch.no_grad():
+        lm.model.lm_head.weight.mul_(2.0)  # a student's function writes into the cached model
+    fresh = lab02._model("llama")
+    assert fresh is not lm
+    assert lab02._model("llama") is fresh  # untouched: reused
+
+
+def test_prompt_pairs_have_equal_lengths() -> None:
+    for text, other in lab02._PAIRS:
+        assert len(text) == len(other), (text, other)
+    for text, span in lab02._SUBJECTS:
+        positions = lab02._positions(text, span)
+        assert positions[0] > 1 and positions[-1] < len(text) - 1, text

@@ -1,22 +1,27 @@
 """Checks for lab 02: activation patching and ROME-style causal tracing.
 
-Each check takes your function, runs it on tiny random models (``labkit.tiny``) where every
-forward pass takes milliseconds, and tests what must hold for *any* correct implementation:
-invariants of patching (a clean-into-clean patch changes nothing, restoring the last residual
-stream gives the clean run back), hand-computable cases, determinism under a fixed seed, and
-spot checks of single cells against ``labkit.hooks``. Loops, batches, labkit hooks and nnsight
-are all accepted.
+Each check runs your function on tiny random models (``labkit.tiny``), where a forward pass
+takes milliseconds, made into sharper test problems: weights scaled up so that predictions are
+confident and depend on the input, norm weights and biases that are not 1 and 0 (so a missing
+final norm shows), embedding columns of different sizes. Expected answers come from a
+reference built on ``labkit.hooks`` and are computed before your code runs; whole grids are
+compared, never a few cells. Where your answer matches a known mistake, the hint names it.
+
+Loops, batches, ``labkit.hooks``, nnsight and float64 are all accepted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 
 from labkit.checks.core import Checker, check, skip_if_unattempted
-from labkit.hooks import capture, patch
+from labkit.checks.guards import hook_count
+from labkit.hooks import capture, hooked
 from labkit.models import LabModel
 from labkit.tiny import tiny_model
 
@@ -33,345 +38,1012 @@ __all__ = [
 
 ROLES = ("subject", "last subject token", "after subject", "last token")
 _SITE_OF = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
-_PROMPT, _OTHER = "The cat sat on", "A dog ran by!"  # same length: 14 bytes = 14 tokens
-_SUBJECT = [2, 3, 4]  # the tokens of "cat" (after "<anchor>The ")
+_SITE_NAMES = ("resid_post", "mlp_out", "attn_out")
+# Pairs of prompts of the same length (the tiny tokenizer: one byte, one token).
+_PAIRS = (
+    ("The cat sat", "A dog ran!!"),
+    ("Cats nap.", "Dogs run!"),
+    ("Red sun up", "Big owl ok"),
+    ("I saw a bat", "We met two."),
+)
+# Prompts with a subject that has tokens before and after it.
+_SUBJECTS = (
+    ("A cat sat.", "cat"),
+    ("The sun is hot", "sun"),
+    ("My dog ran", "dog"),
+    ("An owl flew by", "owl"),
+)
 
 
-def _tiny(family: str = "llama") -> LabModel:
-    """A tiny random model with its weight matrices scaled up 25x.
+# ----- test problems -----------------------------------------------------------------------------
+_MODELS: dict[tuple[str, int], tuple[LabModel, dict[str, torch.Tensor], int]] = {}
 
-    At their initial scale, tiny models predict an almost uniform distribution that hardly
-    depends on the input, so patching would move probabilities by 1e-7. Scaled up, they make
-    confident, input-dependent predictions, and a wrong restoration shows.
+
+def _build(family: str, seed: int) -> LabModel:
+    """A tiny random model, sharpened into a test problem.
+
+    * 2-d weights x25: at their initial scale, tiny models predict an almost uniform
+      distribution that hardly depends on the input, so a wrong patch would move
+      probabilities by 1e-7;
+    * norm weights in 0.5..1.5 and nonzero biases: with norm weights of 1, forgetting the
+      final norm or taking the wrong side of a norm can go unnoticed;
+    * embedding columns scaled by 0.3..3 and the rows of letters by 1.5, so that the std of
+      the embedding matrix differs from the std of a prompt's embeddings and from the mean
+      std per dimension.
     """
-    lm = tiny_model(family, seed=1)
+    lm = tiny_model(family, seed=seed)
+    generator = torch.Generator().manual_seed(1000 + seed)
+    letters = lm.tokenizer.convert_tokens_to_ids(
+        list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    )
     with torch.no_grad():
         for param in lm.model.parameters():
             if param.dim() == 2:
                 param.mul_(25.0)
+            elif bool((param == 1).all()):
+                param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+            elif bool((param == 0).all()):
+                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+        embed = lm.embed.weight  # (vocab, d_model)
+        embed.mul_(0.3 + 2.7 * torch.rand(lm.d_model, generator=generator))
+        embed[letters] *= 1.5
+        # transformers installs its output-capturing hooks on the first call that asks for
+        # hidden states or attentions; install them now, so a student's call does not look
+        # like one that left hooks behind.
+        lm.model(lm.to_tokens("a"), output_hidden_states=True, output_attentions=True)
     return lm
+
+
+def _untouched(lm: LabModel, pristine: dict[str, torch.Tensor], hooks: int, config: dict) -> bool:
+    net = lm.model
+    if hook_count(net) != hooks or any("forward" in vars(m) for m in net.modules()):
+        return False
+    if any(m.training for m in net.modules()) or net.config.to_dict() != config:
+        return False
+    if any(p.requires_grad or p.grad is not None for p in net.parameters()):
+        return False
+    state = net.state_dict()
+    return state.keys() == pristine.keys() and all(
+        torch.equal(state[k], v) for k, v in pristine.items()
+    )
+
+
+def _model(family: str = "llama", seed: int = 1) -> LabModel:
+    """A test-problem model: cached, but rebuilt whenever anything about it changed."""
+    key = (family, seed)
+    if key in _MODELS and _untouched(*_MODELS[key]):
+        return _MODELS[key][0]
+    lm = _build(family, seed)
+    state = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    lm.model.eval()
+    _MODELS[key] = (lm, state, hook_count(lm.model), lm.model.config.to_dict())
+    return lm
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and a busy machine does not stall them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Mistakes:
+    """``(wrong answer, hint)`` pairs for ``t.close``, computed only if an answer is wrong.
+
+    Working out what each mistake would return costs forward passes; a right answer never
+    needs them. They are computed after the student's call has returned, when ``t.watch`` has
+    already verified (and repaired) the model.
+    """
+
+    def __init__(self, make: Callable[[], list[tuple[torch.Tensor, str]]]) -> None:
+        self._make, self._items = make, None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+        if self._items is None:
+            self._items = list(self._make())
+        return iter(self._items)
 
 
 def _ids(lm: LabModel, text: str) -> torch.Tensor:
     return lm.to_tokens(text, prepend_anchor=True)
 
 
-def _probs(lm: LabModel, **inputs) -> torch.Tensor:
+def _positions(text: str, span: str) -> list[int]:
+    """Token positions of ``span`` in ``text`` (one byte per token, anchor at 0)."""
+    start = 1 + text.index(span)
+    return list(range(start, start + len(span)))
+
+
+def _window(layer: int, window: int, n_layers: int) -> list[int]:
+    """The layers a windowed restoration at ``layer`` covers (ROME's rule)."""
+    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+
+
+# An edit of one batch row: (site, layer, position or None for all, value, add instead of set).
+Edit = tuple[str, int, "int | None", torch.Tensor, bool]
+
+
+def _run(
+    lm: LabModel, edits: Sequence[Sequence[Edit]], *, unnormed: bool = False, **inputs
+) -> torch.Tensor:
+    """Last-position logits (rows, vocab), float64, where batch row r gets ``edits[r]``.
+
+    ``inputs`` (input_ids or inputs_embeds) has one row per edit list. The reference for every
+    check in this lab: one forward pass, any number of single-activation edits per row. With
+    ``unnormed``, the logits skip the final norm (a known mistake's answer).
+    """
+    by_site: dict[tuple[str, int], list] = defaultdict(list)
+    for row, row_edits in enumerate(edits):
+        for site, layer, position, value, add in row_edits:
+            by_site[site, layer].append((row, position, value, add))
+    last = lm.n_layers - 1
+    with ExitStack() as stack, torch.no_grad():
+        for (site, layer), items in by_site.items():
+
+            def edit(act: torch.Tensor, items=items) -> torch.Tensor:  # (rows, pos, d_model)
+                act = act.clone()
+                for row, position, value, add in items:
+                    where = (row, slice(None) if position is None else position)  # int or slice
+                    act[where] = act[where] + value if add else value.to(act.dtype)
+                return act
+
+            stack.enter_context(hooked(lm, site, layer % lm.n_layers, edit))
+        final = stack.enter_context(capture(lm, "resid_post", last))
+        logits = lm.model(**inputs).logits[:, -1]
+    if unnormed:
+        logits = lm.unembed(final["resid_post", last][:, -1])
+    return logits.double()
+
+
+def _acts(lm: LabModel, sites: Sequence[str], **inputs: torch.Tensor) -> dict:
+    with torch.no_grad(), capture(lm, list(sites)) as cache:
+        lm.model(**inputs)
+    return cache
+
+
+# ----- Exercise 2.1 ------------------------------------------------------------------------------
+def _collect_problem(lm: LabModel, tokens: torch.Tensor) -> dict[str, tuple]:
+    """For each site: the expected activations (n_layers, pos, d_model) and known mistakes."""
+    cache = _acts(lm, ["resid_pre", "resid_post", "mlp_out", "attn_out"], input_ids=tokens)
     with torch.no_grad():
-        return lm.model(**inputs).logits[:, -1].float().softmax(-1)
+        hidden = lm.model(tokens, output_hidden_states=True).hidden_states  # n_layers + 1
+    inputs: dict[str, list[torch.Tensor]] = {"mlp": [], "o_proj": []}
+    with ExitStack() as stack, torch.no_grad():
+        for layer in range(lm.n_layers):
+            for key, module in (("mlp", lm.mlp(layer)), ("o_proj", lm.attn_out_proj(layer))):
+
+                def record(mod, args, key=key):
+                    inputs[key].append(args[0].detach().clone())
+
+                handle = module.register_forward_pre_hook(record)
+                stack.callback(handle.remove)
+        lm.model(tokens)
+    stack_of = {s: cache.stack(s)[:, 0].double() for s in ("resid_pre", *_SITE_NAMES)}
+    after_norm = torch.stack(hidden[1:])[:, 0].double()
+    resid_post = (
+        stack_of["resid_post"],
+        [
+            (
+                after_norm,
+                "Your last layer has the final norm applied: output_hidden_states' last "
+                "entry is norm(resid_post), not resid_post. Take the blocks' outputs (hooks).",
+            ),
+            (
+                stack_of["resid_pre"],
+                "These are the blocks' inputs (resid_pre): hidden_states[0] "
+                "is the embedding, so hidden_states[i + 1] is the output of block i.",
+            ),
+        ],
+    )
+    mlp = (
+        stack_of["mlp_out"],
+        [
+            (
+                torch.stack(inputs["mlp"])[:, 0].double(),
+                "These are the MLPs' inputs (after the norm); record what the MLP module returns.",
+            ),
+            (
+                stack_of["resid_post"],
+                "You returned the residual stream (resid_post) for "
+                "site='mlp_out': use the `site` argument.",
+            ),
+        ],
+    )
+    attn = (
+        stack_of["attn_out"],
+        [
+            (
+                torch.stack(inputs["o_proj"])[:, 0].double(),
+                "These are the heads' outputs before "
+                "the output projection W_O; attn_out is what the attention module returns (after "
+                "W_O).",
+            ),
+            (
+                stack_of["resid_pre"] + stack_of["attn_out"],
+                "This is the residual stream after "
+                "attention (resid_pre + attn_out), not the attention output alone.",
+            ),
+            (
+                stack_of["resid_post"],
+                "You returned the residual stream (resid_post) for "
+                "site='attn_out': use the `site` argument.",
+            ),
+        ],
+    )
+    return {"resid_post": resid_post, "mlp_out": mlp, "attn_out": attn}
 
 
-# ----- Exercise 2.1 -------------------------------------------------------------------------
-@check("2.1 collect_activations", points=1)
+@check("Exercise 2.1: collect activations", points=3, timeout=30)
 def check_collect_activations(collect_activations: Callable, t: Checker) -> None:
-    for family in ("llama", "gpt2"):
-        lm = _tiny(family)
-        tokens = _ids(lm, _PROMPT)
-        n_pos = tokens.shape[1]
-        for site in ("resid_post", "mlp_out", "attn_out"):
-            with torch.no_grad(), capture(lm, site) as cache:
-                lm.model(tokens)
-            expected = cache.stack(site)[:, 0]  # (n_layers, pos, d_model)
-            got = t.call(collect_activations, lm, tokens, site)
-            got = t.tensor(
-                got,
-                f"collect_activations(lm, tokens, {site!r}) on a tiny {family} model",
-                shape=(lm.n_layers, n_pos, lm.d_model),
-                hint="One row per layer, for the single prompt: (n_layers, pos, d_model).",
-            )
-            t.close(
-                got,
-                expected,
-                f"the {site} activations of every layer of a tiny {family} model",
-                atol=1e-5,
-                hint=_collect_hint(site),
-            )
+    families = (t.choice(("llama", "qwen2")), t.choice(("gpt2", "gpt_neox")))
+    text = t.choice(_PAIRS)[0]
+    with _one_thread():
+        problems = []
+        for family in families:
+            lm = t.watch(_model(family), f"the tiny {family} model")
+            tokens = _ids(lm, text)
+            problems.append((family, lm, tokens, _collect_problem(lm, tokens)))
+        for site in _SITE_NAMES:
+            with t.part(f"{site} of every layer", points=1):
+                for family, lm, tokens, expected in problems:
+                    want, mistakes = expected[site]
+                    call = f"collect_activations(lm, tokens, {site!r}) on a tiny {family} model"
+                    for attempt in ("", " (called a second time)"):
+                        got = t.call(collect_activations, lm, tokens, site)
+                        got = t.tensor(
+                            got,
+                            call + attempt,
+                            shape=tuple(want.shape),
+                            hint="One row per layer, for the single prompt: "
+                            "(n_layers, pos, d_model). output_hidden_states has n_layers + 1 "
+                            "entries (the embedding first), and a cache has a batch dimension.",
+                        )
+                        t.close(
+                            got,
+                            want,
+                            f"the {site} activations of every layer: {call}{attempt}",
+                            atol=1e-5,
+                            rtol=1e-4,
+                            scale=float(want.abs().max()),
+                            mistakes=mistakes,
+                            hint=_collect_hint(site)
+                            if not attempt
+                            else "A second call must "
+                            "give the same activations: do not keep activations from earlier "
+                            "calls (a list created outside the function grows every call).",
+                        )
 
 
 def _collect_hint(site: str) -> str:
     if site == "resid_post":
-        return (
-            "resid_post[layer] is the output of block `layer`. Careful with "
-            "output_hidden_states: hidden_states[0] is the embedding, and the last entry "
-            "has the final norm applied."
-        )
-    return f"Record the output of each layer's {site.split('_')[0]} module, not the block's."
+        return "resid_post[layer] is the output of block `layer` (a hook on lm.blocks[layer])."
+    module = "lm.mlp(layer)" if site == "mlp_out" else "lm.attn(layer)"
+    return f"Record the output of {module} (the first element if it returns a tuple)."
 
 
-# ----- Exercise 2.2 -------------------------------------------------------------------------
-@check("2.2 patch_position", points=1)
+# ----- Exercise 2.2 ------------------------------------------------------------------------------
+_PROBS_SHAPE = "Return the probabilities of the next token at the last position: shape (vocab,)."
+
+
+def _patch_problem(lm: LabModel, tokens: torch.Tensor, vectors: torch.Tensor) -> dict:
+    """Expected probabilities (and known mistakes) for every (layer, position) cell.
+
+    ``vectors`` (n_layers, pos, d_model) are the values patched in at each cell.
+    """
+    n_layers, n_pos = vectors.shape[:2]
+    cells = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+    rows = tokens.repeat(len(cells), 1)
+
+    def probs(make: Callable[[int, int], list]) -> torch.Tensor:
+        logits = _run(lm, [make(layer, pos) for layer, pos in cells], input_ids=rows)
+        return logits.softmax(-1).view(n_layers, n_pos, -1)
+
+    def edit(site, layer, pos, add=False, at=None):
+        """Cell (layer, pos)'s vector, put at ``site`` of ``layer``, position ``at`` (default
+        ``pos``; "all" for every position)."""
+        at = pos if at is None else at
+        return [(site, layer, None if at == "all" else at, vectors[layer, pos], add)]
+
+    last = n_pos - 1
+    logits = _run(lm, [edit("resid_post", L, p) for L, p in cells], input_ids=rows)
+    expected = logits.softmax(-1).view(n_layers, n_pos, -1)
+    mistakes = lambda: [  # noqa: E731
+        (
+            logits.view(n_layers, n_pos, -1),
+            "You returned logits: apply softmax over the vocabulary.",
+        ),
+        (
+            logits.log_softmax(-1).view(n_layers, n_pos, -1),
+            "You returned log-probabilities: use softmax, not log_softmax.",
+        ),
+        (
+            probs(lambda L, p: edit("resid_pre", L, p)),
+            "You patched the block's input "
+            "(resid_pre); the site is resid_post, the output of block `layer`.",
+        ),
+        (
+            probs(lambda L, p: edit("resid_post", L, p, at="all")),
+            "You overwrote every position; put the vector at `position` only.",
+        ),
+        (
+            probs(lambda L, p: edit("resid_post", L, p, add=True)),
+            "You added the vector to the activation; overwrite it instead.",
+        ),
+        (
+            probs(lambda L, p: edit("resid_post", L, p, at=min(p + 1, last))),
+            "You patched the next "
+            "position (position + 1): positions count from 0, the anchor token included.",
+        ),
+        (
+            probs(lambda L, p: edit("resid_post", L, p, at=max(p - 1, 0))),
+            "You patched the previous "
+            "position (position - 1): positions count from 0, the anchor token included.",
+        ),
+        (
+            probs(
+                lambda L, p: (
+                    [("resid_pre", L + 1, p, vectors[L, p], False)] if L + 1 < n_layers else []
+                )
+            ),
+            "You patched the input of block layer + 1 (or nothing after the last block).",
+        ),
+        (
+            _run(lm, [edit("resid_post", L, p) for L, p in cells], unnormed=True, input_ids=rows)
+            .softmax(-1)
+            .view(n_layers, n_pos, -1),
+            "Your result skips the final norm: the model applies it to the last block's "
+            "output before the unembedding.",
+        ),
+    ]
+    return {"expected": expected, "mistakes": _Mistakes(mistakes)}
+
+
+@check("Exercise 2.2: patch one position", points=3, timeout=30)
 def check_patch_position(patch_position: Callable, t: Checker) -> None:
-    lm = _tiny("llama")
-    clean, other = _ids(lm, _PROMPT), _ids(lm, _OTHER)
-    n_pos = clean.shape[1]
-    with torch.no_grad(), capture(lm, "resid_post") as cache:
-        lm.model(clean)
-    with torch.no_grad(), capture(lm, "resid_post") as other_cache:
-        lm.model(other)
-    clean_probs = _probs(lm, input_ids=clean)[0]
-    last = lm.n_layers - 1
+    family = t.choice(("llama", "gpt2", "qwen2", "gpt_neox"))
+    text, other_text = t.choice(_PAIRS)
+    with _one_thread():
+        lm = t.watch(_model(family), f"the tiny {family} model")
+        tokens, other = _ids(lm, text), _ids(lm, other_text)
+        n_pos, last_layer = tokens.shape[1], lm.n_layers - 1
+        own = _acts(lm, ["resid_post"], input_ids=tokens).stack("resid_post")[:, 0]
+        donor = _acts(lm, ["resid_post"], input_ids=other).stack("resid_post")[:, 0]
+        clean = _run(lm, [[]], input_ids=tokens).softmax(-1)[0]
+        swapped = _patch_problem(lm, tokens, donor)
+        rng = torch.Generator().manual_seed(t.seed(2))
+        own_cells = [
+            (layer, int(torch.randint(n_pos, (1,), generator=rng))) for layer in range(lm.n_layers)
+        ]
+        final = lm.final_norm(donor[last_layer, 2][None, None])[0, 0]
+        direct = lm.unembed(final).double().softmax(-1)
 
-    for layer, position in [(0, 3), (1, n_pos - 1), (last, 5)]:
-        own = cache["resid_post", layer][0, position]
-        got = t.call(patch_position, lm, clean, layer, position, own.clone())
-        got = t.tensor(got, "the next-token probabilities", shape=(lm.vocab_size,))
-        t.close(
-            got,
-            clean_probs,
-            f"patching a prompt's own activation back in (layer {layer}, position {position}) "
-            "changes nothing",
-            atol=1e-5,
-            hint="Return the softmax probabilities at the last position, shape (vocab,).",
-        )
-
-    vector = other_cache["resid_post", last][0, 5]
-    got = t.call(patch_position, lm, clean, last, 5, vector.clone())
-    t.close(
-        t.tensor(got, "probabilities", shape=(lm.vocab_size,)),
-        clean_probs,
-        "patching the last layer at position 5 cannot change the prediction at the last "
-        "position (nothing runs after the last layer)",
-        atol=1e-5,
-        hint="Replace the activation at the given position only, not at every position.",
-    )
-
-    vector = other_cache["resid_post", last][0, 3]
-    expected = lm.unembed(lm.final_norm(vector)).float().softmax(-1)
-    got = t.call(patch_position, lm, clean, last, n_pos - 1, vector.clone())
-    t.close(
-        t.tensor(got, "probabilities", shape=(lm.vocab_size,)),
-        expected,
-        "patching vector v into the last layer at the last position gives "
-        "softmax(unembed(final_norm(v)))",
-        atol=1e-5,
-        hint="Overwrite the activation (do not add to it), at the output of block `layer`.",
-    )
-
-    for layer, position in [(0, 4), (1, 2), (1, 9)]:
-        vector = other_cache["resid_post", layer][0, position]
-        with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
-            expected = _probs(lm, input_ids=clean)[0]
-        got = t.call(patch_position, lm, clean, layer, position, vector.clone())
-        t.close(
-            t.tensor(got, "probabilities", shape=(lm.vocab_size,)),
-            expected,
-            f"patching another prompt's activation at layer {layer}, position {position}, "
-            "compared with labkit.hooks.patch",
-            atol=1e-5,
-            hint="The site is resid_post: the output of block `layer` (not its input). "
-            "Positions count from 0, anchor token included.",
-        )
-
-
-# ----- Exercise 2.3 -------------------------------------------------------------------------
-@check("2.3 corrupt_subject", points=1)
-def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
-    lm = _tiny("llama")
-    tokens = _ids(lm, _PROMPT)
-    n_pos, sigma = tokens.shape[1], lm.embed.weight.std().item()
-    clean = lm.embed(tokens)[0].detach()  # (pos, d_model)
-    shape = (200, n_pos, lm.d_model)
-
-    first = t.call(corrupt_subject, lm, tokens, _SUBJECT, n_samples=200, seed=0)
-    first = t.tensor(
-        first,
-        "corrupt_subject(lm, tokens, subject, n_samples=200)",
-        shape=shape,
-        hint="Return the corrupted embeddings, one row per noise sample.",
-    )
-    outside = [p for p in range(n_pos) if p not in _SUBJECT]
-    t.close(
-        first[:, outside],
-        clean[outside].expand(200, -1, -1),
-        "tokens outside the subject keep their clean embeddings",
-        atol=1e-6,
-        hint="Add noise only at the subject positions.",
-    )
-    noise = first[:, _SUBJECT] - clean[_SUBJECT]
-    t.close(
-        noise.std(),
-        3 * sigma,
-        "the noise's standard deviation is 3x the std of the embedding matrix (ROME's level)",
-        rtol=0.05,
-        hint="Scale standard normal noise by noise_scale * lm.embed.weight.std().",
-    )
-    t.close(noise.mean(), 0.0, "the noise has mean zero", atol=0.05 * sigma, hint="Use randn.")
-    t.true(
-        (noise[0] - noise[1]).abs().max() > 1e-3,
-        "each sample gets its own noise (sample 0 and sample 1 differ)",
-        hint="Draw noise of shape (n_samples, n_subject_tokens, d_model), not one draw reused.",
-    )
-
-    again = t.tensor(t.call(corrupt_subject, lm, tokens, _SUBJECT, n_samples=200, seed=0), "")
-    t.true(
-        torch.equal(first, again),
-        "the same seed gives exactly the same noise (called twice with seed=0)",
-        hint="Draw from torch.Generator().manual_seed(seed), not from the global random state.",
-    )
-    other = t.tensor(t.call(corrupt_subject, lm, tokens, _SUBJECT, n_samples=200, seed=1), "")
-    t.true(
-        not torch.equal(first, other),
-        "a different seed gives different noise",
-        hint="Use the `seed` argument to seed your generator.",
-    )
-    half = t.call(corrupt_subject, lm, tokens, _SUBJECT, n_samples=200, noise_scale=1.5, seed=0)
-    half = t.tensor(half, "corrupt_subject(..., noise_scale=1.5)", shape=shape)
-    t.close(
-        (half[:, _SUBJECT] - clean[_SUBJECT]).std(),
-        1.5 * sigma,
-        "noise_scale=1.5 gives noise of std 1.5x the embedding std",
-        rtol=0.05,
-        hint="Use the noise_scale argument instead of a hard-coded 3.",
-    )
-
-
-# ----- Exercise 2.4 -------------------------------------------------------------------------
-def _window(layer: int, window: int, n_layers: int) -> range:
-    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
-
-
-def _one_cell(lm, clean, corrupted, target_id, site, window, layer, position) -> float:
-    """A single restoration with labkit.hooks, for spot checks (one forward pass)."""
-    name = _SITE_OF[site]
-    layers = [layer] if site == "resid" else list(_window(layer, window, lm.n_layers))
-    with torch.no_grad(), capture(lm, name, layers) as cache:
-        lm.model(clean)
-    with ExitStack() as stack:
-        for restored in layers:
-            value = cache[name, restored]
-            stack.enter_context(patch(lm, name, restored, value, positions=[position]))
-        probs = _probs(lm, inputs_embeds=corrupted)
-    return probs[:, target_id].mean().item()
-
-
-@check("2.4 restoration_grid", points=2)
-def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
-    lm = _tiny("llama")
-    tokens = _ids(lm, _PROMPT)
-    n_pos, n_layers = tokens.shape[1], lm.n_layers
-    clean_embeds = lm.embed(tokens).detach()  # (1, pos, d_model)
-    target_id = int(_probs(lm, input_ids=tokens)[0].argmax())
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(3, len(_SUBJECT), lm.d_model, generator=generator)
-    corrupted = clean_embeds.repeat(3, 1, 1)
-    corrupted[:, _SUBJECT] += 3 * lm.embed.weight.std() * noise
-    backup = corrupted.clone()
-    clean_p = _probs(lm, input_ids=tokens)[0, target_id].item()
-    corrupted_p = _probs(lm, inputs_embeds=corrupted)[:, target_id].mean().item()
-    shape = (n_layers, n_pos)
-
-    for site, window in [("resid", 1), ("mlp", 2), ("attn", 3)]:
-        call = f"restoration_grid(lm, tokens, corrupted, target_id, {site!r}, window={window})"
-        grid = t.call(restoration_grid, lm, tokens, corrupted, target_id, site, window)
-        grid = t.tensor(grid, call, shape=shape, hint="One value per (layer, position).")
-        t.true(
-            torch.equal(corrupted, backup),
-            f"{call} leaves the corrupted embeddings unchanged",
-            hint="Do not modify corrupted_embeds in place; clone what you change.",
-        )
-        again = t.tensor(
-            t.call(restoration_grid, lm, tokens, corrupted, target_id, site, window), ""
-        )
-        t.close(
-            again,
-            grid,
-            f"{call} twice gives the same grid (the noise is given, not redrawn)",
-            atol=1e-6,
-            hint="Use the corrupted embeddings you were given for every restored run.",
-        )
-        t.close(
-            grid[:, : _SUBJECT[0]],
-            torch.full((n_layers, _SUBJECT[0]), corrupted_p),
-            f"{site}: restoring a position before the subject (where clean and corrupted runs "
-            "agree) gives the corrupted probability",
-            atol=1e-5,
-            hint="Restore exactly one position per cell, the column's position, and average "
-            "p(target) over the noise samples. Restoring a whole layer is not a cell.",
-        )
-        for layer, position in [(0, 4), (1, 2), (1, 4), (2, 6), (n_layers - 1, n_pos - 1)]:
-            expected = _one_cell(lm, tokens, corrupted, target_id, site, window, layer, position)
-            t.close(
-                grid[layer, position],
-                expected,
-                f"{site} grid cell (layer {layer}, position {position}) against a single "
-                f"restoration with labkit.hooks",
-                atol=1e-5,
-                hint=_grid_hint(site),
+        def compare(got, expected, what, mistakes=(), hint=""):
+            got = t.tensor(
+                got,
+                what,
+                shape=(lm.vocab_size,),
+                hint="Return the probabilities "
+                "of the next token at the last position, shape (vocab,).",
             )
-        unnoised = clean_embeds.repeat(2, 1, 1)
-        flat = t.call(restoration_grid, lm, tokens, unnoised, target_id, site, window)
-        t.close(
-            t.tensor(flat, f"{site} grid without noise", shape=shape),
-            torch.full(shape, clean_p),
-            f"{site}: with no noise at all, every cell gives the clean probability",
-            atol=1e-5,
-        )
-    resid = t.call(restoration_grid, lm, tokens, corrupted, target_id, "resid", 1)
-    t.close(
-        t.tensor(resid, "resid grid", shape=shape)[-1, -1],
-        clean_p,
-        "restoring the residual stream after the last layer at the last position gives the "
-        "clean probability",
-        atol=1e-5,
-    )
+            t.close(got, expected, what, atol=1e-6, rtol=1e-4, mistakes=mistakes, hint=hint)
+
+        with t.part("another prompt's activation, at every layer and position", points=1):
+            answers = []
+            for layer in range(lm.n_layers):
+                for position in range(n_pos):
+                    what = f"patch_position(lm, tokens, {layer}, {position}, vector)"
+                    got = t.call(
+                        patch_position, lm, tokens, layer, position, donor[layer, position]
+                    )
+                    answers.append(
+                        t.tensor(got, what, shape=(lm.vocab_size,), hint=_PROBS_SHAPE).double()
+                    )
+            t.close(
+                torch.stack(answers).view(lm.n_layers, n_pos, -1),
+                swapped["expected"],
+                "patch_position(lm, tokens, layer, position, vector) at every (layer, position), "
+                "vector = another prompt's resid_post there, against a reference patch (index: "
+                "layer, position, token)",
+                atol=1e-6,
+                rtol=1e-4,
+                mistakes=swapped["mistakes"],
+                hint="Replace resid_post[layer] (the output of block `layer`) at `position` only, "
+                "in a fresh run of `tokens`, and return softmax of the last position's logits.",
+            )
+
+        with t.part("patching a run's own activation back in changes nothing", points=1):
+            for layer, position in own_cells:
+                got = t.call(patch_position, lm, tokens, layer, position, own[layer, position])
+                compare(
+                    got,
+                    clean,
+                    f"patch_position(lm, tokens, {layer}, {position}, the run's own "
+                    f"resid_post[{layer}][{position}]) gives the unpatched probabilities",
+                    mistakes=[
+                        (clean.log(), "You returned log-probabilities: use softmax."),
+                        (torch.zeros_like(clean), "Your probabilities are all zero."),
+                    ],
+                    hint="Patching in the value that is already there must change nothing: "
+                    "patch resid_post (the output of block `layer`), and apply softmax to the "
+                    "last position's logits.",
+                )
+
+        with t.part("at the last layer: only the last position matters", points=1):
+            got = t.call(patch_position, lm, tokens, last_layer, 2, donor[last_layer, 2])
+            compare(
+                got,
+                clean,
+                f"patching position 2 after the last block ({last_layer}) cannot change the "
+                "next-token prediction at the last position",
+                hint="Replace the activation at the given position only, not every position.",
+            )
+            got = t.call(patch_position, lm, tokens, last_layer, n_pos - 1, donor[last_layer, 2])
+            compare(
+                got,
+                direct,
+                "patching vector v after the last block, at the last position, gives "
+                "softmax(unembed(final_norm(v)))",
+                mistakes=[
+                    (
+                        lm.unembed(donor[last_layer, 2]).double().softmax(-1),
+                        "Your "
+                        "result skips the final norm: the model applies it before the "
+                        "unembedding.",
+                    )
+                ],
+                hint="Overwrite the activation (do not add to it) at the output of block "
+                "`layer`, and let the model finish the forward pass (final norm, unembedding).",
+            )
 
 
-def _grid_hint(site: str) -> str:
-    if site == "resid":
-        return (
-            "For 'resid', restore the clean output of block `layer` (resid_post) at one "
-            "position; average the probabilities (not the logits) over noise samples."
-        )
-    return (
-        f"For {site!r}, restore the clean {_SITE_OF[site]} at one position in every layer of "
-        "the window range(max(0, L - w // 2), min(n_layers, L - (-w // 2))), all in one run."
-    )
+# ----- Exercise 2.4 ------------------------------------------------------------------------------
+def _z(value: float, expected: float, se: float) -> float:
+    return abs(value - expected) / se
 
 
-# ----- Exercise 2.5 -------------------------------------------------------------------------
-@check("2.5 average_indirect_effect", points=1)
+@check("Exercise 2.4: corrupt the subject", points=4, timeout=30)
+def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
+    text, span = t.choice(_SUBJECTS)
+    families = ("llama", t.choice(("gpt2", "gpt_neox")))
+    n, seed = 200, t.seed(0)
+    with _one_thread():
+        problems = []
+        for family in families:
+            lm = t.watch(_model(family), f"the tiny {family} model")
+            tokens = _ids(lm, text)
+            with torch.no_grad():
+                clean = lm.embed(tokens)[0].double()  # (pos, d_model)
+            problems.append((family, lm, tokens, clean))
+        subject = _positions(text, span)
+        n_pos = len(text) + 1
+        outside = [p for p in range(n_pos) if p not in subject]
+        family, lm, tokens, clean = problems[0]
+        sigma = lm.embed.weight.double().std().item()
+        sigma_prompt = clean.std().item()
+        sigma_columns = lm.embed.weight.double().std(0).mean().item()
+
+        def corrupt(lm, tokens, n_samples=n, noise_scale=None, seed=seed, what=""):
+            kwargs = {"n_samples": n_samples, "seed": seed}
+            if noise_scale is not None:
+                kwargs["noise_scale"] = noise_scale
+            shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+            call = f"corrupt_subject(lm, tokens, {subject}, {shown})" + what
+            got = t.call(corrupt_subject, lm, tokens, list(subject), **kwargs)
+            shape = (n_samples, n_pos, lm.d_model)
+            return t.tensor(
+                got,
+                call,
+                shape=shape,
+                hint="Return the corrupted embeddings, one "
+                "row per noise sample: (n_samples, pos, d_model).",
+            ), call
+
+        with t.part("the noise goes on the subject's token embeddings only", points=1):
+            for family, lm_f, tokens_f, clean_f in problems:
+                got, call = corrupt(lm_f, tokens_f, what=f" on a tiny {family} model")
+                t.close(
+                    got[:, outside].double(),
+                    clean_f[outside].expand(n, -1, -1),
+                    f"{call}: tokens outside the subject keep their embeddings lm.embed(tokens)",
+                    atol=1e-6,
+                    scale=float(clean_f.abs().max()),
+                    hint="Add noise only at the subject positions, to the token embeddings "
+                    "lm.embed(tokens) (the model adds any position embeddings itself).",
+                )
+                noise = got[:, subject].double() - clean_f[subject]  # (n, subject, d_model)
+                t.true(
+                    bool((noise != 0).any(-1).all()),
+                    f"{call}: every subject position of every sample gets noise",
+                    hint="Noise at each of the subject positions, in every sample.",
+                )
+
+        with t.part("each sample, position and dimension gets its own draw", points=1):
+            got, call = corrupt(lm, tokens)
+            noise = got[:, subject].double() - clean[subject]  # (n, subject, d_model)
+            noise = noise - noise.mean()  # correlations of the centred noise
+            for axis, name, hint in (
+                (
+                    0,
+                    "consecutive samples",
+                    "Draw noise of shape (n_samples, n_subject, "
+                    "d_model), not one draw repeated for every sample (and do not re-seed the "
+                    "generator inside a loop over samples).",
+                ),
+                (
+                    1,
+                    "consecutive subject positions",
+                    "Draw different noise for each subject "
+                    "position (do not re-seed the generator inside a loop over positions).",
+                ),
+                (
+                    2,
+                    "consecutive dimensions",
+                    "Draw one number per dimension: noise of shape "
+                    "(n_samples, n_subject, d_model), not one number per token.",
+                ),
+            ):
+                a, b = (
+                    noise.narrow(axis, 0, noise.shape[axis] - 1),
+                    noise.narrow(axis, 1, noise.shape[axis] - 1),
+                )
+                corr = ((a * b).sum() / (a.square().sum() * b.square().sum()).sqrt()).item()
+                t.true(
+                    abs(corr) < 5 / math.sqrt(a.numel()),
+                    f"{call}: the noise of {name} is independent (correlation {corr:.3f}, "
+                    f"more than 5 standard errors from 0)",
+                    hint=hint,
+                )
+
+        with t.part("the noise is Gaussian with std noise_scale x std of the embeddings", points=1):
+            got, call = corrupt(lm, tokens)
+            noise = (got[:, subject].double() - clean[subject]).flatten()  # iid N(0, (3 sigma)^2)
+            count = noise.numel()
+            std = noise.std().item()
+            want = 3 * sigma
+            se = want / math.sqrt(2 * count)  # standard error of a sample std
+            tol = 5 * se / want  # relative: 5 standard errors
+            wrong = [
+                (
+                    3.0,
+                    "Your noise has std noise_scale: multiply standard normal noise by "
+                    "noise_scale * lm.embed.weight.std().",
+                ),
+                (
+                    3 * sigma_prompt,
+                    "You used the std of this prompt's embeddings; use the std "
+                    "of the whole embedding matrix, lm.embed.weight.std().",
+                ),
+                (
+                    3 * sigma_columns,
+                    "You averaged the std per dimension; use the std of all "
+                    "entries of the embedding matrix, lm.embed.weight.std().",
+                ),
+                (
+                    3 * sigma**2,
+                    "Your noise is scaled by the variance; use the standard "
+                    "deviation lm.embed.weight.std().",
+                ),
+                (sigma, "Your noise has std 1 x the embedding std: scale it by noise_scale."),
+            ]
+            mean = noise.mean().item()
+            t.true(
+                _z(mean, 0.0, want / math.sqrt(count)) < 5,
+                f"{call}: the noise has mean zero (got {mean:.4g}, more than 5 standard "
+                f"errors from 0)",
+                hint="Draw with torch.randn (mean 0), not torch.rand (uniform on 0..1).",
+            )
+            t.close(
+                std,
+                want,
+                f"{call}: the std of the noise (over {count} values) is 3 x "
+                f"lm.embed.weight.std() = {want:.4g}, within 5 standard errors",
+                atol=0.0,
+                rtol=tol,
+                mistakes=[(v, h) for v, h in wrong if abs(v - want) > tol * want],
+                hint="Scale standard normal noise (torch.randn) by noise_scale * "
+                "lm.embed.weight.std().",
+            )
+            tails = (noise.abs() > 2 * std).double().mean().item()
+            gaussian = math.erfc(2 / math.sqrt(2))  # P(|z| > 2) = 0.0455
+            t.true(
+                _z(tails, gaussian, math.sqrt(gaussian * (1 - gaussian) / count)) < 5,
+                f"{call}: the noise is Gaussian: {gaussian:.1%} of its values should lie beyond"
+                f" 2 std, but {tails:.1%} do",
+                hint="Use torch.randn (normal), not uniform noise scaled to the same std.",
+            )
+
+        with t.part(
+            "seeded: the same seed gives the same noise, another seed other noise", points=1
+        ):
+            first, call = corrupt(lm, tokens, n_samples=20)
+            again, _ = corrupt(lm, tokens, n_samples=20, what=" (a second time)")
+            t.true(
+                torch.equal(first, again),
+                f"{call} twice gives exactly the same embeddings",
+                hint="Draw from torch.Generator().manual_seed(seed), created inside the "
+                "function, not from the global random state or a generator kept between calls.",
+            )
+            other, other_call = corrupt(lm, tokens, n_samples=20, seed=seed + 1)
+            t.true(
+                not torch.equal(first, other),
+                f"{other_call} gives different noise than seed={seed}",
+                hint="Use the `seed` argument to seed your generator.",
+            )
+            scaled, scaled_call = corrupt(lm, tokens, n_samples=n, noise_scale=1.5)
+            noise = (scaled[:, subject].double() - clean[subject]).flatten()
+            want = 1.5 * sigma
+            t.close(
+                noise.std().item(),
+                want,
+                f"{scaled_call}: noise_scale=1.5 gives noise of std 1.5 x the embedding std",
+                atol=0.0,
+                rtol=5 / math.sqrt(2 * noise.numel()),
+                mistakes=[
+                    (
+                        3 * sigma,
+                        "Your noise ignores noise_scale (it has std 3 x the "
+                        "embedding std): use the argument, not a hard-coded 3.",
+                    )
+                ],
+                hint="Scale by the noise_scale argument.",
+            )
+
+
+# ----- Exercise 2.6 ------------------------------------------------------------------------------
+def _grid_problem(
+    lm: LabModel, tokens: torch.Tensor, corrupted: torch.Tensor, target_id: int
+) -> Callable:
+    """A function (site, window, mistake) -> grid (n_layers, pos): the reference and mistakes.
+
+    Each grid is one forward pass of the tiny model: one batch row per (layer, position,
+    noise sample).
+    """
+    n_samples, n_pos, _ = corrupted.shape
+    n_layers = lm.n_layers
+    clean_embeds = lm.embed(tokens).detach()
+    clean = _acts(lm, ["resid_pre", "resid_post", "mlp_out", "attn_out"], input_ids=tokens)
+    noisy = _acts(lm, ["resid_post", "mlp_out", "attn_out"], inputs_embeds=corrupted)
+    p_clean = _run(lm, [[]], input_ids=tokens).softmax(-1)[0, target_id].item()
+    p_corrupted = _run(lm, [[]] * n_samples, inputs_embeds=corrupted).softmax(-1)[:, target_id]
+    p_corrupted = p_corrupted.mean().item()
+    cells = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
+
+    def grid(site: str, window: int = 1, mistake: str = "") -> torch.Tensor:
+        name = _SITE_OF[site]
+        if mistake == "site resid_pre":
+            name = "resid_pre"
+        elif mistake == "swapped site":
+            name = {"mlp_out": "attn_out", "attn_out": "mlp_out"}.get(name, name)
+        elif mistake == "resid in window":
+            name = "resid_post"
+
+        def layers(layer: int) -> list[int]:
+            if site == "resid" or mistake == "no window":
+                return [layer]
+            if mistake == "window from layer":
+                return list(range(layer, min(n_layers, layer + window)))
+            if mistake == "window too short":
+                return list(range(max(0, layer - window // 2), min(n_layers, layer + window // 2)))
+            if mistake == "window wraps":
+                return list(range(layer - window // 2, min(n_layers, layer - (-window // 2))))
+            return _window(layer, window, n_layers)
+
+        def position(pos: int) -> int | slice:
+            if mistake == "next position":
+                return min(pos + 1, n_pos - 1)
+            return slice(None) if mistake == "every position" else pos
+
+        # Row (L, p, s) restores cell (L, p) in noise sample s; "noising" runs the clean prompt
+        # with the corrupted activation put in instead.
+        source, embeds = clean, corrupted.repeat(len(cells), 1, 1)
+        if mistake == "noising":
+            source, embeds = noisy, clean_embeds.expand(len(cells) * n_samples, -1, -1)
+
+        def value(low: int, p: int, s: int) -> torch.Tensor:
+            act = source[name, low % n_layers]  # (1 or n_samples, pos, d_model)
+            return act[s % act.shape[0], position(p)]
+
+        edits = [
+            [(name, low, position(p), value(low, p, s), False) for low in layers(L)]
+            for L, p in cells
+            for s in range(n_samples)
+        ]
+        logits = _run(lm, edits, inputs_embeds=embeds).view(n_layers, n_pos, n_samples, -1)
+        if mistake == "mean logits":
+            return logits.mean(2).softmax(-1)[..., target_id]
+        probs = logits.softmax(-1)[..., target_id]  # (n_layers, pos, samples)
+        if mistake == "first sample":
+            return probs[..., 0]
+        result = probs.mean(-1)
+        if mistake == "normalised":
+            return (result - p_corrupted) / (p_clean - p_corrupted)
+        return result
+
+    grid.p_clean, grid.p_corrupted = p_clean, p_corrupted
+    return grid
+
+
+_GRID_MISTAKES = {
+    "next position": "Your grid matches restoring position p + 1 in column p: positions count "
+    "from 0, the anchor token included.",
+    "site resid_pre": "Your grid matches restoring resid_pre (the input of block L); restore "
+    "resid_post, its output.",
+    "every position": "Your grid matches restoring every position of the layer: a cell "
+    "restores one (layer, position).",
+    "first sample": "Your grid uses only the first noise sample: average p(target) over all "
+    "samples.",
+    "mean logits": "Your grid averages the logits over samples before the softmax: average "
+    "the probabilities.",
+    "normalised": "Your grid is normalised to 0..1 (recovery); return the raw probability "
+    "p(target).",
+    "noising": "Your grid runs the clean prompt with the corrupted activation at each cell "
+    "(noising); restore the clean activation in the corrupted run (denoising).",
+    "no window": "Your grid restores only layer L: restore every layer of the window around L.",
+    "window from layer": "Your window starts at L; it is centred on L: range(max(0, L - w // 2),"
+    " min(n_layers, L - (-w // 2))).",
+    "window too short": "Your window is one layer short: its end is L - (-w // 2) (ceil), not "
+    "L + w // 2.",
+    "window wraps": "Your window reaches below layer 0 and wraps around to the last layers "
+    "(negative indices): clip its start at max(0, L - w // 2).",
+    "swapped site": "Your grid matches the other module (attention for 'mlp', MLP for 'attn').",
+    "resid in window": "Your grid restores the residual stream over the window; for 'mlp' and "
+    "'attn', restore the module's output (mlp_out, attn_out).",
+}
+_SITE_MISTAKES = {
+    "resid": (
+        "next position",
+        "site resid_pre",
+        "every position",
+        "first sample",
+        "mean logits",
+        "normalised",
+        "noising",
+    ),
+    "mlp": (
+        "no window",
+        "window from layer",
+        "window too short",
+        "window wraps",
+        "swapped site",
+        "resid in window",
+        "next position",
+        "every position",
+        "normalised",
+    ),
+    "attn": (
+        "no window",
+        "window from layer",
+        "window too short",
+        "window wraps",
+        "swapped site",
+        "resid in window",
+        "next position",
+        "every position",
+        "normalised",
+    ),
+}
+
+
+@check("Exercise 2.6: the restoration grid", points=5, timeout=60)
+def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
+    family = t.choice(("llama", "gpt2", "qwen2", "gpt_neox"))
+    text, span = t.choice(_SUBJECTS)
+    n_samples = t.choice((3, 2, 4))
+    with _one_thread():
+        lm = t.watch(_model(family), f"the tiny {family} model")
+        tokens = _ids(lm, text)
+        subject = _positions(text, span)
+        n_layers, n_pos = lm.n_layers, tokens.shape[1]
+        clean_embeds = lm.embed(tokens).detach()  # (1, pos, d_model)
+        generator = torch.Generator().manual_seed(t.seed(0))
+        noise = torch.randn(n_samples, len(subject), lm.d_model, generator=generator)
+        corrupted = clean_embeds.repeat(n_samples, 1, 1)
+        corrupted[:, subject] += 3 * lm.embed.weight.std() * noise
+        with torch.no_grad():
+            target_id = int(lm.model(tokens).logits[0, -1].argmax())
+        grid_of = _grid_problem(lm, tokens, corrupted, target_id)
+        windows = {"resid": 1, "mlp": 2, "attn": 3}
+        expected = {site: grid_of(site, w) for site, w in windows.items()}
+        mistakes = {
+            site: _Mistakes(
+                lambda site=site, names=names: [
+                    (grid_of(site, windows[site], m), _GRID_MISTAKES[m]) for m in names
+                ]
+            )
+            for site, names in _SITE_MISTAKES.items()
+        }
+        flat = torch.full((n_layers, n_pos), grid_of.p_clean)
+        shape = (n_layers, n_pos)
+
+        def grid(site: str, window: int, embeds: torch.Tensor, what: str = "") -> tuple:
+            call = f"restoration_grid(lm, tokens, corrupted, target_id, {site!r}, {window}){what}"
+            got = t.call(restoration_grid, lm, tokens, embeds, target_id, site, window)
+            return t.tensor(
+                got, call, shape=shape, hint="One value per (layer, position): (n_layers, pos)."
+            ), call
+
+        with t.part("the noise is given, not drawn: same input, same grid", points=1):
+            first, call = grid("resid", 1, corrupted)
+            again, _ = grid("resid", 1, corrupted, " (a second time)")
+            t.close(
+                again,
+                first,
+                f"{call} twice gives the same grid",
+                atol=1e-6,
+                hint="Use the corrupted embeddings you were given for every restored run; draw "
+                "no noise inside restoration_grid.",
+            )
+
+        with t.part("the residual-stream grid, every cell", points=1):
+            got, call = grid("resid", 1, corrupted)
+            t.close(
+                got,
+                expected["resid"],
+                f"{call}: every cell against a reference restoration of that one cell",
+                atol=2e-5,
+                rtol=1e-4,
+                mistakes=mistakes["resid"],
+                hint="Cell (L, p): run the corrupted embeddings with the clean resid_post[L] put "
+                "back at position p only, and average p(target) over the noise samples.",
+            )
+            got, call = grid("resid", 3, corrupted)
+            t.close(
+                got,
+                expected["resid"],
+                f"{call}: the window is ignored for 'resid' (ROME restores one layer of the "
+                "residual stream)",
+                atol=2e-5,
+                rtol=1e-4,
+                hint="Use the window only for 'mlp' and 'attn'.",
+            )
+
+        for site in ("mlp", "attn"):
+            module = "MLP" if site == "mlp" else "attention"
+            with t.part(
+                f"the {module} grid with a window of {windows[site]} layers, every cell", points=1
+            ):
+                got, call = grid(site, windows[site], corrupted)
+                t.close(
+                    got,
+                    expected[site],
+                    f"{call}: every cell against a reference restoration of that cell",
+                    atol=2e-5,
+                    rtol=1e-4,
+                    mistakes=mistakes[site],
+                    hint=f"Cell (L, p): restore the clean {_SITE_OF[site]} at position p in "
+                    "every layer of range(max(0, L - w // 2), min(n_layers, L - (-w // 2))), "
+                    "all in the same run.",
+                )
+
+        with t.part("with no noise, every cell is the clean probability", points=1):
+            unnoised = clean_embeds.repeat(2, 1, 1)
+            got, call = grid("resid", 1, unnoised, " with noise-free embeddings")
+            t.close(
+                got,
+                flat,
+                f"{call}: with no noise at all, every cell gives the clean probability",
+                atol=2e-5,
+                rtol=1e-4,
+                hint="Run the embeddings you were given (lm.model(inputs_embeds=...)), and add "
+                "no noise of your own; return raw probabilities (not normalised).",
+            )
+
+
+# ----- Exercise 2.8 ------------------------------------------------------------------------------
+def _aie(grids, corrupted_probs, subjects, mistake: str = "") -> torch.Tensor:
+    """The reference average indirect effect (n_layers, 4), or a known mistake's."""
+    n_layers = grids[0].shape[0]
+    per_role: list[list[torch.Tensor]] = [[] for _ in ROLES]
+    for grid, low, subject in zip(grids, corrupted_probs, subjects, strict=True):
+        grid = grid.double()
+        effect = grid if mistake == "no subtraction" else grid - low
+        last_subject, last = subject[-1], grid.shape[1] - 1
+        if mistake == "last subject off by one":
+            last_subject += 1
+        roles = [list(subject[:-1]), [last_subject], list(range(last_subject + 1, last)), [last]]
+        if mistake == "whole subject":
+            roles[0] = list(subject)
+        if mistake == "after includes last":
+            roles[2] = list(range(last_subject + 1, last + 1))
+        if mistake == "includes prefix":
+            roles[0] = list(range(0, last_subject))
+        for column, positions in enumerate(roles):
+            if mistake == "pooled":
+                per_role[column] += [effect[:, p] for p in positions]
+            elif positions:
+                per_role[column].append(effect[:, positions].mean(1))
+            elif mistake == "counts every prompt":
+                per_role[column].append(torch.zeros(n_layers, dtype=torch.float64))
+    out = torch.zeros(n_layers, len(ROLES), dtype=torch.float64)
+    for column, effects in enumerate(per_role):
+        if effects:
+            out[:, column] = torch.stack(effects).mean(0)
+    return out
+
+
+_AIE_MISTAKES = {
+    "no subtraction": "You averaged the restored probabilities; the indirect effect is the "
+    "restored probability minus that prompt's corrupted probability.",
+    "pooled": "You averaged over all tokens of a role at once, so prompts with longer subjects "
+    "weigh more: average within each prompt first, then over prompts.",
+    "counts every prompt": "You divided by the number of all prompts; average only over the "
+    "prompts that have tokens in that role (a one-token subject has no 'subject' tokens).",
+    "last subject off by one": "Your 'last subject token' is the token after the subject: it is "
+    "subject[-1].",
+    "whole subject": "Your 'subject' column includes the last subject token; it is the subject "
+    "tokens before the last one.",
+    "after includes last": "Your 'after subject' includes the last token; it stops before it.",
+    "includes prefix": "Your 'subject' column includes the tokens before the subject; they "
+    "belong to no role.",
+}
+
+
+def _aie_problem(t: Checker) -> tuple[list, list, list]:
+    """Random grids: 3 layers, prompts with subjects of 1-3 tokens, some with no tokens between
+    the subject and the last token."""
+    rng = torch.Generator().manual_seed(t.seed(5))
+    grids, lows, subjects = [], [], []
+    for i, (start, size, after) in enumerate([(2, 3, 2), (1, 1, 3), (3, 2, 0), (1, 2, 1)]):
+        n_pos = start + size + after + 1
+        grids.append(torch.rand(3, n_pos, generator=rng) * 0.8 + 0.1 * i)
+        lows.append(round(0.05 + 0.1 * torch.rand(1, generator=rng).item(), 4))
+        subjects.append(list(range(start, start + size)))
+    return grids, lows, subjects
+
+
+@check("Exercise 2.8: average indirect effect", points=2, timeout=30)
 def check_average_indirect_effect(average_indirect_effect: Callable, t: Checker) -> None:
-    # Two prompts, 2 layers. A: 7 tokens, subject 1..3. B: 5 tokens, subject 2.
+    # Hand-made: two prompts, 2 layers. A: 7 tokens, subject 1..3. B: 5 tokens, subject 2.
     grid_a = torch.tensor(
         [[0.1, 0.2, 0.3, 0.5, 0.4, 0.2, 0.6], [0.1, 0.1, 0.2, 0.9, 0.3, 0.5, 0.8]]
     )
     grid_b = torch.tensor([[0.2, 0.2, 0.7, 0.3, 0.5], [0.2, 0.2, 0.4, 0.6, 0.9]])
-    corrupted, subjects = [0.1, 0.2], [[1, 2, 3], [2]]
-    # Indirect effect = grid - corrupted; average within a prompt's role, then over the
-    # prompts that have that role (B has no "subject" tokens before its last one).
-    expected = torch.tensor(
-        [
-            [0.15, (0.4 + 0.5) / 2, (0.2 + 0.1) / 2, (0.5 + 0.3) / 2],
-            [0.05, (0.8 + 0.2) / 2, (0.3 + 0.4) / 2, (0.7 + 0.7) / 2],
-        ]
-    )
-    got = t.call(average_indirect_effect, [grid_a, grid_b], corrupted, subjects)
-    got = t.tensor(
-        got,
-        "average_indirect_effect on two hand-made grids",
-        shape=(2, len(ROLES)),
-        hint=f"One column per role, in the order {ROLES}.",
-    )
-    for column, role in enumerate(ROLES):
-        t.close(
-            got[:, column],
-            expected[:, column],
-            f"the {role!r} column on two hand-made grids (indirect effect = restored "
-            "probability minus corrupted probability, averaged within each prompt, then over "
-            "the prompts that have tokens in that role)",
-            atol=1e-5,
-            hint=_role_hint(role),
+    hand = ([grid_a, grid_b], [0.1, 0.2], [[1, 2, 3], [2]])
+    random = _aie_problem(t)
+    problems = [
+        ("two hand-made grids (prompt B has a one-token subject)", hand),
+        (
+            "four random grids (3 layers; subjects of 1-3 tokens; one prompt with no token "
+            "between subject and last token)",
+            random,
+        ),
+    ]
+    expected = [
+        (_aie(*p), [(_aie(*p, m), h) for m, h in _AIE_MISTAKES.items()]) for _, p in problems
+    ]
+
+    def compare(what: str, args: tuple, want: torch.Tensor, mistakes: list) -> None:
+        got = t.call(average_indirect_effect, *args)
+        got = t.tensor(
+            got,
+            f"average_indirect_effect on {what}",
+            shape=tuple(want.shape),
+            hint=f"One row per layer and one column per role, in the order {ROLES}.",
         )
-    single = t.call(average_indirect_effect, [grid_a], [0.1], [[1, 2, 3]])
-    t.close(
-        t.tensor(single, "one prompt", shape=(2, len(ROLES))),
-        torch.stack(
-            [grid_a[:, 1:3].mean(1), grid_a[:, 3], grid_a[:, 4:6].mean(1), grid_a[:, 6]], dim=1
-        )
-        - 0.1,
-        "a single prompt: the effects are that prompt's own role averages",
-        atol=1e-5,
-    )
+        for column, role in enumerate(ROLES):
+            t.close(
+                got[:, column],
+                want[:, column],
+                f"the {role!r} column on {what}: indirect effect = restored minus corrupted "
+                "probability, averaged within each prompt, then over the prompts that have "
+                "tokens in that role",
+                atol=1e-6,
+                mistakes=[(m[:, column], h) for m, h in mistakes],
+                hint=_role_hint(role),
+            )
+
+    with t.part("two hand-made grids", points=1):
+        (what, args), (want, mistakes) = problems[0], expected[0]
+        compare(what, args, want, mistakes)
+        single = ([grid_a], [0.1], [[1, 2, 3]])
+        compare("a single prompt", single, _aie(*single), [])
+    with t.part("random grids", points=1):
+        (what, args), (want, mistakes) = problems[1], expected[1]
+        compare(what, args, want, mistakes)
 
 
 def _role_hint(role: str) -> str:
