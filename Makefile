@@ -32,8 +32,12 @@ workspace:
 		if [ ! -e "$$copy" ]; then cp "$$lab" "$$copy" && echo "new lab: $$copy"; fi; \
 	done
 
+# Two workers, one per core, one thread each (more threads than cores stalls torch's thread
+# pool); tests that share a module-level fixture stay in one worker.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: setup ipywidgets7
-	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ipywidgets7: $(VENV_IPYWIDGETS7)/.installed
 

@@ -13,6 +13,11 @@ import labkit  # noqa: E402
 from labkit import models  # noqa: E402
 from labkit.tiny import TINY_FAMILIES, tiny_model  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def lm() -> labkit.LabModel:
