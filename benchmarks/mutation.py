@@ -60,6 +60,32 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 # What each copy needs: the package, its tests, and what the build tests read.
 COPIED = ("labkit", "tests", "solutions", "labs", "pyproject.toml")
 UNDECORATED = ("contextmanager", "property")
+# Imported once by mutmut's fork server, so that each mutant's test run (a fork of it) starts
+# warm: transformers imports each model family's code lazily, which alone costs seconds.
+PRELOAD = (
+    "pytest",
+    "torch",
+    "numpy",
+    "transformers",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.qwen2.modeling_qwen2",
+    "transformers.models.gpt2.modeling_gpt2",
+    "transformers.models.gpt_neox.modeling_gpt_neox",
+    "tokenizers",
+    "safetensors.torch",
+    "matplotlib.pyplot",
+    "nbformat",
+    "IPython",
+    "labkit",
+    "labkit.build",
+    "labkit.checks.core",
+    "labkit.hooks",
+    "labkit.metrics",
+    "labkit.models",
+    "labkit.plot",
+    "labkit.tiny",
+)
 # mutmut's exit codes per mutant (see mutmut.stats.status_by_exit_code).
 KILLED_CODES = {1, 3}
 TIMEOUT_CODES = {36, -24, 24, 152, 255}
@@ -137,13 +163,21 @@ def prepare_copy(module: str, work: Path) -> None:
     settings = {
         "source_paths": ["labkit"],
         "only_mutate": files,
-        "also_copy": ["solutions", "labs"],
+        "also_copy": ["solutions", "labs", "preload.txt"],
         "pytest_add_cli_args_test_selection": tests,
         # no --durations, no cache folder, no warnings summary: quiet, repeatable runs
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore"],
         "process_isolation": "forkserver",  # torch is not fork-safe after it has run
+        "forkserver_warmup": "import",
+        "preload_modules_file": "preload.txt",
+        # A mutant's tests get (their measured time + 20 s) x 5 before they count as timed
+        # out: the measured time leaves out fixtures (loading the default model) and a shared
+        # machine can be slow.
+        "timeout_constant": 20.0,
+        "timeout_multiplier": 5.0,
         "use_git_change_detection": False,
     }
+    (work / "preload.txt").write_text("\n".join(PRELOAD) + "\n", encoding="utf-8")
     table = "\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
         f.write(table)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.collections import PathCollection, QuadMesh
+from matplotlib.collections import PathCollection, PolyCollection, QuadMesh
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.ticker import FixedLocator
 
 
 def ticks(ax: Axes, axis: str) -> dict[str, float]:
@@ -83,15 +84,17 @@ def top_to_bottom(ax: Axes, labels: list[str]) -> bool:
 def figure_data(fig: Figure) -> dict[str, np.ndarray]:
     """Every number and label the figure draws, as named arrays (strings as unicode arrays).
 
-    Per axes: its title and axis labels, tick labels, heatmap arrays and colour limits, line
-    data, scatter offsets, bar heights and the texts written into it.
+    Per axes: its title and axis labels, the tick labels the plot chose (not automatic number
+    ticks, which move with the data's range), heatmap arrays and colour limits, line data,
+    scatter offsets, shaded bands, bar heights and the texts written into it.
     """
     data: dict[str, np.ndarray] = {}
     for a, ax in enumerate(fig.axes):
         key = f"axes{a}"
         data[f"{key}/labels"] = np.array([ax.get_title(), ax.get_xlabel(), ax.get_ylabel()])
-        data[f"{key}/xticks"] = np.array([t.get_text() for t in ax.get_xticklabels()])
-        data[f"{key}/yticks"] = np.array([t.get_text() for t in ax.get_yticklabels()])
+        for axis, name in ((ax.xaxis, "xticks"), (ax.yaxis, "yticks")):
+            if isinstance(axis.get_major_locator(), FixedLocator):  # labels the plot chose
+                data[f"{key}/{name}"] = np.array([t.get_text() for t in axis.get_ticklabels()])
         heatmaps = [c for c in ax.collections if isinstance(c, QuadMesh)] + list(ax.images)
         for i, heatmap in enumerate(heatmaps):
             data[f"{key}/heatmap{i}"] = np.ma.getdata(heatmap.get_array()).astype(float)
@@ -101,6 +104,9 @@ def figure_data(fig: Figure) -> dict[str, np.ndarray]:
         scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
         for i, scatter in enumerate(scatters):
             data[f"{key}/scatter{i}"] = np.asarray(scatter.get_offsets(), dtype=float)
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        for i, band in enumerate(bands):
+            data[f"{key}/band{i}"] = np.concatenate([p.vertices for p in band.get_paths()])
         if ax.patches:
             data[f"{key}/bars"] = np.array([p.get_height() for p in ax.patches], dtype=float)
         if ax.texts:
@@ -136,3 +142,57 @@ def compare_figure_data(
                 worst = np.abs(new[finite] - old[finite]).max() if same_nan else float("nan")
                 problems.append(f"{name}: differs by up to {worst:.3g} (scale {scale:.3g})")
     return problems
+
+
+# ----- the figures a notebook shows ------------------------------------------------------------
+STARTUP = """\
+# Written by tests/test_notebooks.py: record the data of every figure the notebook shows.
+import sys
+
+sys.path.insert(0, {tests!r})
+import figures
+
+figures.record_shown_figures({folder!r})
+"""
+
+
+def record_shown_figures(folder: str) -> None:
+    """From now on, each LabFigure that is shown (rendered as a PNG) also saves its
+    :func:`figure_data` as ``folder/figure<n>.npz``, numbered in the order they are shown."""
+    from pathlib import Path
+
+    from labkit.plot.figure import LabFigure
+
+    render = LabFigure._repr_png_
+    shown = [0]
+
+    def record_then_render(fig: LabFigure) -> bytes:
+        shown[0] += 1
+        np.savez(Path(folder) / f"figure{shown[0]:03d}.npz", **figure_data(fig))
+        return render(fig)
+
+    LabFigure._repr_png_ = record_then_render
+
+
+def ipython_dir_recording_figures(root, folder) -> str:
+    """An IPYTHONDIR whose startup file makes kernels record their figures into ``folder``."""
+    from pathlib import Path
+
+    startup = Path(root) / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    tests = str(Path(__file__).resolve().parent)
+    (startup / "00-record-figures.py").write_text(
+        STARTUP.format(tests=tests, folder=str(folder)), encoding="utf-8"
+    )
+    return str(root)
+
+
+def load_recorded(folder) -> dict[str, np.ndarray]:
+    """Every figure recorded in ``folder``, flattened to ``figure<n>/<name>`` keys."""
+    from pathlib import Path
+
+    data = {}
+    for path in sorted(Path(folder).glob("figure*.npz")):
+        with np.load(path) as arrays:
+            data.update({f"{path.stem}/{name}": arrays[name] for name in arrays.files})
+    return data
