@@ -1,23 +1,44 @@
-"""Every solution notebook passes nbval; every student notebook runs with exercises unattempted."""
+"""Every solution notebook passes nbval and draws the same figure data as before; every student
+notebook runs with exercises unattempted, and each of its checks says so.
 
+nbval compares printed outputs but skips images. So while nbval runs a solution notebook, every
+figure it shows also saves the numbers and labels it draws (tests/figures.py); they are compared
+with ``tests/data/figures/<notebook>.npz`` (3 significant digits of each array's largest value,
+as nbval compares printed numbers). After an intended change, record them again with
+``LABKIT_RECORD_FIGURES=1 pytest tests/test_notebooks.py -k <notebook>`` and commit the file.
+"""
+
+import importlib
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from figures import compare_figure_data, ipython_dir_recording_figures, load_recorded
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
 CELL_TIMEOUT = 600
+FIGURES = ROOT / "tests" / "data" / "figures"
+# Lab 03's figures are not recorded yet: its notebook is being changed (record it when it settles).
+FIGURES_RECORDED = {"01_attribution", "02_causal_tracing"}
+REPORT = re.compile(r"^\[(passed|failed|not attempted)\] Exercise ")  # a check's text/plain
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
-def test_solution_notebook_passes_nbval(path: Path) -> None:
-    """Runs every cell and compares its outputs with the stored ones (after sanitising)."""
+def test_solution_notebook_passes_nbval(path: Path, tmp_path: Path) -> None:
+    """Runs every cell and compares its outputs with the stored ones (after sanitising), and
+    the data of every figure it shows with the recorded data."""
+    shown = tmp_path / "figures"
+    shown.mkdir()
+    env = {**os.environ, "IPYTHONDIR": ipython_dir_recording_figures(tmp_path / "ipython", shown)}
     result = subprocess.run(
         [
             sys.executable,
@@ -35,16 +56,31 @@ def test_solution_notebook_passes_nbval(path: Path) -> None:
             "addopts=",
         ],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    got = load_recorded(shown)
+    assert got, "no figure was recorded: the recording startup file did not run"
+    reference = FIGURES / f"{path.stem}.npz"
+    if os.environ.get("LABKIT_RECORD_FIGURES") == "1":
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(reference, **got)
+    if path.stem not in FIGURES_RECORDED:
+        pytest.xfail(f"{path.stem}: nbval passed; its figure data are not recorded yet")
+    assert reference.exists(), f"No recorded figure data for {path.stem}: record it (see top)."
+    with np.load(reference) as stored:
+        expected = {name: stored[name] for name in stored.files}
+    problems = compare_figure_data(got, expected)
+    assert not problems, f"{path.stem}: the figures draw other data:\n" + "\n".join(problems)
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", LABS, ids=lambda p: p.stem)
 def test_student_notebook_runs_unattempted(path: Path, tmp_path: Path) -> None:
-    """A student who runs everything before writing any code sees no crash."""
+    """A student who runs everything before writing any code sees no crash, and every
+    exercise's check cell says "not attempted": one report per exercise, none passed or failed."""
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook,
@@ -52,9 +88,21 @@ def test_student_notebook_runs_unattempted(path: Path, tmp_path: Path) -> None:
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
-    text = "".join(
-        out.get("text", "") + out.get("data", {}).get("text/plain", "")
-        for cell in notebook.cells
+    exercises = importlib.import_module(f"labkit.checks.lab{path.stem[:2]}").EXERCISES
+    reports = [
+        (i, out["data"]["text/plain"])
+        for i, cell in enumerate(notebook.cells)
         for out in cell.get("outputs", [])
-    )
-    assert "not attempted" in text  # the checks said so, instead of crashing
+        if out.get("output_type") == "display_data"
+        and REPORT.match(out.get("data", {}).get("text/plain", ""))
+    ]
+    statuses = {REPORT.match(text)[1] for _, text in reports}
+    assert statuses == {"not attempted"}, reports  # no check passes or fails on a stub
+    for function, check in exercises.items():
+        call = re.compile(rf"\bcheck_\w+\(\s*{re.escape(function)}\s*\)")
+        cells = [i for i, cell in enumerate(notebook.cells) if call.search(cell.source)]
+        assert len(cells) == 1, f"{function}: checked in cells {cells}, expected exactly one"
+        said = [text for i, text in reports if i == cells[0]]
+        assert len(said) == 1, f"{function}'s check cell shows {len(said)} reports: {said}"
+        assert said[0].startswith(f"[not attempted] {check.check_name} ("), said[0]
+    assert len(reports) == len(exercises), [text for _, text in reports]

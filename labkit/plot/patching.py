@@ -62,12 +62,12 @@ def plot_patching_pair(
     axes = fig.subplots(1, 2, sharey=True)
     for ax, values, name in zip(axes, (left, right), names, strict=True):
         image = ax.pcolormesh(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.invert_yaxis()
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_xticks(np.arange(n_cols) + 0.5)
         labels = [str(c).replace("\n", "\\n") for c in columns] if columns else range(n_cols)
         ax.set_xticklabels(labels, rotation=90 if columns else 0, fontsize=8)
+    axes[0].invert_yaxis()  # layer 0 at the top; once: the panels share their y axis
     step = max(1, n_layers // 10)
     axes[0].set_yticks(np.arange(0, n_layers, step) + 0.5)
     axes[0].set_yticklabels([str(layer) for layer in range(0, n_layers, step)])
@@ -155,7 +155,6 @@ def plot_patching_grids(
     for ax, (name, values) in zip(axes, arrays.items(), strict=True):
         limit = max(np.abs(values).max(), 1e-9)
         image = ax.pcolormesh(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.invert_yaxis()
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         cols = values.shape[1]
@@ -165,6 +164,7 @@ def plot_patching_grids(
         else:
             ax.set_xticklabels([str(c) for c in range(cols)], fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.05)
+    axes[0].invert_yaxis()  # layer 0 at the top; once: the panels share their y axis
     step = max(1, n_layers // 10)
     axes[0].set_yticks(np.arange(0, n_layers, step) + 0.5)
     axes[0].set_yticklabels([str(layer) for layer in range(0, n_layers, step)])
