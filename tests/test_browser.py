@@ -156,6 +156,27 @@ LABS = [
             Step(type_and_enter("subject", " Rome"), expect="hidden", message="not a run"),
         ],
     ),
+    Lab(
+        "03_attribution_patching.ipynb",
+        typed="normalised_metric",
+        needs=[
+            "activations_and_grads",
+            "attribution_patching",
+            "head_attribution",
+            "patch_grid",
+            "patch_heads",
+        ],
+        explorer="labkit-patching-explorer",
+        explorer_cell="PatchingExplorer(lm, {",
+        steps=[
+            Step(select("site", "attn_out")),
+            Step(select("site", "heads")),
+            Step(select("site", "mlp_out")),
+            Step(select("task", "fact")),
+            Step(select("task", "ioi")),
+            Step(select("pair", "ioi-2")),  # not the saved batch: exact patching runs live
+        ],
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ import torch
 
 from labkit.data import PATCHING_TASKS, patching_pairs
 from labkit.models import LabModel
+from labkit.widgets.display import explorer_bundle
 
 __all__ = ["PatchingExplorer", "SITE_CHOICES"]
 
@@ -75,19 +76,24 @@ class PatchingExplorer:
         self.task.observe(lambda change: (self._set_pairs(), self.update()), names="value")
         self.site.observe(lambda change: self.update(), names="value")
         self.pair.observe(lambda change: self._quiet or self.update(), names="value")
+        pictures = widgets.HBox([self.heatmaps, self.scatter])
         self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.task, self.site, self.pair]),
-                self.status,
-                widgets.HBox([self.heatmaps, self.scatter]),
-            ]
+            [widgets.HBox([self.task, self.site, self.pair]), self.status, pictures]
         )
+        self.widget.add_class("labkit-explorer")  # names the browser tests find it by
+        self.widget.add_class("labkit-patching-explorer")
+        self.status.add_class("labkit-status")
+        pictures.add_class("labkit-picture")
         self.update()
+        self._first_png = self.heatmaps.value if self.estimate is not None else b""
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The live widget, plus its first heatmaps as a PNG for viewers without a kernel."""
+        return explorer_bundle(
+            self.widget,
+            {"image/png": self._first_png},
+            "PatchingExplorer (run the notebook to use its controls)",
+        )
 
     def _set_pairs(self) -> None:
         pairs = self.pairs[self.task.value]
@@ -129,6 +135,7 @@ class PatchingExplorer:
         from labkit.plot.patching import plot_patching_pair, plot_patching_scatter
 
         lm, site = self.lm, self.site.value
+        self.status.value = "computing…"
         pairs = self._selected()
         if not pairs:
             self._message("No pair selected.")
