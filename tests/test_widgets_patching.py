@@ -1,5 +1,7 @@
 """labkit.widgets.patching: the explorer calls the student's functions, redraws, degrades."""
 
+import base64
+
 import pytest
 import torch
 
@@ -83,6 +85,11 @@ def test_draws_on_start_and_follows_the_controls(lm) -> None:
     explorer.task.value = "ioi"
     assert explorer.pair.value == ALL_PAIRS
     assert "Pearson r" in explorer.status.value
+    # a saved notebook shows the first heatmaps (base64 PNG text) next to the live widget
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == bytes(first)
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("PatchingExplorer")
 
 
 def test_saved_exact_results_are_used_for_the_batch(lm) -> None:

@@ -37,7 +37,8 @@ def explorer_bundle(widget, first_view: dict[str, bytes | str], text: str) -> di
     }
     for mime, data in first_view.items():
         if data:  # an explorer whose first view is an error message has no picture
-            bundle[mime] = base64.b64encode(data).decode() if isinstance(data, bytes) else data
+            binary = isinstance(data, (bytes, bytearray, memoryview))  # widgets keep memoryviews
+            bundle[mime] = base64.b64encode(bytes(data)).decode() if binary else data
     return bundle
 
 

@@ -85,7 +85,7 @@ class PatchingExplorer:
         self.status.add_class("labkit-status")
         pictures.add_class("labkit-picture")
         self.update()
-        self._first_png = self.heatmaps.value if self.estimate is not None else b""
+        self._first_png = bytes(self.heatmaps.value) if self.estimate is not None else b""
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """The live widget, plus its first heatmaps as a PNG for viewers without a kernel."""
