@@ -17,7 +17,7 @@ VENV_IPYWIDGETS7 := $(VENV)/ipywidgets7
 IPYWIDGETS7 := ipywidgets==7.7.1 widgetsnbextension==3.6.10 jupyterlab-widgets==1.1.11 \
 	ipython-genutils==0.2.0
 
-.PHONY: lab test setup build lint clean workspace ipywidgets7
+.PHONY: lab test setup build lint clean workspace ipywidgets7 mutation
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -62,6 +62,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 build: setup
 	$(BIN)/labkit build
+
+# Mutation testing of labkit's core (hooks, build, metrics, models, plot, checks/core) against
+# the fast unit tests: prints the score per module and the time taken (about an hour or more on
+# 2 cores). One module: make mutation MUTATION_ARGS="--modules hooks".
+mutation: setup
+	$(OFFLINE) $(BIN)/python benchmarks/mutation.py $(MUTATION_ARGS)
 
 lint: setup
 	$(BIN)/ruff check labkit tests benchmarks

@@ -235,9 +235,8 @@ def mutant_diff(work: Path, name: str) -> list[str]:
         return []
 
     def body(fn: str) -> list[str]:
-        node = functions[fn]
-        text = ast.get_source_segment(source, node) or ""
-        return [line.strip() for line in text.splitlines()[1:]]  # skip the renamed def line
+        text = (ast.get_source_segment(source, functions[fn]) or "").replace(fn, "f", 1)
+        return [line.strip() for line in text.splitlines()]
 
     diff = difflib.unified_diff(body(original), body(function), lineterm="", n=0)
     return [d for d in diff if d[:1] in "+-" and not d.startswith(("+++", "---"))]

@@ -1,12 +1,22 @@
 """labkit.hooks: capture and patch activations the same way in every family; hooks always go."""
 
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import labkit
-from labkit.hooks import SITES, capture, hooked, key_value_prefix, patch, run_from
+from labkit.hooks import (
+    SITES,
+    capture,
+    hooked,
+    key_value_prefix,
+    patch,
+    run_from,
+    span_positions,
+)
 
 CLEAN, OTHER = "hello world", "jello wOrld"  # same length: one byte, one token
 
@@ -412,3 +422,73 @@ def test_key_value_prefix_maps_rows_when_prefixes_differ(tiny: labkit.LabModel) 
             suffix = cache["resid_pre", layer][:, p:].repeat(3, 1, 1)  # rows 0, 1, 0, 1, 0, 1
             resumed = run_from(tiny, layer, suffix, past=past)
             torch.testing.assert_close(resumed, full.repeat(3, 1), atol=1e-5, rtol=1e-4)
+
+
+# ----- span_positions: the subject a causal trace corrupts ---------------------------------------
+def test_span_positions_finds_the_last_run_of_whole_tokens(tiny: labkit.LabModel) -> None:
+    tokens = tiny.to_tokens("ab cd ab")  # byte-level: one token per character
+    assert span_positions(tiny, tokens, "ab") == [6, 7]  # the last occurrence
+    assert span_positions(tiny, tokens, "cd") == [3, 4]  # found after passing a longer miss
+    assert span_positions(tiny, tokens, " cd") == [3, 4]  # surrounding spaces do not count
+    assert span_positions(tiny, tokens, "b cd a") == [1, 2, 3, 4, 5, 6]
+    assert span_positions(tiny, tokens, "a") == [6]
+    assert span_positions(tiny, tiny.to_tokens("xyz"), "xyz") == [0, 1, 2]
+
+
+def test_span_positions_says_what_is_missing(tiny: labkit.LabModel) -> None:
+    tokens = tiny.to_tokens("ab cd")
+    for missing in ("da", "abc", "x"):  # "da" would wrap around from the end to the start
+        with pytest.raises(ValueError) as err:
+            span_positions(tiny, tokens, missing)
+        assert str(err.value) == (
+            f"{missing!r} is not a run of whole tokens in ['a', 'b', ' ', 'c', 'd']. Copy the "
+            "words exactly as they appear in the prompt (mind the leading space)."
+        )
+    with pytest.raises(ValueError) as err:
+        span_positions(tiny, tokens, "")
+    assert str(err.value) == "The span is empty: give the words to find, e.g. ' France'."
+
+
+# ----- key_value_prefix and the cache's own errors -----------------------------------------------
+def test_key_value_prefix_keeps_rows_once_by_default_and_the_whole_cache(tiny) -> None:
+    tokens = tiny.to_tokens("ab cd").repeat(2, 1)
+    out = tiny.model(input_ids=tokens, use_cache=True)
+    n = tokens.shape[1]
+    for length in (1, n):  # the whole cache is a valid prefix
+        past = key_value_prefix(out.past_key_values, length)
+        assert len(past.layers) == tiny.n_layers
+        for mine, theirs in zip(past.layers, out.past_key_values.layers, strict=True):
+            assert mine.keys.shape == (2, *theirs.keys.shape[1:2], length, theirs.keys.shape[3])
+            assert torch.equal(mine.keys, theirs.keys[:, :, :length])
+            assert torch.equal(mine.values, theirs.values[:, :, :length])
+    with pytest.raises(ValueError) as err:
+        key_value_prefix(out.past_key_values, n + 1)
+    assert str(err.value) == f"The cache holds {n} positions, not {n + 1}."
+
+
+def test_key_value_prefix_of_a_one_layer_cache(tiny: labkit.LabModel) -> None:
+    out = tiny.model(input_ids=tiny.to_tokens("ab cd"), use_cache=True)
+    first = out.past_key_values.layers[0]
+    single = DynamicCache(ddp_cache_data=[(first.keys, first.values)])
+    past = key_value_prefix(single, 3, repeat=2)
+    assert len(past.layers) == 1 and past.layers[0].keys.shape[0] == 2
+    with pytest.raises(ValueError, match="holds 5 positions, not 6"):
+        key_value_prefix(single, 6)
+
+
+@pytest.mark.parametrize(
+    "cache", [None, DynamicCache(), SimpleNamespace(layers=[object()])], ids=str
+)
+def test_key_value_prefix_needs_a_filled_cache(cache) -> None:
+    with pytest.raises(TypeError) as err:
+        key_value_prefix(cache, 2)
+    assert str(err.value) == (
+        "key_value_prefix needs the past_key_values of a forward pass run with use_cache=True."
+    )
+
+
+def test_stacking_a_site_that_was_not_captured_names_it(tiny: labkit.LabModel) -> None:
+    with capture(tiny, "resid_post", layers=0) as cache:
+        run(tiny, CLEAN)
+    with pytest.raises(KeyError, match="No layers of 'mlp_out' were captured."):
+        cache.stack("mlp_out")
