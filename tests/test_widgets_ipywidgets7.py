@@ -14,7 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = Path(os.environ.get("LABKIT_IPYWIDGETS7", Path(sys.prefix) / "ipywidgets7/bin/python"))
-WIDGET_TESTS = ["tests/test_widgets_attribution.py", "tests/test_widgets_tracing.py"]
+WIDGET_TESTS = [
+    "tests/test_widgets_attribution.py",
+    "tests/test_widgets_tracing.py",
+    "tests/test_widgets_patching.py",
+]
 
 
 def test_explorers_work_with_ipywidgets_7() -> None:
