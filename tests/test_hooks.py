@@ -477,7 +477,9 @@ def test_key_value_prefix_of_a_one_layer_cache(tiny: labkit.LabModel) -> None:
 
 
 @pytest.mark.parametrize(
-    "cache", [None, DynamicCache(), SimpleNamespace(layers=[object()])], ids=str
+    "cache",
+    [None, DynamicCache(), SimpleNamespace(layers=[object()])],
+    ids=["none", "empty", "unfilled-layer"],  # stable ids: xdist workers must agree
 )
 def test_key_value_prefix_needs_a_filled_cache(cache) -> None:
     with pytest.raises(TypeError) as err:
