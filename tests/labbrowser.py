@@ -87,6 +87,7 @@ class LabServer:
         }
         self.log = settings_dir / "jupyterlab.log"
         self.process: subprocess.Popen | None = None
+        self.pages = 0
 
     def __enter__(self) -> LabServer:
         command = [
@@ -133,7 +134,19 @@ class LabServer:
         return json.loads(body) if body else None
 
     def page_url(self, notebook: str) -> str:
-        return f"{self.url}/lab/tree/{notebook}?token={self.token}"
+        """The notebook alone in a new, empty workspace.
+
+        JupyterLab restores the last workspace on every page load: without this, notebooks
+        opened by earlier tests reopen as hidden tabs, and a selector can match their cells.
+        """
+        self.pages += 1
+        workspace = f"test-{self.pages}"
+        return f"{self.url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={self.token}"
+
+    def shut_down_kernels(self) -> None:
+        """Stop every kernel, so that one test's kernel does not slow the next."""
+        for kernel in self.api("kernels"):
+            self.api(f"kernels/{kernel['id']}", method="DELETE")
 
     def __exit__(self, *exc) -> None:
         import psutil
@@ -141,8 +154,7 @@ class LabServer:
         if self.process is None:
             return
         try:  # kernels first, through the server, so that none is left behind
-            for kernel in self.api("kernels"):
-                self.api(f"kernels/{kernel['id']}", method="DELETE")
+            self.shut_down_kernels()
         except OSError:
             pass
         try:
@@ -187,7 +199,7 @@ class NotebookPage:
 
     def open(self, timeout: float = 180) -> None:
         self.page.goto(self.server.page_url(self.name))
-        self.page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
+        self.cells().first.wait_for(timeout=timeout * 1000)
         self.wait_for_kernel_idle(timeout)
 
     def cells(self):
@@ -197,7 +209,9 @@ class NotebookPage:
         return self.cells().nth(index)
 
     def kernel_status(self) -> str:
-        status = self.page.locator(".jp-Notebook-ExecutionIndicator").first
+        status = self.page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator"
+        ).first
         return status.get_attribute("data-status") or ""
 
     def wait_for_kernel_idle(self, timeout: float) -> None:

@@ -292,6 +292,7 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
         raise
     finally:
         page.close()
+        server.shut_down_kernels()
 
 
 def _explore(page, lab: Lab) -> None:
@@ -382,7 +383,9 @@ def test_saved_notebook_shows_the_explorers_picture(lab_server, tmp_path: Path) 
         page.set_default_timeout(120_000)
         try:
             page.goto(server.page_url(f"{name}.ipynb"))
-            output = page.locator(".jp-OutputArea-output").first
+            output = page.locator(
+                ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output"
+            ).first
             output.wait_for()
             picture = output.locator("img")
             picture.wait_for()

@@ -25,6 +25,7 @@ from labkit.grading.config import GradingError, Limits, load_lab
 from labkit.grading.gradebook import Gradebook, merge
 from labkit.grading.grader import Options, grade, preload_modules
 from labkit.grading.sandbox import Sandbox
+from labkit.grading.written import questions
 from labkit.release import leaks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,7 +416,9 @@ def test_written_answers_review_files(graded) -> None:
     assert "Model answer" in review and "### correct" in review and "### unattempted" in review
     with open(out / "written" / "q1.csv", newline="") as handle:
         rows = {r["student"]: r for r in csv.DictReader(handle)}
-    assert rows["correct"]["answer"].startswith("Replacing the anchor")
+    # the "correct" student handed in the solution: their answer is the model answer of q1
+    first = questions(SOLUTION)[0]
+    assert first.id == "q1" and first.model_answer.split()[:6] == rows["correct"]["answer"].split()[:6]
     assert rows["unattempted"]["answer"] == "" and rows["correct"]["points"] == ""
 
 
