@@ -6,26 +6,34 @@ the same components:
 
 * every head at all positions (30 x 9): exact = the lab's ``patch_heads`` (9 heads per forward
   pass, each run started at the patched layer and at the first position where the prompts
-  differ); estimate = ``head_attribution`` summed over positions;
+  differ); estimate = attribution patching per head and position, summed over positions;
 * head x position (30 x 9 x pos): exact = the lab's ``patch_head_positions`` for every head
   (one run per position and layer, batched over that layer's heads, reusing the corrupted
-  keys and values before the position); estimate = ``head_attribution``.
+  keys and values before the position); estimate = attribution patching per head and position.
 
-The attribution patching time includes its clean forward pass and the corrupted forward and
-backward passes. Printed: seconds, the speed-up measured in this run, and beside it the
-agreement of the estimate with exact patching (Pearson, Spearman, top-10 recall). Every
-function is read from solutions/03_attribution_patching.ipynb, so this measures the code
-students see.
+The estimate is the lab's ``attribution_all(..., sites=("head_out",))``: one clean forward pass
+without logits, then one corrupted forward pass from the first position where the prompts
+differ (reusing the clean run's keys and values before it, which are the same in both runs),
+unembedding only the last position, and one backward pass for every head at once. Its time
+includes all three. The exact functions get the same savings where they apply (no logits that
+nothing reads; nothing recomputed before the first difference). Every function is read from
+solutions/03_attribution_patching.ipynb, so this measures the code students see; the
+exercise's ``head_attribution`` (full runs, one site per call) is timed too, for reference.
 
-Measured on the shared 2-core machine under heavy load (2026-11-23, 2 pairs, 1 thread): every
-head 11.4x (Pearson 0.83, Spearman 0.95), head x position 42.4x (Pearson 0.83, Spearman 0.97);
-to be re-measured on an idle machine. Run:
+Printed: seconds (the estimate: median of 5 runs after a warm-up; exact: one run), the speed-up
+measured in this run by the wall clock and by CPU time (steadier on a shared machine), and
+beside it the agreement of the estimate with exact patching (Pearson, Spearman, top-10 recall).
+
+Measured on the shared 2-core machine under heavy load (load average 5-7; 2026-11-24, 6 pairs,
+1 thread): see the lab 03 report; to be re-measured on an idle machine. Run:
     HF_HUB_OFFLINE=1 python benchmarks/attribution_patching.py [--pairs N] [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 from pathlib import Path
 
@@ -38,14 +46,18 @@ from labkit.data import patching_pairs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, *args, repeats: int = 1):
-    """The result of ``fn(*args)`` and its best time over ``repeats`` runs, in seconds."""
-    best, out = float("inf"), None
+def timed(fn, *args, repeats: int = 1, **kwargs) -> tuple[object, float, float]:
+    """The result of ``fn(*args)`` and its wall-clock and CPU seconds: one run, or the median of
+    ``repeats`` runs after a warm-up run."""
+    if repeats > 1:
+        fn(*args, **kwargs)
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return out, best
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args, **kwargs)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return out, statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -64,25 +76,39 @@ def main() -> None:
     foils = [lm.token_id(p["foil"]) for p in pairs]
     metric = sol["normalised_metric"](lm, clean, corrupted, targets, foils)
     agreement = sol["agreement"]
+    first = int((clean != corrupted).any(0).nonzero()[0])
     print(
-        f"{lm.name}, {len(pairs)} IOI pairs of {clean.shape[1]} tokens, "
-        f"{torch.get_num_threads()} threads"
+        f"{lm.name}, {len(pairs)} IOI pairs of {clean.shape[1]} tokens (the first {first} the "
+        f"same in both prompts), {torch.get_num_threads()} threads, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
 
-    estimate, t_attr = timed(sol["head_attribution"], lm, clean, corrupted, metric, repeats=3)
-    heads, t_heads = timed(sol["patch_heads"], lm, clean, corrupted, metric)
+    found, t_attr, c_attr = timed(
+        sol["attribution_all"], lm, clean, corrupted, metric, sites=("head_out",), repeats=5
+    )
+    estimate = found["head_out"]  # (n_layers, n_heads, pos)
+    _, t_exercise, c_exercise = timed(
+        sol["head_attribution"], lm, clean, corrupted, metric, repeats=5
+    )
+    heads, t_heads, c_heads = timed(sol["patch_heads"], lm, clean, corrupted, metric)
     every = [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
-    by_position, t_hp = timed(sol["patch_head_positions"], lm, clean, corrupted, metric, every)
+    by_position, t_hp, c_hp = timed(
+        sol["patch_head_positions"], lm, clean, corrupted, metric, every
+    )
     by_position = by_position.view(lm.n_layers, lm.n_heads, -1)
 
-    print(f"attribution patching (every head x position): {t_attr:.2f} s")
-    for name, exact, est, seconds in [
-        ("every head, all positions", heads, estimate.sum(-1), t_heads),
-        ("head x position", by_position, estimate, t_hp),
+    print(
+        f"attribution patching, every head x position: {t_attr:.2f} s (CPU {c_attr:.2f} s); "
+        f"the exercise's head_attribution: {t_exercise:.2f} s (CPU {c_exercise:.2f} s)"
+    )
+    for name, exact, est, seconds, cpu in [
+        ("every head, all positions", heads, estimate.sum(-1), t_heads, c_heads),
+        ("head x position", by_position, estimate, t_hp, c_hp),
     ]:
         a = agreement(est, exact, 10)
         print(
-            f"{name:26} exact {seconds:7.1f} s  ratio {seconds / t_attr:6.1f}x   "
+            f"{name:26} exact {seconds:7.1f} s  ratio {seconds / t_attr:6.1f}x "
+            f"(CPU {cpu / c_attr:6.1f}x; exercise {seconds / t_exercise:5.1f}x)   "
             f"pearson {a['pearson']:.3f}  spearman {a['spearman']:.3f}  "
             f"top-10 recall {a['top-k recall']:.1f}"
         )

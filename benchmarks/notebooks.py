@@ -2,8 +2,8 @@
 
 Each notebook runs in a fresh kernel (nbclient), from its own folder, offline, as nbval and a
 student would run it. Printed per notebook: the total time, the kernel start-up, the 5 slowest
-cells (with their first line) and the slowest check cell (a cell that calls ``checks.``). The
-notebooks are not modified.
+cells (with their first line) and the slowest check cell (a cell that calls
+``checks.check_...``). The notebooks are not modified.
 
 Goals (issue 16): each solution at most 60 s on 2 cores, each check cell at most 2 s; Run All on
 a student lab (``--labs``, exercises unattempted) at most 15 s. Run:
@@ -73,7 +73,7 @@ def run_notebook(path: Path, slowest: int, timeout: int) -> float:
     print(f"  {slowest} slowest cells:")
     for seconds, index, cell in sorted(timed, key=lambda t: -t[0])[:slowest]:
         print(f"    {seconds:6.2f} s  cell {index + 1:>3}  {first_line(cell.source)}")
-    checks = [t for t in timed if "checks." in t[2].source]
+    checks = [t for t in timed if "checks.check_" in t[2].source]  # cells that run a check
     if checks:
         seconds, index, cell = max(checks, key=lambda t: t[0])
         print(f"  slowest check cell: {seconds:.2f} s  cell {index + 1}  {first_line(cell.source)}")

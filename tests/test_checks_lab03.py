@@ -39,6 +39,27 @@ def fails(check, fn) -> str:
     return "" if not result.attempted or result.passed else result.report()
 
 
+VARIANTS = (0, 1, 2, 3)  # the notebook's problem and three hidden ones
+
+
+def on_variant(check, fn, variant: int):
+    """The check's result on one variant (0: the notebook's problem; others: hidden)."""
+    from labkit.checks.core import run_check
+
+    return run_check(
+        check.body, check.check_name, check.points, fn, variant=variant, timeout=check.timeout
+    )
+
+
+def rejects(check, fn, variant: int) -> str:
+    """The failure message on a variant; fails the test if the check passed or did not run."""
+    result = on_variant(check, fn, variant)
+    text = result.report()
+    assert result.attempted and not result.passed, (fn.__name__, variant, text)
+    assert "check itself stopped" not in text, text
+    return text
+
+
 def test_every_exercise_has_a_check_and_stubs_are_not_attempted() -> None:
     assert set(lab03.EXERCISES) <= set(SOLUTION)
     for name, check in lab03.EXERCISES.items():
@@ -47,7 +68,7 @@ def test_every_exercise_has_a_check_and_stubs_are_not_attempted() -> None:
         assert not result.attempted and result.status == "not attempted", name
 
 
-@pytest.mark.parametrize("variant", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS[1:])
 def test_solution_passes_hidden_variants(variant: int) -> None:
     from labkit.checks.core import run_check
 
@@ -675,6 +696,28 @@ agreement_signed_topk = _with(
         )
     }
 )
+agreement_signed_topk_exact = _with(  # signed on the exact side only
+    **{
+        "top-k recall": lambda e, x, k, o: (
+            len(
+                set(x.flatten().topk(k).indices.tolist())
+                & set(e.flatten().abs().topk(k).indices.tolist())
+            )
+            / k
+        )
+    }
+)
+agreement_signed_topk_estimate = _with(  # signed on the estimate's side only
+    **{
+        "top-k recall": lambda e, x, k, o: (
+            len(
+                set(x.flatten().abs().topk(k).indices.tolist())
+                & set(e.flatten().topk(k).indices.tolist())
+            )
+            / k
+        )
+    }
+)
 agreement_sign_count = _with(
     **{"sign agreement": lambda e, x, k, o: float((x.sign() == e.sign()).sum())}
 )
@@ -688,22 +731,47 @@ def agreement_no_slope(estimate, exact, k=10):
     return out
 
 
-def test_agreement_check() -> None:
+for _name, _fn in list(globals().items()):  # name the wrong versions built by _with
+    if _name.startswith("agreement_") and _fn.__name__ == "fn":
+        _fn.__name__ = _name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_agreement_check(variant: int) -> None:
     check = lab03.check_agreement
     for good in (SOL["agreement"], agreement_numpy, agreement_corrcoef):
-        assert passes(check, good), good.__name__
-    for wrong in (
-        agreement_slope_swapped,
-        agreement_slope_through_origin,
-        agreement_spearman_is_pearson,
-        agreement_signed_topk,
-        agreement_sign_count,
-        agreement_recall_count,
-        agreement_no_slope,
-    ):
-        assert fails(check, wrong), wrong
-    assert "regressed exact on the estimate" in fails(check, agreement_slope_swapped)
-    assert "absolute value" in fails(check, agreement_signed_topk)
+        result = on_variant(check, good, variant)
+        assert result.passed, (good.__name__, result.report())
+    for wrong, named in [
+        (agreement_slope_swapped, "regressed exact on the estimate"),
+        (agreement_slope_through_origin, "through the origin"),
+        (agreement_spearman_is_pearson, "Spearman's rho is Pearson's r of the ranks"),
+        (agreement_signed_topk, "absolute value"),
+        (agreement_signed_topk_exact, "absolute value"),
+        (agreement_signed_topk_estimate, "absolute value"),
+        (agreement_sign_count, "not a count"),
+        (agreement_recall_count, "not a count"),
+        (agreement_no_slope, "slope"),
+    ]:
+        text = rejects(check, wrong, variant)
+        assert named in text, (wrong.__name__, variant, text)
+
+
+def test_agreement_problem_separates_every_shortcut_for_every_seed() -> None:
+    """Hidden variants use any seed: on each, every shortcut is off by > 8 x the tolerance, and
+    ranking by signed value gives another top-k recall than ranking by size, for every k."""
+    seeds = list(range(60)) + [(v * 1_000_003 + 7 * 7_919) % (2**31 - 1) for v in range(1, 60)]
+    for seed in seeds:
+        estimate, exact = lab03._agreement_problem(seed)
+        for k in lab03.AGREEMENT_KS:
+            want = lab03._agreement(estimate, exact, k)
+            assert want["top-k recall"] == pytest.approx((k - 1) / k)
+            x, y = exact.flatten(), estimate.flatten()
+            signed = len(set(x.topk(k).indices.tolist()) & set(y.topk(k).indices.tolist())) / k
+            assert signed <= (k - 2) / k + 1e-9, (seed, k)
+            for key, wrong in lab03._agreement_mistakes(estimate, exact, k).items():
+                for value, _ in wrong:
+                    assert abs(value - want[key]) > 0.005, (seed, k, key)
 
 
 # ----- 3.8 patches_to_find_top_k ----------------------------------------------------------------
@@ -757,21 +825,40 @@ def find_always_k(estimate, exact, k=10):
     return k
 
 
-def test_patches_to_find_top_k_check() -> None:
+def find_largest_only(estimate, exact, k=10):
+    """Stops when the single largest exact effect is found."""
+    return find_max_rank(estimate, exact, 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_patches_to_find_top_k_check(variant: int) -> None:
     check = lab03.check_patches_to_find_top_k
     for good in (SOL["patches_to_find_top_k"], find_max_rank, find_cumsum):
-        assert passes(check, good), good.__name__
-    for wrong in (
-        find_off_by_one,
-        find_signed,
-        find_signed_exact,
-        find_ascending,
-        find_first,
-        find_recall,
-        find_always_k,
-    ):
-        assert fails(check, wrong), wrong.__name__
-    assert "Off by one" in fails(check, find_off_by_one)
+        result = on_variant(check, good, variant)
+        assert result.passed, (good.__name__, result.report())
+    for wrong, named in [
+        (find_off_by_one, "Off by one"),
+        (find_signed, "not the signed estimate"),
+        (find_signed_exact, "large negative effect counts too"),
+        (find_ascending, ""),
+        (find_first, ""),
+        (find_recall, ""),
+        (find_always_k, ""),
+        (find_largest_only, ""),
+    ]:
+        text = rejects(check, wrong, variant)
+        assert named in text, (wrong.__name__, variant, text)
+
+
+def test_find_problem_has_the_same_answers_for_every_seed() -> None:
+    seeds = list(range(60)) + [(v * 1_000_003 + 8 * 7_919) % (2**31 - 1) for v in range(1, 60)]
+    for seed in seeds:
+        estimate, exact = lab03._find_problem(seed)
+        answers = {k: lab03._patches_needed(estimate, exact, k) for k in (2, 4, 5, 8)}
+        assert list(answers.values()) == [3, 5, 7, 11], (seed, answers)
+        for k, want in answers.items():
+            for signed in ("exact", "estimate"):
+                assert lab03._patches_needed(estimate, exact, k, signed) != want, (seed, k)
 
 
 # ----- 3.9 qk_fix -------------------------------------------------------------------------------
@@ -824,10 +911,12 @@ def qk_sum_all(scores_clean, scores_corrupted, pattern_grad):
     return SOL["qk_fix"](scores_clean, scores_corrupted, pattern_grad).sum()
 
 
-def test_qk_fix_check() -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_qk_fix_check(variant: int) -> None:
     check = lab03.check_qk_fix
     for good in (SOL["qk_fix"], qk_float64, qk_exp):
-        assert passes(check, good), good.__name__
+        result = on_variant(check, good, variant)
+        assert result.passed, (good.__name__, result.report())
     for wrong in (
         qk_plain,
         qk_sign,
@@ -838,12 +927,12 @@ def test_qk_fix_check() -> None:
         qk_no_mask,
         qk_sum_all,
     ):
-        assert fails(check, wrong), wrong.__name__
-    assert "plain linear estimate" in fails(check, qk_plain)
+        rejects(check, wrong, variant)
+    assert "plain linear estimate" in rejects(check, qk_plain, variant)
 
 
 # ----- 3.10 integrated_patching -----------------------------------------------------------------
-def ig_batched(lm, clean, corrupted, metric, n_steps=16):
+def ig_looped(lm, clean, corrupted, metric, n_steps=16):
     with torch.no_grad():
         x, b = lm.embed(clean), lm.embed(corrupted)
     total = torch.zeros_like(x)
@@ -910,7 +999,7 @@ def ig_fixed_steps(lm, clean, corrupted, metric, n_steps=16):
 
 def test_integrated_patching_check() -> None:
     check = lab03.check_integrated_patching
-    for good in (SOL["integrated_patching"], ig_batched, ig_float64_sum):
+    for good in (SOL["integrated_patching"], ig_looped, ig_float64_sum):
         assert passes(check, good), good.__name__
     for wrong in (
         ig_left,
@@ -924,3 +1013,24 @@ def test_integrated_patching_check() -> None:
     ):
         assert fails(check, wrong), wrong.__name__
     assert "midpoint" in fails(check, ig_left)
+
+
+# ----- every model-based check, on hidden variants ------------------------------------------------
+HIDDEN_MISTAKES = {  # exercise: the most plausible wrong versions, and the words naming each
+    "normalised_metric": [(metric_per_prompt, "each prompt separately"), (metric_flipped, "sign")],
+    "patch_grid": [(grid_noising, "noising")],
+    "patch_heads": [(heads_kv, "key/value heads"), (heads_resid_split, "")],
+    "activations_and_grads": [(grads_accumulate, "accumulate"), (grads_at_other_run, "")],
+    "attribution_patching": [(attr_grad_at_clean, "clean run"), (attr_noising, "noising")],
+    "head_attribution": [(head_attr_resid, "residual stream"), (head_attr_kv, "key/value heads")],
+    "integrated_patching": [(ig_left, "midpoint"), (ig_summed_not_averaged, "")],
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS[1:])
+def test_plausible_mistakes_fail_on_hidden_variants(variant: int) -> None:
+    for name, wrongs in HIDDEN_MISTAKES.items():
+        for wrong, named in wrongs:
+            _ACCUMULATED.clear()  # a fresh kernel for each
+            text = rejects(lab03.EXERCISES[name], wrong, variant)
+            assert named in text, (name, wrong.__name__, variant, text)

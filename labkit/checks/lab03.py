@@ -11,6 +11,7 @@ total effect. Loops, batches, float64, labkit hooks and nnsight are all accepted
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from functools import cache
 
@@ -85,6 +86,14 @@ def _linear_model(seed: int = 0) -> LabModel:
                 if param.dim() == 2:
                     param.mul_(3.0)
     return lm
+
+
+@cache
+def _linear_model64() -> LabModel:
+    """The linear model in float64, for its exact-patching reference: patching in float32 loses
+    about 3e-5 of the normalised metric to cancellation, more than the tolerance."""
+    lm = _linear_model()
+    return LabModel(copy.deepcopy(lm.model).double(), lm.tokenizer, lm.name)
 
 
 def _tokens(lm: LabModel, texts: tuple[str, ...]) -> Tensor:
@@ -511,7 +520,9 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     clean, corrupted = _tokens(lin, _CLEAN[:2]), _tokens(lin, _CORRUPTED[:2])
     metric = _reference_metric(lin, clean, corrupted, list(_TARGETS[:2]), list(_FOILS[:2]))
     site = t.choice(list(SITES))
-    exact = _exact_grid(lin, clean, corrupted, metric, site)
+    lin64 = _linear_model64()
+    metric64 = _reference_metric(lin64, clean, corrupted, list(_TARGETS[:2]), list(_FOILS[:2]))
+    exact = _exact_grid(lin64, clean, corrupted, metric64, site)
     corrupted_value = 0.0
     with t.part(f"exact on a model that is linear in its activations (site {site!r})", points=1):
         got = t.call(attribution_patching, lin, clean, corrupted, metric, site)
@@ -523,7 +534,7 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
             exact,
             "on a linear model, attribution patching equals "
             "exact patching minus the corrupted metric (0) in every cell",
-            atol=1e-4,
+            atol=2e-4,  # float32 attribution patching against float64 exact patching
             scale=_scale(exact),
             hint="Sum (clean - corrupted) * gradient over d_model and over the batch; the "
             "gradient must come from the corrupted run.",
@@ -593,51 +604,97 @@ def _pearson(a: Tensor, b: Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()))
 
 
+def _recall(x: Tensor, y: Tensor, k: int, signed_x: bool = False, signed_y: bool = False) -> float:
+    """Top-k recall of y against x, ranking each by size (or, as a mistake, by signed value)."""
+    top_x = set((x if signed_x else x.abs()).topk(k).indices.tolist())
+    top_y = set((y if signed_y else y.abs()).topk(k).indices.tolist())
+    return len(top_x & top_y) / k
+
+
 def _agreement(estimate: Tensor, exact: Tensor, k: int) -> dict[str, float]:
     x, y = exact.flatten().double(), estimate.flatten().double()
     xc = x - x.mean()
-    top_x = set(x.abs().topk(k).indices.tolist())
     return {
         "pearson": _pearson(x, y),
         "spearman": _pearson(_ranks(x), _ranks(y)),
         "slope": float((xc * (y - y.mean())).sum() / (xc * xc).sum()),
         "sign agreement": float((x.sign() == y.sign()).double().mean()),
-        "top-k recall": len(top_x & set(y.abs().topk(k).indices.tolist())) / k,
+        "top-k recall": _recall(x, y, k),
     }
 
 
 AGREEMENT_KEYS = ("pearson", "spearman", "slope", "sign agreement", "top-k recall")
+AGREEMENT_KS = (5, 4, 6)  # the k of the notebook's problem, then the hidden ones
 
 
-@check("Exercise 3.7: agreement with exact patching", points=2)
-def check_agreement(agreement: Callable, t: Checker) -> None:
-    gen = torch.Generator().manual_seed(t.seed(7))
-    exact = torch.randn(5, 6, generator=gen) ** 3  # heavy tails, like patching effects
-    exact[0, 1:5] = -(exact[0, 1:5].abs() + 2.0)  # large negative effects count for top-k too
-    exact = exact + 0.5  # a nonzero mean: a line through the origin is not the fit
-    estimate = 0.6 * exact + 0.3 * torch.randn(5, 6, generator=gen) - 0.05
-    estimate[0, 0] = -estimate[0, 0] - 0.5  # a large estimate with the wrong sign
-    estimate[0, 1:3] = -estimate[0, 1:3]  # two large effects with the wrong sign
-    k = t.choice([5, 4, 6])
-    want = _agreement(estimate, exact, k)
+def _agreement_problem(seed: int) -> tuple[Tensor, Tensor]:
+    """A 5 x 6 grid of exact effects and an estimate of them on which every shortcut in
+    :func:`_agreement_mistakes` gives another number than the right one, for every seed and
+    every k in AGREEMENT_KS:
+
+    * six large negative effects (|exact| 6 to 11.5) lead by absolute value. The estimate misses
+      the largest (close to 0) and raises a false alarm (-10 on a small effect) instead, so the
+      top-k recall is (k - 1) / k;
+    * the two largest positive effects are estimated with the wrong sign, so ranking by signed
+      value instead of size gives a recall of at most (k - 2) / k (by signed value on one side
+      only: at most 1 / k);
+    * the estimate is offset by +1, so a line through the origin has another slope.
+
+    The small effects are redrawn (from the same generator) until every other shortcut, such
+    as Spearman computed as Pearson, is off by a clear margin too.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    roles = torch.randperm(30, generator=gen)
+    large, missed, false_alarm, flipped = roles[:5], roles[5], roles[6], roles[7:9]
+    size = 6.0 + torch.arange(6.0) + 0.5 * torch.rand(6, generator=gen)  # distinct, 6 to 11.5
+    for _ in range(100):
+        exact = torch.randn(30, generator=gen).clamp(-1.4, 1.4) ** 3  # heavy tails, |x| < 2.75
+        estimate = 0.6 * exact + 0.3 * torch.randn(30, generator=gen).clamp(-1.0, 1.0)
+        exact[large], estimate[large] = -size[:5], -0.8 * size[:5]
+        exact[missed], estimate[missed] = -size[5], 0.1 * torch.rand((), generator=gen)
+        exact[false_alarm], estimate[false_alarm] = -0.5 * torch.rand((), generator=gen), -11.0
+        exact[flipped] = torch.tensor([4.0, 3.5]) + 0.3 * torch.rand(2, generator=gen)
+        estimate[flipped] = -0.5 * exact[flipped]
+        estimate, exact = (estimate + 1.0).view(5, 6), exact.view(5, 6)
+        if all(
+            abs(value - _agreement(estimate, exact, k)[key]) > 0.005  # 8 x the tolerance
+            for k in AGREEMENT_KS
+            for key, wrong in _agreement_mistakes(estimate, exact, k).items()
+            for value, _ in wrong
+        ):
+            break
+    return estimate, exact
+
+
+def _agreement_mistakes(estimate: Tensor, exact: Tensor, k: int) -> dict[str, list]:
+    """Plausible wrong values of each key, with the hint that names the mistake."""
     y, x = estimate.flatten().double(), exact.flatten().double()
     yc = y - y.mean()
-    wrong = {
+    by_sign = "Rank by size (absolute value): a large negative effect is a top effect too."
+    return {
         "slope": [
             (
                 float((yc * (x - x.mean())).sum() / (yc * yc).sum()),
                 "You regressed exact on the estimate. The slope is of the estimate (y) "
                 "against exact patching (x): cov(x, y) / var(x).",
-            )
+            ),
+            (
+                float((x * y).sum() / (x * x).sum()),
+                "That is the slope of a line through the origin. Fit the least-squares line "
+                "with an intercept: cov(x, y) / var(x).",
+            ),
         ],
         "spearman": [
-            (want["pearson"], "That is Pearson's r. Spearman's rho is Pearson's r of the ranks.")
+            (
+                _pearson(x, y),
+                "That is Pearson's r. Spearman's rho is Pearson's r of the ranks.",
+            )
         ],
         "top-k recall": [
-            (
-                len(set(x.topk(k).indices.tolist()) & set(y.topk(k).indices.tolist())) / k,
-                "Rank by size (absolute value): a large negative effect is a top effect too.",
-            )
+            (_recall(x, y, k, signed_x=True, signed_y=True), by_sign),
+            (_recall(x, y, k, signed_x=True), by_sign),
+            (_recall(x, y, k, signed_y=True), by_sign),
+            (k * _recall(x, y, k), "Return a fraction of k (between 0 and 1), not a count."),
         ],
         "sign agreement": [
             (
@@ -646,6 +703,14 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
             )
         ],
     }
+
+
+@check("Exercise 3.7: agreement with exact patching", points=2)
+def check_agreement(agreement: Callable, t: Checker) -> None:
+    estimate, exact = _agreement_problem(t.seed(7))
+    k = t.choice(list(AGREEMENT_KS))
+    want = _agreement(estimate, exact, k)
+    wrong = _agreement_mistakes(estimate, exact, k)
     with t.part("pearson, spearman, slope, sign agreement and top-k recall", points=2):
         got = t.call(agreement, estimate.clone(), exact.clone(), k)
         t.true(
@@ -657,7 +722,7 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
             t.close(
                 value,
                 want[key],
-                f"agreement(...)[{key!r}] on a 5 x 6 grid",
+                f"agreement(...)[{key!r}] on a 5 x 6 grid (k = {k})",
                 atol=1e-4,
                 mistakes=wrong.get(key, []),
             )
@@ -669,22 +734,53 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
 
 
 # ----- Exercise 3.8 -----------------------------------------------------------------------------
-def _patches_needed(estimate: Tensor, exact: Tensor, k: int) -> int:
-    top = set(exact.flatten().abs().topk(k).indices.tolist())
-    order = estimate.flatten().abs().argsort(descending=True).tolist()
+def _patches_needed(estimate: Tensor, exact: Tensor, k: int, signed: str = "") -> int:
+    """The answer (``signed=""``), or a mistake: the top-k of the signed exact effects
+    (``"exact"``), or the estimate's order by signed value (``"estimate"``)."""
+    exact, estimate = exact.flatten(), estimate.flatten()
+    top = set((exact if signed == "exact" else exact.abs()).topk(k).indices.tolist())
+    key = estimate if signed == "estimate" else estimate.abs()
+    order = key.argsort(descending=True).tolist()
     return max(order.index(i) for i in top) + 1
+
+
+FIND_KS = (2, (4, 5), 8)  # the k of each round; the middle one is a hidden choice
+# Rank of each of the exact top-8 components (largest first) in the estimate's order: every
+# answer is above k and differs between rounds (k = 2: 3, k = 4: 5, k = 5: 7, k = 8: 11).
+_FIND_RANKS = (3, 2, 4, 5, 7, 8, 9, 11)
+
+
+def _find_problem(seed: int) -> tuple[Tensor, Tensor]:
+    """40 exact effects and an estimate with a fixed ranking of the exact top-8 (_FIND_RANKS):
+
+    * the estimate's first component is a false alarm (-20 on a small effect), two more
+      (ranks 6 and 10) are false alarms too, and the largest effect comes third: no answer is k,
+      and counting the overlap of the two top-k sets, or stopping at the first find, differs;
+    * the largest and the fifth largest effects are negative (and so are their estimates):
+      the top-k by signed value, or the estimate ordered by signed value, gives other answers.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    roles = torch.randperm(40, generator=gen).tolist()
+    top, alarms = roles[:8], roles[8:11]  # alarms: estimate ranks 1, 6 and 10
+    exact = torch.randn(40, generator=gen).clamp(-1.2, 1.2) ** 3  # |effect| < 1.73
+    estimate = exact + 1.5 * torch.randn(40, generator=gen).clamp(-1.0, 1.0)  # |est| < 3.3
+    level = 20.0 - 1.5 * torch.arange(12.0) + 0.5 * torch.rand(12, generator=gen)  # > 3.5
+    for i, cell in enumerate(top):
+        sign = -1.0 if i in (0, 4) else 1.0
+        exact[cell] = sign * (12.0 - i + 0.4 * torch.rand((), generator=gen))
+        estimate[cell] = sign * level[_FIND_RANKS[i] - 1]
+    for cell, rank in zip(alarms, (1, 6, 10), strict=True):
+        exact[cell] = -0.2 * torch.rand((), generator=gen)
+        estimate[cell] = (-1.0 if rank == 1 else 1.0) * level[rank - 1]
+    return estimate, exact
 
 
 @check("Exercise 3.8: patches needed to find the top-k", points=1)
 def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> None:
-    gen = torch.Generator().manual_seed(t.seed(8))
-    exact = torch.randn(40, generator=gen) ** 3
-    estimate = exact + 1.5 * torch.randn(40, generator=gen)
-    estimate[exact.abs().argmax()] *= -1  # the largest effect, estimated with the wrong sign
+    estimate, exact = _find_problem(t.seed(8))
     with t.part("the rank, in estimate order, of the last exact top-k component", points=1):
-        for k in (2, t.choice([4, 5]), 8):
+        for k in (FIND_KS[0], t.choice(list(FIND_KS[1])), FIND_KS[2]):
             want = _patches_needed(estimate, exact, k)
-            signed = _patches_needed_signed(estimate, exact, k)
             got = t.call(patches_to_find_top_k, estimate.clone(), exact.clone(), k)
             got = t.scalar(got, f"patches_to_find_top_k(estimate, exact, k={k})")
             t.close(
@@ -695,17 +791,19 @@ def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> 
                 atol=0.1,
                 mistakes=[
                     (want - 1, "Off by one: count the patches, starting at 1."),
-                    (signed, "Order by absolute value, not the signed estimate."),
+                    (
+                        _patches_needed(estimate, exact, k, signed="estimate"),
+                        "Order by absolute value, not the signed estimate.",
+                    ),
+                    (
+                        _patches_needed(estimate, exact, k, signed="exact"),
+                        "The exact top-k are the largest effects by absolute value: a large "
+                        "negative effect counts too.",
+                    ),
                 ],
             )
         got = t.scalar(t.call(patches_to_find_top_k, exact.clone(), exact.clone(), 5), "n")
         t.close(got, 5, "a perfect estimate needs exactly k patches", atol=0.1)
-
-
-def _patches_needed_signed(estimate: Tensor, exact: Tensor, k: int) -> int:
-    top = set(exact.flatten().abs().topk(k).indices.tolist())
-    order = estimate.flatten().argsort(descending=True).tolist()
-    return max(order.index(i) for i in top) + 1
 
 
 # ----- Exercise 3.9 -----------------------------------------------------------------------------
