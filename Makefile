@@ -33,8 +33,9 @@ workspace:
 	done
 
 # Two workers, one per core, one thread each (more threads than cores stalls torch's thread
-# pool); tests that share a module-level fixture stay in one worker.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# pool). Tests are shared out one by one; a module whose tests share an expensive fixture
+# (a JupyterLab server, a graded class, a release) is marked xdist_group and stays in one worker.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 test: setup ipywidgets7
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

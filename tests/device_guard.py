@@ -145,3 +145,68 @@ class DeviceGuard(TorchFunctionMode):
         if self.log:
             with open(self.log, "a") as log:
                 log.write(json.dumps(asdict(mix)) + "\n")
+
+
+KERNEL_STARTUP = """\
+# Written by tests/test_notebooks.py: the notebook runs as if the model sat on a GPU.
+import sys
+
+sys.path.insert(0, {tests!r})
+import device_guard
+
+device_guard.guard_this_kernel({log!r})
+"""
+
+
+def guard_this_kernel(log: str) -> DeviceGuard:
+    """In a notebook's kernel (from an IPython startup file): every model that
+    ``labkit.load_model()`` returns is watched, each cell's source is remembered for the report,
+    and each finding is appended to ``log`` at once (so it survives a dead kernel)."""
+    from pathlib import Path
+
+    from IPython import get_ipython
+
+    import labkit
+    import labkit.models
+
+    Path(log).touch()  # the test knows the guard was installed
+    guard = DeviceGuard(log=log)
+    load_model = labkit.load_model
+
+    def load_watched_model(*args, **kwargs):
+        lm = load_model(*args, **kwargs)
+        guard.watch(lm.model)  # as if this model sat on a GPU
+        return lm
+
+    labkit.load_model = labkit.models.load_model = load_watched_model
+    get_ipython().events.register(
+        "pre_run_cell", lambda info: setattr(guard, "cell", info.raw_cell)
+    )
+    guard.__enter__()
+    return guard
+
+
+def read_log(log) -> list[dict]:
+    """The findings written to ``log`` (none if it does not exist)."""
+    from pathlib import Path
+
+    path = Path(log)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def describe(mixes: list[dict], sources: list[str], name: str, root: str = "") -> list[str]:
+    """One line per distinct finding: the notebook cell, the operation, where, and the code."""
+    lines = []
+    for mix in {json.dumps(m, sort_keys=True): m for m in mixes}.values():  # unique
+        cell = sources.index(mix["cell"]) if mix["cell"] in sources else "explorer check"
+        where = mix["where"].replace(root + "/", "") if root else mix["where"]
+        code = mix["code"] or mix["cell"].strip().splitlines()[0]
+        lines.append(f"{name} cell {cell}: {mix['op']} at {where}: {code}")
+    return lines
+
+
+ADVICE = (
+    "These lines combine a tensor made without device= with the model's tensors; on a GPU "
+    "they fail. Create the tensor on the model's device (device=lm.device, or "
+    "x.to(embeddings.device)):\n"
+)

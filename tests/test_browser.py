@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL_TIMEOUT = 900  # seconds; a 2-core laptop runs each lab in 1-4 minutes
 CONTROL_BUDGET = 180.0  # seconds for one control to redraw; printed next to each measurement
 
-pytestmark = [pytest.mark.browser, pytest.mark.notebook]
+pytestmark = [pytest.mark.browser, pytest.mark.notebook, pytest.mark.xdist_group("browser")]
 
 
 # ----- what a student does with each explorer ------------------------------------------------

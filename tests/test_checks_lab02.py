@@ -654,9 +654,18 @@ def grid_float64(lm, tokens, corrupted_embeds, target_id, site="resid", window=1
 
 
 def grid_batched_by_layer(
-    lm, tokens, corrupted_embeds, target_id, site="resid", window=1, *, mixed_rows=False
+    lm,
+    tokens,
+    corrupted_embeds,
+    target_id,
+    site="resid",
+    window=1,
+    *,
+    mixed_rows=False,
+    only_layers=None,
 ):
-    """One forward per layer: batch row (position, sample) restores its own position."""
+    """One forward per layer: batch row (position, sample) restores its own position.
+    ``only_layers``: compute only these layers' rows (the others stay 0)."""
     name = SITE_OF[site]
     n_samples, n_pos, _ = corrupted_embeds.shape
     with torch.no_grad(), capture(lm, name) as clean:
@@ -665,7 +674,7 @@ def grid_batched_by_layer(
     rows = torch.arange(len(positions))
     batch = corrupted_embeds.repeat(n_pos, 1, 1)  # row p * n_samples + s: position p, sample s
     grid = torch.zeros(lm.n_layers, n_pos)
-    for layer in range(lm.n_layers):
+    for layer in range(lm.n_layers) if only_layers is None else only_layers:
         layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
         with ExitStack() as stack, torch.no_grad():
             for restored in layers:
@@ -676,7 +685,9 @@ def grid_batched_by_layer(
                     return act
 
                 stack.enter_context(hooked(lm, name, restored, fn))
-            probs = lm.model(inputs_embeds=batch).logits[:, -1].softmax(-1)[:, target_id]
+            # only the last position's logits: the unembedding of every position costs most
+            logits = lm.model(inputs_embeds=batch, logits_to_keep=1).logits
+            probs = logits[:, -1].softmax(-1)[:, target_id]
         if mixed_rows:  # rows are position-major: this averages the wrong rows together
             grid[layer] = probs.view(n_samples, n_pos).mean(0)
         else:
@@ -859,12 +870,16 @@ def test_the_reference_grid_equals_a_per_cell_loop() -> None:
 
 
 def test_fast_grid_matches_the_loop_on_the_default_model(lm) -> None:
+    """Rows at both ends, the middle, and where the MLP window is cut by the first and last
+    layer (the other rows are compared on tiny models of every family above)."""
     tokens = lm.to_tokens("The capital of France is", prepend_anchor=True)
     corrupted = SOLUTION["corrupt_subject"](lm, tokens, [4], n_samples=2)
     target = lm.token_id(" Paris")
+    rows = [0, 3, 15, lm.n_layers - 2, lm.n_layers - 1]
     for site, window in [("resid", 1), ("mlp", 10)]:
-        fast = SOLUTION["restoration_grid"](lm, tokens, corrupted, target, site, window)
-        slow = grid_batched_by_layer(lm, tokens, corrupted, target, site, window)
+        fast = SOLUTION["restoration_grid"](lm, tokens, corrupted, target, site, window)[rows]
+        slow = grid_batched_by_layer(lm, tokens, corrupted, target, site, window, only_layers=rows)
+        slow = slow[rows]
         assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
 
 

@@ -2,114 +2,113 @@
 
 On a Colab GPU runtime ``load_model()`` puts the model on CUDA, and a lab cell, a check or an
 explorer that combines a tensor made without ``device=`` (a CPU tensor there) with the model's
-tensors fails. Each solution notebook (its exercise answers, its cells, the checks they call)
-runs here under :class:`device_guard.DeviceGuard`, which records such operations; extra cells
-then work the explorers' controls. The test lists every offending line with its cell.
+tensors fails. :class:`device_guard.DeviceGuard` records such operations on a CPU-only machine.
+
+* Every cell of each solution notebook (its exercise answers, the checks they call) runs under
+  the guard in tests/test_notebooks.py, during its nbval run.
+* Here: each notebook's explorer, built from the solution's own functions, with every control
+  worked; and the guard itself.
 """
 
 from __future__ import annotations
 
-import json
+import ast
+import builtins
 from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from device_guard import ADVICE, DeviceGuard, describe
+
+import labkit
+from labkit.build import solution_functions
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-CELL_TIMEOUT = 1200
-
-SETUP = """
-import sys
-sys.path.insert(0, {tests!r})
-import labkit, labkit.models
-from device_guard import DeviceGuard
-
-_device_guard = DeviceGuard(log={log!r})
-_load_model = labkit.load_model
-
-def _guarded_load_model(*args, **kwargs):
-    lm = _load_model(*args, **kwargs)
-    _device_guard.watch(lm.model)  # as if this model sat on a GPU
-    return lm
-
-labkit.load_model = labkit.models.load_model = _guarded_load_model
-get_ipython().events.register("pre_run_cell", lambda info: setattr(_device_guard, "cell", info.raw_cell))
-_device_guard.__enter__()
-"""  # noqa: E501
-# After the notebook: every explorer control, with the notebook's own functions.
-EXPLORE = {
-    "01_attribution": """
+# Each notebook's explorer cell (found by this text), then every control worked.
+EXPLORERS = {
+    "01_attribution": (
+        "explorer = AttributionExplorer(",
+        """
 explorer.prompt.value = "literal: current"
 explorer.target.value = " water"
 for name in explorer.methods:
     explorer.method.value = name
 """,
-    "02_causal_tracing": """
-_explorer = TracingExplorer(lm, restoration_grid, corrupt_subject)
+    ),
+    "02_causal_tracing": (
+        "TracingExplorer(lm,",
+        """
+explorer = TracingExplorer(lm, restoration_grid, corrupt_subject)
 for site in ["mlp", "attn", "resid"]:
-    _explorer.site.value = site
-_explorer.noise.value, _explorer.samples.value = 1.0, 2
+    explorer.site.value = site
+explorer.noise.value, explorer.samples.value = 1.0, 2
 """,
+    ),
+    "03_attribution_patching": (
+        "PatchingExplorer(lm, {",
+        """
+for site in ["attn_out", "heads", "mlp_out", "resid_pre"]:
+    explorer.site.value = site
+explorer.task.value = "ioi"
+explorer.pair.value = explorer.pair.options[-1]
+""",
+    ),
 }
 
 
-def run_guarded(path: Path, tmp_path: Path) -> tuple[list[dict], list[str], list[str]]:
-    """Run a notebook under the guard: (mixes, cell sources, errors)."""
-    notebook = nbformat.read(path, as_version=4)
-    sources = [cell.source for cell in notebook.cells]
-    log = tmp_path / "mixes.jsonl"  # written as they are found: survives a dead kernel
-    notebook.cells.insert(
-        0, nbformat.v4.new_code_cell(SETUP.format(tests=str(TESTS), log=str(log)))
-    )
-    notebook.cells.append(nbformat.v4.new_code_cell(EXPLORE.get(path.stem, "")))
-    try:
-        NotebookClient(
-            notebook,
-            timeout=CELL_TIMEOUT,
-            kernel_name="python3",
-            allow_errors=True,
-            resources={"metadata": {"path": str(tmp_path)}},
-        ).execute()
-    finally:
-        lines = log.read_text().splitlines() if log.exists() else []
-        mixes = [json.loads(line) for line in lines]
-        if mixes:
-            print("\n".join(describe(mixes, sources, path.name)))
-    errors = [
-        f"cell {i - 1}: {out['ename']}: {out['evalue']}"
-        for i, cell in enumerate(notebook.cells)
-        for out in cell.get("outputs", [])
-        if out.output_type == "error"
-    ]
-    return mixes, sources, errors
+def _free_names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def describe(mixes: list[dict], sources: list[str], name: str) -> list[str]:
-    lines = []
-    for mix in {json.dumps(m, sort_keys=True): m for m in mixes}.values():  # unique
-        cell = sources.index(mix["cell"]) if mix["cell"] in sources else "explorer check"
-        where = mix["where"].replace(str(ROOT) + "/", "")
-        code = mix["code"] or mix["cell"].strip().splitlines()[0]
-        lines.append(f"{name} cell {cell}: {mix['op']} at {where}: {code}")
-    return lines
+def notebook_globals(cells: list[str], names: set[str], namespace: dict) -> None:
+    """Run, in order, the top-level statements of ``cells`` that assign ``names`` (and what
+    those statements need in turn), so that the explorer cell finds the globals it reads."""
+    wanted, statements = set(names), []
+    for source in reversed(cells):  # later assignments win: walk back and resolve
+        try:
+            body = ast.parse(source).body
+        except SyntaxError:  # IPython magics: not where these globals are made
+            continue
+        for node in reversed(body):
+            targets = {
+                t.id
+                for t in getattr(node, "targets", [getattr(node, "target", None)])
+                if isinstance(t, ast.Name)
+            }
+            if targets & wanted:
+                wanted -= targets
+                wanted |= _free_names(node) - set(namespace) - set(dir(builtins))
+                statements.append(node)
+    for node in reversed(statements):
+        exec(compile(ast.Module(body=[node], type_ignores=[]), "<notebook>", "exec"), namespace)  # noqa: S102
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.stem)
-def test_lab_code_works_with_the_model_on_another_device(path: Path, tmp_path: Path) -> None:
-    mixes, sources, errors = run_guarded(path, tmp_path)
-    assert not errors, f"{path.name} failed under the device guard: {errors}"
-    found = describe(mixes, sources, path.name)
-    if not found:
-        print(f"{path.name}: no CPU tensor meets the model's tensors")
-    assert not found, (
-        "These lines combine a tensor made without device= with the model's tensors; on a GPU "
-        "they fail. Create the tensor on the model's device (device=lm.device, or "
-        "x.to(embeddings.device)):\n" + "\n".join(found)
-    )
+@pytest.mark.default_model
+@pytest.mark.parametrize("name", sorted(EXPLORERS))
+def test_explorers_work_with_the_model_on_another_device(name: str) -> None:
+    path = ROOT / "solutions" / f"{name}.ipynb"
+    marker, controls = EXPLORERS[name]
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    index = next(i for i, source in enumerate(cells) if marker in source)
+    explorer_cell = cells[index].replace(marker, "explorer = " + marker, 1)
+    if marker.startswith("explorer ="):
+        explorer_cell = cells[index]
+    namespace = solution_functions(path)
+    guard = DeviceGuard()
+    lm = labkit.load_model()
+    guard.watch(lm.model)
+    namespace["lm"] = lm
+    tree = ast.parse(explorer_cell)
+    needed = _free_names(tree) - set(namespace) - set(dir(builtins)) - {"explorer"}
+    with guard:
+        guard.cell = explorer_cell
+        notebook_globals(cells[:index], needed, namespace)
+        exec(explorer_cell, namespace)  # noqa: S102
+        guard.cell = controls
+        exec(controls, namespace)  # noqa: S102
+    found = describe([asdict(m) for m in guard.mixes], cells, path.name, str(ROOT))
+    assert not found, ADVICE + "\n".join(found)
 
 
 def test_the_guard_finds_a_cpu_tensor_mixed_with_model_tensors() -> None:

@@ -38,7 +38,10 @@ LIMITS = Limits(
     seconds_per_submission=120.0,
 )
 EXERCISES = list(load_lab("01").exercises)
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux"),
+    pytest.mark.xdist_group("grading"),  # one worker grades the class once for every test
+]
 
 
 # ----- a class of submissions ------------------------------------------------------------------
@@ -418,7 +421,9 @@ def test_written_answers_review_files(graded) -> None:
         rows = {r["student"]: r for r in csv.DictReader(handle)}
     # the "correct" student handed in the solution: their answer is the model answer of q1
     first = questions(SOLUTION)[0]
-    assert first.id == "q1" and first.model_answer.split()[:6] == rows["correct"]["answer"].split()[:6]
+    assert (
+        first.id == "q1" and first.model_answer.split()[:6] == rows["correct"]["answer"].split()[:6]
+    )
     assert rows["unattempted"]["answer"] == "" and rows["correct"]["points"] == ""
 
 

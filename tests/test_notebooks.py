@@ -1,11 +1,16 @@
-"""Every solution notebook passes nbval and draws the same figure data as before; every student
-notebook runs with exercises unattempted, and each of its checks says so.
+"""Every solution notebook passes nbval, draws the same figure data as before and works with
+the model on another device; every student notebook runs with exercises unattempted, and each
+of its checks says so.
 
 nbval compares printed outputs but skips images. So while nbval runs a solution notebook, every
 figure it shows also saves the numbers and labels it draws (tests/figures.py); they are compared
 with ``tests/data/figures/<notebook>.npz`` (3 significant digits of each array's largest value,
 as nbval compares printed numbers). After an intended change, record them again with
 ``LABKIT_RECORD_FIGURES=1 pytest tests/test_notebooks.py -k <notebook>`` and commit the file.
+
+The same run is watched by tests/device_guard.py as if the model sat on a GPU (Colab's GPU
+runtime): a line that combines a tensor made without ``device=`` with the model's tensors fails
+the test, with its cell (one run of each notebook serves all three comparisons).
 """
 
 import importlib
@@ -18,6 +23,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from device_guard import ADVICE, KERNEL_STARTUP, describe, read_log
 from figures import compare_figure_data, ipython_dir_recording_figures, load_recorded
 from nbclient import NotebookClient
 
@@ -32,11 +38,17 @@ REPORT = re.compile(r"^\[(passed|failed|not attempted)\] Exercise ")  # a check'
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_notebook_passes_nbval(path: Path, tmp_path: Path) -> None:
-    """Runs every cell and compares its outputs with the stored ones (after sanitising), and
-    the data of every figure it shows with the recorded data."""
+    """Runs every cell and compares its outputs with the stored ones (after sanitising), the
+    data of every figure it shows with the recorded data, and finds CPU tensors that meet the
+    model's tensors."""
     shown = tmp_path / "figures"
     shown.mkdir()
-    env = {**os.environ, "IPYTHONDIR": ipython_dir_recording_figures(tmp_path / "ipython", shown)}
+    ipython_dir = ipython_dir_recording_figures(tmp_path / "ipython", shown)
+    mixes = tmp_path / "device_mixes.jsonl"
+    (tmp_path / "ipython" / "profile_default" / "startup" / "01-device-guard.py").write_text(
+        KERNEL_STARTUP.format(tests=str(ROOT / "tests"), log=str(mixes)), encoding="utf-8"
+    )
+    env = {**os.environ, "IPYTHONDIR": ipython_dir}
     result = subprocess.run(
         [
             sys.executable,
@@ -58,7 +70,11 @@ def test_solution_notebook_passes_nbval(path: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    sources = [cell.source for cell in nbformat.read(path, as_version=4).cells]
+    found = describe(read_log(mixes), sources, path.name, str(ROOT))
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:] + "\n".join(found)
+    assert mixes.exists(), "the device guard was not installed: its startup file did not run"
+    assert not found, ADVICE + "\n".join(found)
     got = load_recorded(shown)
     assert got, "no figure was recorded: the recording startup file did not run"
     reference = FIGURES / f"{path.stem}.npz"
