@@ -883,7 +883,7 @@ def test_fast_grid_matches_the_loop_on_the_default_model(lm) -> None:
         assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
 
 
-# ----- 2.8 average_indirect_effect ---------------------------------------------------------------
+# ----- 2.7 average_indirect_effect ---------------------------------------------------------------
 ROLES = lab02.ROLES
 
 
@@ -1036,6 +1036,356 @@ def test_average_indirect_effect_hidden_variants(variant) -> None:
     assert_passes(check, SOLUTION["average_indirect_effect"], variant)
     assert_passes(check, aie_nanmean, variant)
     for wrong, needle in AIE_WRONG[:5]:
+        assert_rejects(check, wrong, needle, variant)
+
+
+# ----- 2.3 cross_context_curve -------------------------------------------------------------------
+def _donor_last(lm, donor):
+    with torch.no_grad(), capture(lm, "resid_post") as cache:
+        lm.model(donor)
+    return cache.stack("resid_post")[:, 0, -1]  # (n_layers, d_model)
+
+
+def cross_looped(lm, recipient, donor, target_id):
+    """One forward per layer, with labkit.hooks.patch at position -1."""
+    vectors = _donor_last(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+    return torch.stack(probs)
+
+
+def cross_float64(lm, recipient, donor, target_id):
+    return SOLUTION["cross_context_curve"](float64(lm), recipient, donor, target_id)
+
+
+def cross_nnsight(lm, recipient, donor, target_id):
+    model = nnsight_model(lm)
+    vectors = _donor_last(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), model.trace(recipient):
+            module_at(model, lm, layer, "resid_post").output[:, -1, :] = vectors[layer]
+            logits = model.lm_head.output.save()
+        probs.append(logits[0, -1].softmax(-1)[target_id])
+    return torch.stack(probs)
+
+
+def _cross_with(vectors_of, *, site="resid_post", positions=(-1,), run_donor=False, every=False):
+    def cross(lm, recipient, donor, target_id):
+        if run_donor:
+            recipient, donor = donor, recipient
+        vectors = vectors_of(lm, donor, recipient)
+        probs = []
+        for layer in range(lm.n_layers):
+            with ExitStack() as stack, torch.no_grad():
+                for other in range(lm.n_layers) if every else [layer]:
+                    stack.enter_context(patch(lm, site, other, vectors[other], positions=positions))
+                probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+        return torch.stack(probs)
+
+    return cross
+
+
+def _pre_last(lm, donor, recipient):
+    with torch.no_grad(), capture(lm, "resid_pre") as cache:
+        lm.model(donor)
+    return cache.stack("resid_pre")[:, 0, -1]
+
+
+def _hidden_states_last(lm, donor, recipient):
+    with torch.no_grad():
+        hidden = lm.model(donor, output_hidden_states=True).hidden_states
+    return torch.stack(hidden[:-1])[:, 0, -1]  # hidden_states[L]: the input of block L
+
+
+def _same_index(lm, donor, recipient):
+    with torch.no_grad(), capture(lm, "resid_post") as cache:
+        lm.model(donor)
+    return cache.stack("resid_post")[:, 0, recipient.shape[1] - 1]
+
+
+cross_every_position = _cross_with(lambda lm, d, r: _donor_last(lm, d), positions=None)
+cross_swapped = _cross_with(lambda lm, d, r: _donor_last(lm, d), run_donor=True)
+cross_resid_pre = _cross_with(_pre_last, site="resid_pre")
+cross_hidden_states = _cross_with(_hidden_states_last)
+cross_same_index = _cross_with(_same_index)
+cross_every_row = _cross_with(lambda lm, d, r: _donor_last(lm, d), every=True)
+
+
+def cross_logits(lm, recipient, donor, target_id):
+    vectors = _donor_last(lm, donor)
+    out = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            out.append(lm.model(recipient).logits[0, -1, target_id])
+    return torch.stack(out)
+
+
+CROSS_CORRECT = [SOLUTION["cross_context_curve"], cross_looped, cross_float64, cross_nnsight]
+CROSS_WRONG = [
+    (cross_every_position, "every position"),
+    (cross_swapped, "recipient's vector into the donor's run"),
+    (cross_resid_pre, "shifted by one layer"),
+    (cross_hidden_states, "hidden_states[L]"),
+    (cross_same_index, "recipient's last index"),
+    (cross_every_row, "row L must patch layer L only"),
+    (cross_logits, "You returned logits"),
+]
+
+
+@pytest.mark.parametrize("fn", CROSS_CORRECT, ids=lambda f: f.__name__)
+def test_cross_context_curve_accepts(fn) -> None:
+    assert_passes(lab02.check_cross_context_curve, fn)
+
+
+@pytest.mark.parametrize("fn, needle", CROSS_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_cross_context_curve_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_cross_context_curve, fn, needle)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_context_curve_hidden_variants(variant) -> None:
+    check = lab02.check_cross_context_curve
+    assert_passes(check, SOLUTION["cross_context_curve"], variant)
+    assert_passes(check, cross_looped, variant)
+    for wrong, needle in CROSS_WRONG[:4]:
+        assert_rejects(check, wrong, needle, variant)
+
+
+def test_cross_context_mistakes_differ_from_the_answer() -> None:
+    """Every shortcut gives another curve on the notebook's problem (so each can be named)."""
+    lm = lab02._model("llama")
+    recipient, donor = (lab02._ids(lm, text) for text in lab02._CROSS[0])
+    with torch.no_grad():
+        donor_probs, own_probs = (
+            lm.model(ids).logits[0, -1].softmax(-1) for ids in (donor, recipient)
+        )
+    target = lab02._cross_target(donor_probs, own_probs)
+    curve = lab02._cross_problem(lm, recipient, donor, target)
+    right = curve()
+    wrong = {m: curve(m) for m in lab02._CROSS_MISTAKES}
+    for name, values in wrong.items():
+        assert not torch.allclose(values.log(), right.log(), atol=1e-3), name
+    names = [m for m in wrong if m != "logits"]  # logits are compared as they are
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not torch.allclose(wrong[a].log(), wrong[b].log(), atol=1e-3), (a, b)
+
+
+# ----- 2.6 recovery ------------------------------------------------------------------------------
+def recovery_float64(probs, p_clean, p_corrupted):
+    return (probs.double() - p_corrupted) / (p_clean - p_corrupted)
+
+
+def recovery_lerp_inverse(probs, p_clean, p_corrupted):
+    """Solve lerp(p_corrupted, p_clean, r) = probs for r, with numpy."""
+    import numpy as np
+
+    lo, hi = np.float64(p_corrupted), np.float64(p_clean)
+    return torch.from_numpy((probs.numpy().astype(np.float64) - lo) / (hi - lo))
+
+
+def recovery_looped(probs, p_clean, p_corrupted):
+    out = torch.empty_like(probs)
+    flat, dest = probs.reshape(-1), out.view(-1)
+    for i in range(flat.numel()):
+        dest[i] = (flat[i] - p_corrupted) / (p_clean - p_corrupted)
+    return out
+
+
+def recovery_no_subtraction(probs, p_clean, p_corrupted):
+    return probs / (p_clean - p_corrupted)
+
+
+def recovery_over_clean(probs, p_clean, p_corrupted):
+    return (probs - p_corrupted) / p_clean
+
+
+def recovery_ratio(probs, p_clean, p_corrupted):
+    return probs / p_clean
+
+
+def recovery_reversed(probs, p_clean, p_corrupted):
+    return (p_clean - probs) / (p_clean - p_corrupted)
+
+
+def recovery_clipped(probs, p_clean, p_corrupted):
+    return recovery_float64(probs, p_clean, p_corrupted).clamp(0, 1)
+
+
+def recovery_min_max(probs, p_clean, p_corrupted):
+    return (probs - probs.min()) / (probs.max() - probs.min())
+
+
+def recovery_abs(probs, p_clean, p_corrupted):
+    return (probs - p_corrupted) / abs(p_clean - p_corrupted)
+
+
+def recovery_percent(probs, p_clean, p_corrupted):
+    return 100 * recovery_float64(probs, p_clean, p_corrupted)
+
+
+def recovery_log(probs, p_clean, p_corrupted):
+    import math
+
+    return (probs.log() - math.log(p_corrupted)) / (math.log(p_clean) - math.log(p_corrupted))
+
+
+def recovery_in_place(probs, p_clean, p_corrupted):
+    probs -= p_corrupted
+    probs /= p_clean - p_corrupted
+    return probs
+
+
+RECOVERY_CORRECT = [
+    SOLUTION["recovery"],
+    recovery_float64,
+    recovery_lerp_inverse,
+    recovery_looped,
+]
+RECOVERY_WRONG = [
+    (recovery_no_subtraction, "subtract p_corrupted first"),
+    (recovery_over_clean, "You divided by p_clean"),
+    (recovery_ratio, "probs / p_clean"),
+    (recovery_reversed, "1 - recovery"),
+    (recovery_clipped, "You clipped"),
+    (recovery_min_max, "grid's own minimum"),
+    (recovery_abs, "absolute value of the total effect"),
+    (recovery_percent, "percentages"),
+    (recovery_log, "log-probabilities"),
+    (recovery_in_place, "changed its input"),
+]
+
+
+@pytest.mark.parametrize("fn", RECOVERY_CORRECT, ids=lambda f: f.__name__)
+def test_recovery_accepts(fn) -> None:
+    assert_passes(lab02.check_recovery, fn)
+
+
+@pytest.mark.parametrize("fn, needle", RECOVERY_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_recovery_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_recovery, fn, needle)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_recovery_hidden_variants(variant) -> None:
+    check = lab02.check_recovery
+    assert_passes(check, SOLUTION["recovery"], variant)
+    assert_passes(check, recovery_looped, variant)
+    for wrong, needle in RECOVERY_WRONG:
+        assert_rejects(check, wrong, needle, variant)
+
+
+# ----- 2.8 average_recovery ----------------------------------------------------------------------
+def _kept(grids, clean, corrupted, subjects, min_effect, rule=lambda hi, lo: hi - lo):
+    return [
+        (g, hi, lo, s)
+        for g, hi, lo, s in zip(grids, clean, corrupted, subjects, strict=True)
+        if rule(hi, lo) >= min_effect
+    ]
+
+
+def avg_recovery_loops(grids, clean, corrupted, subjects, min_effect=0.05):
+    kept = _kept(grids, clean, corrupted, subjects, min_effect)
+    normalised = [recovery_looped(g.clone(), hi, lo) for g, hi, lo, _ in kept]
+    return aie_loops(normalised, [0.0] * len(kept), [s for *_, s in kept])
+
+
+def avg_recovery_float64_nanmean(grids, clean, corrupted, subjects, min_effect=0.05):
+    """Normalise every prompt, NaN out the ones below the threshold, nanmean per role."""
+    per_prompt = []
+    for g, hi, lo, s in zip(grids, clean, corrupted, subjects, strict=True):
+        rec = (g.double() - lo) / (hi - lo)
+        if hi - lo < min_effect:
+            rec = torch.full_like(rec, torch.nan)
+        per_prompt.append(
+            torch.stack(
+                [
+                    rec[:, p].mean(1) if p else torch.full((g.shape[0],), torch.nan)
+                    for p in _roles(s, g.shape[1])
+                ],
+                dim=1,
+            )
+        )
+    return torch.stack(per_prompt).nanmean(0)
+
+
+def _avg_recovery_wrong(
+    rule=lambda hi, lo: hi - lo, normalise=None, zero_dropped=False, fixed=None, after=None
+):
+    def fn(grids, clean, corrupted, subjects, min_effect=0.05):
+        threshold = fixed if fixed is not None else min_effect
+        recs, subs, totals = [], [], []
+        for g, hi, lo, s in zip(grids, clean, corrupted, subjects, strict=True):
+            if rule(hi, lo) < threshold and not zero_dropped:
+                continue
+            rec = normalise(g, hi, lo) if normalise else recovery_float64(g, hi, lo)
+            if zero_dropped and hi - lo < threshold:
+                rec = torch.zeros_like(rec)
+            recs.append(rec)
+            subs.append(s)
+            totals.append(hi - lo)
+        out = aie_loops(recs, [0.0] * len(recs), subs)
+        return after(out, totals) if after else out
+
+    return fn
+
+
+avg_recovery_no_threshold = _avg_recovery_wrong(rule=lambda hi, lo: 1.0)
+avg_recovery_zeroed = _avg_recovery_wrong(zero_dropped=True)
+avg_recovery_abs = _avg_recovery_wrong(rule=lambda hi, lo: abs(hi - lo))
+avg_recovery_clean_threshold = _avg_recovery_wrong(rule=lambda hi, lo: hi)
+avg_recovery_raw = _avg_recovery_wrong(normalise=lambda g, hi, lo: g.double() - lo)
+avg_recovery_ratio_of_means = _avg_recovery_wrong(
+    normalise=lambda g, hi, lo: g.double() - lo,
+    after=lambda out, totals: out / (sum(totals) / len(totals)),
+)
+avg_recovery_clipped = _avg_recovery_wrong(
+    normalise=lambda g, hi, lo: recovery_float64(g, hi, lo).clamp(0, 1)
+)
+avg_recovery_fixed_threshold = _avg_recovery_wrong(fixed=0.05)
+
+
+def avg_recovery_transposed(grids, clean, corrupted, subjects, min_effect=0.05):
+    return avg_recovery_loops(grids, clean, corrupted, subjects, min_effect).T
+
+
+AVG_RECOVERY_CORRECT = [
+    SOLUTION["average_recovery"],
+    avg_recovery_loops,
+    avg_recovery_float64_nanmean,
+]
+AVG_RECOVERY_WRONG = [
+    (avg_recovery_no_threshold, "below min_effect"),
+    (avg_recovery_zeroed, "counted the prompts below min_effect as zero"),
+    (avg_recovery_abs, "negative total effect"),
+    (avg_recovery_clean_threshold, "filtered on the clean probability"),
+    (avg_recovery_raw, "averaged raw indirect effects"),
+    (avg_recovery_ratio_of_means, "average total effect"),
+    (avg_recovery_clipped, "You clipped"),
+    (avg_recovery_fixed_threshold, "ignored the min_effect argument"),
+    (avg_recovery_transposed, "One row per layer"),
+]
+
+
+@pytest.mark.parametrize("fn", AVG_RECOVERY_CORRECT, ids=lambda f: f.__name__)
+def test_average_recovery_accepts(fn) -> None:
+    assert_passes(lab02.check_average_recovery, fn)
+
+
+@pytest.mark.parametrize("fn, needle", AVG_RECOVERY_WRONG, ids=lambda x: getattr(x, "__name__", ""))
+def test_average_recovery_rejects(fn, needle) -> None:
+    assert_rejects(lab02.check_average_recovery, fn, needle)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_average_recovery_hidden_variants(variant) -> None:
+    check = lab02.check_average_recovery
+    assert_passes(check, SOLUTION["average_recovery"], variant)
+    assert_passes(check, avg_recovery_float64_nanmean, variant)
+    for wrong, needle in AVG_RECOVERY_WRONG:
         assert_rejects(check, wrong, needle, variant)
 
 

@@ -29,9 +29,12 @@ __all__ = [
     "EXERCISES",
     "ROLES",
     "check_average_indirect_effect",
+    "check_average_recovery",
     "check_collect_activations",
+    "check_cross_context_curve",
     "check_corrupt_subject",
     "check_patch_position",
+    "check_recovery",
     "check_restoration_grid",
     "skip_if_unattempted",
 ]
@@ -693,7 +696,7 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
             )
 
 
-# ----- Exercise 2.6 ------------------------------------------------------------------------------
+# ----- Exercise 2.5 ------------------------------------------------------------------------------
 def _grid_problem(
     lm: LabModel, tokens: torch.Tensor, corrupted: torch.Tensor, target_id: int
 ) -> Callable:
@@ -828,7 +831,7 @@ _SITE_MISTAKES = {
 }
 
 
-@check("Exercise 2.6: the restoration grid", points=5, timeout=60)
+@check("Exercise 2.5: the restoration grid", points=5, timeout=60)
 def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
     family = t.choice(("llama", "gpt2", "qwen2", "gpt_neox"))
     text, span = t.choice(_SUBJECTS)
@@ -933,7 +936,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             )
 
 
-# ----- Exercise 2.8 ------------------------------------------------------------------------------
+# ----- Exercise 2.7 ------------------------------------------------------------------------------
 def _aie(grids, corrupted_probs, subjects, mistake: str = "") -> torch.Tensor:
     """The reference average indirect effect (n_layers, 4), or a known mistake's."""
     n_layers = grids[0].shape[0]
@@ -995,7 +998,7 @@ def _aie_problem(t: Checker) -> tuple[list, list, list]:
     return grids, lows, subjects
 
 
-@check("Exercise 2.8: average indirect effect", points=2, timeout=30)
+@check("Exercise 2.7: average indirect effect", points=2, timeout=30)
 def check_average_indirect_effect(average_indirect_effect: Callable, t: Checker) -> None:
     # Hand-made: two prompts, 2 layers. A: 7 tokens, subject 1..3. B: 5 tokens, subject 2.
     grid_a = torch.tensor(
@@ -1056,11 +1059,360 @@ def _role_hint(role: str) -> str:
     }[role]
 
 
+# ----- Exercise 2.3 ------------------------------------------------------------------------------
+# Pairs of prompts of different lengths: (recipient, donor).
+_CROSS = (
+    ("The cat sat", "A dog ran far."),
+    ("Cats nap.", "Big dogs run!"),
+    ("Red sun up", "An owl flew by"),
+)
+_CROSS_MISTAKES = {
+    "every position": "Your curve matches overwriting every position of the recipient with the "
+    "donor's last vector (labkit.hooks.patch with positions=None patches all of them): patch "
+    "the last position only.",
+    "swapped": "Your curve matches patching the recipient's vector into the donor's run: the "
+    "run is the recipient's, the patched vector is the donor's.",
+    "resid_pre": "Your curve is shifted by one layer: it matches patching resid_pre[L] (the "
+    "input of block L); patch resid_post[L], the output of block L.",
+    "hidden_states": "Your donor vector at layer L is the donor's hidden_states[L], the input "
+    "of block L (hidden_states[0] is the embedding): take hidden_states[L + 1] or a hook.",
+    "same index": "Your donor vector is taken at the recipient's last index, which is not the "
+    "donor's last position when the prompts differ in length: take the donor's position -1.",
+    "every row": "Every batch row has every layer patched: row L must patch layer L only.",
+    "logits": "You returned logits: return probabilities (softmax over the vocabulary).",
+}
+
+
+def _cross_problem(lm: LabModel, recipient: torch.Tensor, donor: torch.Tensor, target_id: int):
+    """The expected curve (n_layers,) and a function giving each known mistake's curve."""
+    n_layers = lm.n_layers
+    cache = _acts(lm, ["resid_pre", "resid_post"], input_ids=donor)
+    post = cache.stack("resid_post")[:, 0]  # (n_layers, pos_d, d_model)
+    pre = cache.stack("resid_pre")[:, 0]
+    rows = recipient.repeat(n_layers, 1)
+
+    def curve(mistake: str = "") -> torch.Tensor:
+        site, vectors, at, tokens = "resid_post", post[:, -1], -1, rows
+        if mistake == "resid_pre":
+            site, vectors = "resid_pre", pre[:, -1]
+        if mistake == "hidden_states":
+            vectors = pre[:, -1]
+        if mistake == "same index":
+            vectors = post[:, recipient.shape[1] - 1]
+        if mistake == "every position":
+            at = None
+        if mistake == "swapped":
+            other = _acts(lm, ["resid_post"], input_ids=recipient).stack("resid_post")[:, 0, -1]
+            vectors, tokens = other, donor.repeat(n_layers, 1)
+        if mistake == "every row":
+            edits = [[(site, L, at, vectors[L], False) for L in range(n_layers)]] * n_layers
+        else:
+            edits = [[(site, L, at, vectors[L], False)] for L in range(n_layers)]
+        logits = _run(lm, edits, input_ids=tokens)  # (n_layers, vocab)
+        if mistake == "logits":
+            return logits[:, target_id]
+        return logits.softmax(-1)[:, target_id]
+
+    return curve
+
+
+def _cross_target(donor_probs: torch.Tensor, own_probs: torch.Tensor) -> int:
+    """The token most likely in both runs: the tiny models' distributions are peaked, and a
+    target with p = 1e-12 in one run would make many mistakes look alike."""
+    return int(torch.minimum(donor_probs, own_probs).argmax())
+
+
+def _close_log(t: Checker, got: torch.Tensor, expected: torch.Tensor, what: str, **kw) -> None:
+    """Compare probabilities as log-probabilities: relative precision at every size."""
+    mistakes = kw.pop("mistakes", ())
+    if not bool((got > 0).all()):
+        t.close(got, expected, what, atol=1e-6, rtol=1e-4, mistakes=mistakes, **kw)
+        t.fail(what, "Some of your values are not positive: return probabilities.", kw["hint"])
+    log_mistakes = _Mistakes(
+        lambda: [(wrong.log(), hint) for wrong, hint in mistakes if bool((wrong > 0).all())]
+    )
+    t.close(
+        got.double().log(),
+        expected.double().log(),
+        what + " (compared as log-probabilities)",
+        atol=2e-4,
+        rtol=1e-4,
+        mistakes=log_mistakes,
+        **kw,
+    )
+
+
+@check("Exercise 2.3: cross-context patching at every layer", points=3, timeout=30)
+def check_cross_context_curve(cross_context_curve: Callable, t: Checker) -> None:
+    family = t.choice(("llama", "gpt2", "qwen2", "gpt_neox"))
+    recipient_text, donor_text = t.choice(_CROSS)
+    with _one_thread():
+        lm = t.watch(_model(family), f"the tiny {family} model")
+        recipient, donor = _ids(lm, recipient_text), _ids(lm, donor_text)
+        with torch.no_grad():
+            donor_probs = lm.model(donor).logits[0, -1].double().softmax(-1)  # (vocab,)
+            own_probs = lm.model(recipient).logits[0, -1].double().softmax(-1)
+        target_id = _cross_target(donor_probs, own_probs)
+        forward = _cross_problem(lm, recipient, donor, target_id)
+        backward = _cross_problem(lm, donor, recipient, target_id)
+        expected = {"forward": forward(), "backward": backward()}
+        shape = (lm.n_layers,)
+
+        def curve(run_tokens, donor_tokens, what: str) -> torch.Tensor:
+            got = t.call(cross_context_curve, lm, run_tokens, donor_tokens, target_id)
+            return t.tensor(
+                got,
+                what,
+                shape=shape,
+                hint="One probability per layer: p(target) in the recipient's run with layer L "
+                "patched, shape (n_layers,).",
+            )
+
+        cases = [
+            ("forward", recipient, donor, forward, "a donor longer than the recipient"),
+            ("backward", donor, recipient, backward, "a donor shorter than the recipient"),
+        ]
+        for key, run_tokens, donor_tokens, problem, words in cases:
+            with t.part(f"every layer, {words}", points=1):
+                what = (
+                    f"cross_context_curve(lm, recipient, donor, target_id) with {words}: every "
+                    "layer against a reference patch of that one layer"
+                )
+                names = [m for m in _CROSS_MISTAKES if key == "forward" or m != "same index"]
+                _close_log(
+                    t,
+                    curve(run_tokens, donor_tokens, what),
+                    expected[key],
+                    what,
+                    mistakes=_Mistakes(
+                        lambda problem=problem, names=names: [
+                            (problem(m), _CROSS_MISTAKES[m]) for m in names
+                        ]
+                    ),
+                    hint="Row L: run the recipient with its last position's resid_post[L] "
+                    "replaced by the donor's last position's resid_post[L]; return softmax of "
+                    "the last logits at target_id.",
+                )
+
+        with t.part("a prompt patched with itself gives its own probability everywhere", points=1):
+            what = "cross_context_curve(lm, tokens, tokens, target_id): donor = recipient"
+            _close_log(
+                t,
+                curve(recipient, recipient, what),
+                own_probs[target_id].expand(shape),
+                what,
+                hint="Patching a run's own vector back in must change nothing; check that you "
+                "patch the last position of a fresh run of the recipient.",
+            )
+            _close_log(
+                t,
+                curve(recipient, donor, what + " (then the donor again)")[-1:],
+                donor_probs[target_id].reshape(1),
+                "at the last layer the patched vector is the final residual stream, so the "
+                "recipient predicts what the donor predicts",
+                hint="At layer n_layers - 1 the curve must end on the donor run's p(target).",
+            )
+
+
+# ----- Exercise 2.6 ------------------------------------------------------------------------------
+_RECOVERY_MISTAKES = {
+    "no subtraction": "You divided the raw probability by the total effect: subtract p_corrupted "
+    "first, (probs - p_corrupted) / (p_clean - p_corrupted).",
+    "over clean": "You divided by p_clean; divide by the total effect p_clean - p_corrupted.",
+    "ratio": "You returned probs / p_clean: recovery measures the part of the lost "
+    "probability that came back, (probs - p_corrupted) / (p_clean - p_corrupted).",
+    "reversed": "Your values are 1 - recovery: the clean probability must map to 1 and the "
+    "corrupted one to 0.",
+    "clipped": "You clipped to 0..1; keep values outside it: above 1 means the restored run "
+    "beats the clean run, below 0 that the restoration hurts.",
+    "min-max": "You normalised by the grid's own minimum and maximum; use the clean and "
+    "corrupted runs' probabilities as the two ends of the scale.",
+    "abs": "You took the absolute value of the total effect; keep its sign (when the corruption "
+    "raises p(target), p_clean - p_corrupted is negative).",
+    "percent": "You returned percentages: recovery is a fraction (1 = clean).",
+    "log": "You normalised log-probabilities; normalise the probabilities themselves.",
+}
+
+
+def _recovery(probs: torch.Tensor, high: float, low: float, mistake: str = "") -> torch.Tensor:
+    probs = probs.double()
+    if mistake == "no subtraction":
+        return probs / (high - low)
+    if mistake == "over clean":
+        return (probs - low) / high
+    if mistake == "ratio":
+        return probs / high
+    if mistake == "min-max":
+        return (probs - probs.min()) / (probs.max() - probs.min())
+    if mistake == "abs":
+        return (probs - low) / abs(high - low)
+    if mistake == "log":
+        return (probs.log() - math.log(low)) / (math.log(high) - math.log(low))
+    value = (probs - low) / (high - low)
+    return {
+        "reversed": 1 - value,
+        "clipped": value.clamp(0, 1),
+        "percent": 100 * value,
+    }.get(mistake, value)
+
+
+@check("Exercise 2.6: recovery, normalised", points=2, timeout=10)
+def check_recovery(recovery: Callable, t: Checker) -> None:
+    rng = torch.Generator().manual_seed(t.seed(6))
+    high, low = t.choice(((0.62, 0.08), (0.47, 0.02), (0.9, 0.31)))
+    grid = 0.01 + 0.85 * torch.rand(4, 6, generator=rng)  # (n_layers, pos): some beyond high
+    grid[0, 0], grid[1, 1] = high, low
+    curve = 0.05 + 0.6 * torch.rand(5, generator=rng)  # (n_layers,)
+    problems = [
+        ("a (4, 6) grid", grid, high, low, "the clean run's p(target) is the larger"),
+        (
+            "a curve (5,) where the corruption raises p(target)",
+            curve,
+            round(low + 0.1, 4),
+            round(high - 0.05, 4),
+            "a negative total effect",
+        ),
+    ]
+    for what, probs, p_clean, p_corrupted, note in problems:
+        with t.part(f"{what} ({note})", points=1):
+            call = f"recovery(probs, p_clean={p_clean}, p_corrupted={p_corrupted}) on {what}"
+            expected = _recovery(probs, p_clean, p_corrupted)
+            mistakes = [
+                (_recovery(probs, p_clean, p_corrupted, m), h)
+                for m, h in _RECOVERY_MISTAKES.items()
+            ]
+            got = t.call(recovery, probs, p_clean, p_corrupted)
+            got = t.tensor(got, call, shape=tuple(probs.shape), hint="Same shape as probs.")
+            t.close(
+                got,
+                expected,
+                call,
+                atol=1e-5,
+                rtol=1e-4,
+                mistakes=mistakes,
+                hint="(probs - p_corrupted) / (p_clean - p_corrupted), element-wise.",
+            )
+            ends = torch.tensor([p_clean, p_corrupted])
+            got = t.call(recovery, ends, p_clean, p_corrupted)
+            t.close(
+                t.tensor(got, "recovery of [p_clean, p_corrupted]", shape=(2,)),
+                torch.tensor([1.0, 0.0]),
+                f"recovery(tensor([p_clean, p_corrupted]), {p_clean}, {p_corrupted}) is [1, 0]",
+                atol=1e-5,
+                hint="The clean probability maps to 1, the corrupted one to 0.",
+            )
+
+
+# ----- Exercise 2.8 ------------------------------------------------------------------------------
+_AVERAGE_RECOVERY_MISTAKES = {
+    "no threshold": "You kept prompts whose total effect is below min_effect: their recovery "
+    "divides by almost nothing. Leave out every prompt with p_clean - p_corrupted < min_effect.",
+    "zeroed": "You counted the prompts below min_effect as zero recovery; leave them out of the "
+    "average altogether (a zero would pull every role towards 'no effect').",
+    "abs threshold": "You kept a prompt whose corruption raised p(target) (negative total "
+    "effect): the threshold is on p_clean - p_corrupted itself, not its absolute value.",
+    "clean threshold": "You filtered on the clean probability; filter on the total effect "
+    "p_clean - p_corrupted.",
+    "ratio of means": "You divided the average indirect effect by the average total effect; "
+    "normalise each prompt's grid first, then average the recoveries.",
+    "raw": "You averaged raw indirect effects: normalise each prompt's grid to recovery first.",
+    "clipped": "You clipped recoveries to 0..1; keep them as they are.",
+    "fixed threshold": "You ignored the min_effect argument.",
+}
+
+
+def _average_recovery(grids, highs, lows, subjects, min_effect, mistake: str = ""):
+    keep = []
+    for i, (high, low) in enumerate(zip(highs, lows, strict=True)):
+        effect = high - low
+        if mistake == "abs threshold":
+            effect = abs(effect)
+        if mistake == "clean threshold":
+            effect = high
+        threshold = 0.05 if mistake == "fixed threshold" else min_effect
+        if effect >= threshold or mistake in ("no threshold", "zeroed"):
+            keep.append(i)
+    recs = []
+    for i in keep:
+        rec = _recovery(grids[i], highs[i], lows[i], "clipped" if mistake == "clipped" else "")
+        if mistake == "zeroed" and highs[i] - lows[i] < min_effect:
+            rec = torch.zeros_like(rec)
+        if mistake in ("raw", "ratio of means"):
+            rec = grids[i].double() - lows[i]
+        recs.append(rec)
+    out = _aie(recs, [0.0] * len(recs), [subjects[i] for i in keep])
+    if mistake == "ratio of means":
+        out = out / (sum(highs[i] - lows[i] for i in keep) / len(keep))
+    return out
+
+
+def _average_recovery_problem(t: Checker) -> tuple[list, list, list, list]:
+    """Six prompts (3 layers; (start, size, after) of the subject): two with a clear total effect,
+    one with a tiny one, one whose corruption raises p(target), one between the two thresholds
+    the check uses, one with a clean probability below them."""
+    rng = torch.Generator().manual_seed(t.seed(8))
+    shapes = [(2, 3, 2), (1, 1, 2), (2, 2, 1), (1, 2, 2), (3, 1, 1), (1, 2, 1)]
+    ends = [(0.71, 0.09), (0.52, 0.21), (0.33, 0.31), (0.12, 0.34), (0.4, 0.32), (0.03, 0.001)]
+    grids, highs, lows, subjects = [], [], [], []
+    for (start, size, after), (high, low) in zip(shapes, ends, strict=True):
+        n_pos = start + size + after + 1
+        grids.append(low + (high - low + 0.1) * torch.rand(3, n_pos, generator=rng))
+        highs.append(high)
+        lows.append(low)
+        subjects.append(list(range(start, start + size)))
+    return grids, highs, lows, subjects
+
+
+@check("Exercise 2.8: average recovery over prompts", points=2, timeout=10)
+def check_average_recovery(average_recovery: Callable, t: Checker) -> None:
+    grids, highs, lows, subjects = _average_recovery_problem(t)
+    shape = (3, len(ROLES))
+    for min_effect, points in ((0.05, 1), (0.15, 1)):
+        with t.part(f"six prompts, min_effect={min_effect}", points=points):
+            what = (
+                f"average_recovery(grids, clean_probs, corrupted_probs, subjects, {min_effect}) "
+                "on six random grids (one with a tiny total effect, one whose corruption "
+                "raises p(target))"
+            )
+            expected = _average_recovery(grids, highs, lows, subjects, min_effect)
+            names = [
+                m for m in _AVERAGE_RECOVERY_MISTAKES if min_effect != 0.05 or "fixed" not in m
+            ]
+            mistakes = [
+                (
+                    _average_recovery(grids, highs, lows, subjects, min_effect, m),
+                    _AVERAGE_RECOVERY_MISTAKES[m],
+                )
+                for m in names
+            ]
+            got = t.call(average_recovery, grids, highs, lows, subjects, min_effect)
+            got = t.tensor(
+                got,
+                what,
+                shape=shape,
+                hint=f"One row per layer and one column per role, in the order {ROLES}.",
+            )
+            t.close(
+                got,
+                expected,
+                what,
+                atol=1e-5,
+                rtol=1e-4,
+                mistakes=mistakes,
+                hint="Keep the prompts with p_clean - p_corrupted >= min_effect; turn each kept "
+                "grid into recovery (exercise 2.6); average by role as in exercise 2.7, with "
+                "a corrupted level of 0.",
+            )
+
+
 # The grader's map: the name of each exercise's function in the notebook -> its check.
 EXERCISES = {
     "collect_activations": check_collect_activations,
     "patch_position": check_patch_position,
+    "cross_context_curve": check_cross_context_curve,
     "corrupt_subject": check_corrupt_subject,
     "restoration_grid": check_restoration_grid,
+    "recovery": check_recovery,
     "average_indirect_effect": check_average_indirect_effect,
+    "average_recovery": check_average_recovery,
 }
