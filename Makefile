@@ -33,9 +33,9 @@ workspace:
 	done
 
 # Two workers, one per core, one thread each (more threads than cores stalls torch's thread
-# pool). Tests are shared out one by one; a module whose tests share an expensive fixture
-# (a JupyterLab server, a graded class, a release) is marked xdist_group and stays in one worker.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+# pool). Tests are shared out one by one, the longest first; a module whose tests share an
+# expensive fixture stays in one worker (tests/conftest.py: LONGEST_FIRST, ONE_WORKER_MODULES).
+PYTEST_ARGS ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 test: setup ipywidgets7
 	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

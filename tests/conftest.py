@@ -51,3 +51,56 @@ def fake_default(monkeypatch, tmp_path: Path) -> SimpleNamespace:
 
     monkeypatch.setattr(models, "_convert_gguf", convert)
     return SimpleNamespace(calls=calls, folder=models.default_checkpoint_dir(), gguf=gguf)
+
+
+# The longest tests, in the order they should start (a prefix of the test's node id). Under
+# xdist the work is handed out in collection order, so starting these first keeps one worker
+# from being left alone with a five-minute notebook at the end.
+LONGEST_FIRST = (
+    "tests/test_notebooks.py::test_solution_notebook_passes_nbval",
+    "tests/test_browser.py",
+    "tests/test_grading.py",
+    "tests/test_device.py",
+    "tests/test_release.py",
+    "tests/test_notebooks.py",
+    "tests/test_widgets_ipywidgets7.py",
+    "tests/test_attribution_libraries.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        return next(
+            (i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+            len(LONGEST_FIRST),
+        )
+
+    items.sort(key=rank)  # stable: the order within each rank is unchanged
+
+
+# Modules whose tests share an expensive module-level fixture (a JupyterLab server, a graded
+# class, a release, the captum/inseq comparison): each runs in one worker, so that fixture is
+# built once. Every other test is handed out on its own.
+ONE_WORKER_MODULES = (
+    "tests/test_browser.py",
+    "tests/test_grading.py",
+    "tests/test_release.py",
+    "tests/test_attribution_libraries.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with ONE_WORKER_MODULES as the groups.
+
+    pytest-xdist 3.8 marks xdist_group tests by editing a node id attribute that pytest 9 no
+    longer has, so its own loadgroup hands those tests to both workers."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)

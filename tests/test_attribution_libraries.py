@@ -27,7 +27,7 @@ from labkit.build import solution_functions
 from labkit.data import facts, pun
 from labkit.widgets.attribution import inseq_attribution
 
-pytestmark = [pytest.mark.default_model, pytest.mark.xdist_group("attribution_libraries")]
+pytestmark = pytest.mark.default_model
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "01_attribution.ipynb"
 N_STEPS = 32

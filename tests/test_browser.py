@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL_TIMEOUT = 900  # seconds; a 2-core laptop runs each lab in 1-4 minutes
 CONTROL_BUDGET = 180.0  # seconds for one control to redraw; printed next to each measurement
 
-pytestmark = [pytest.mark.browser, pytest.mark.notebook, pytest.mark.xdist_group("browser")]
+pytestmark = [pytest.mark.browser, pytest.mark.notebook]
 
 
 # ----- what a student does with each explorer ------------------------------------------------
@@ -172,9 +172,9 @@ LABS = [
             Step(select("site", "attn_out")),
             Step(select("site", "heads")),
             Step(select("site", "mlp_out")),
-            Step(select("task", "fact")),
-            Step(select("task", "ioi")),
+            Step(select("task", "ioi")),  # the explorer opens on the fact
             Step(select("pair", "ioi-2")),  # not the saved batch: exact patching runs live
+            Step(select("task", "fact")),
         ],
     ),
 ]

@@ -40,7 +40,6 @@ LIMITS = Limits(
 EXERCISES = list(load_lab("01").exercises)
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux"),
-    pytest.mark.xdist_group("grading"),  # one worker grades the class once for every test
 ]
 
 

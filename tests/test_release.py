@@ -25,7 +25,6 @@ from labkit.release import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("release")  # one worker builds the release once
 
 
 @pytest.fixture(scope="module")
