@@ -257,7 +257,9 @@ def score_module(module: str, work: Path, equivalents: dict[str, Equivalent]) ->
                 score.timeout += 1
             elif code in SURVIVED_CODES or code in NO_TEST_CODES:
                 entry = equivalents.get(key)
-                if entry and any(entry.line.strip() == d[1:].strip() for d in mutant_diff(work, key)):
+                if entry and any(
+                    entry.line.strip() == d[1:].strip() for d in mutant_diff(work, key)
+                ):
                     score.equivalent.append(key)
                 elif code in SURVIVED_CODES:
                     score.survived.append(key)
@@ -285,8 +287,10 @@ def report(scores: list[Score], total_seconds: float) -> bool:
     print("score = (killed + timeout) / (mutants - equivalent); goal >= 90% per module")
     missed = [(s.module, name) for s in scores for name in s.survived + s.no_tests]
     if missed:
-        print("\nSurvivors not listed as equivalent (see the diff with: cd .mutation/MODULE && "
-              "../../.venv/bin/mutmut show NAME):")
+        print(
+            "\nSurvivors not listed as equivalent (see the diff with: cd .mutation/MODULE && "
+            "../../.venv/bin/mutmut show NAME):"
+        )
         for module, name in missed:
             print(f"  {module}: {name}")
     return all(s.score >= GOAL for s in scores)
@@ -316,7 +320,9 @@ def main() -> int:
         score.seconds = time.perf_counter() - t0
         if args.report_only:
             timings = WORK / "timings.json"
-            score.seconds = json.loads(timings.read_text()).get(module, 0.0) if timings.exists() else 0
+            score.seconds = (
+                json.loads(timings.read_text()).get(module, 0.0) if timings.exists() else 0
+            )
         else:
             timings = WORK / "timings.json"
             saved = json.loads(timings.read_text()) if timings.exists() else {}
