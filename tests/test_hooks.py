@@ -494,3 +494,75 @@ def test_stacking_a_site_that_was_not_captured_names_it(tiny: labkit.LabModel) -
         run(tiny, CLEAN)
     with pytest.raises(KeyError, match="No layers of 'mlp_out' were captured."):
         cache.stack("mlp_out")
+
+
+# ----- mutation-testing survivors (issue 15): each test pins down one behaviour ------------------
+def test_positions_from_numpy_and_empty_lists(tiny: labkit.LabModel) -> None:
+    np = pytest.importorskip("numpy")
+    with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions=[1, 3]):
+        expected = run(tiny, CLEAN)
+    with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions=np.array([1, 3])):
+        assert torch.equal(run(tiny, CLEAN), expected)
+    with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions=[]):  # patches nothing
+        assert torch.equal(run(tiny, CLEAN), run(tiny, CLEAN))
+
+
+def test_unordered_collections_of_positions_are_rejected(tiny: labkit.LabModel) -> None:
+    """A set has no order, so it cannot say which value goes where: an error, not a guess."""
+    with pytest.raises(TypeError) as err:
+        with patch(tiny, "embed", value=torch.ones(tiny.d_model), positions={1, 2}):
+            run(tiny, CLEAN)
+    assert str(err.value) == "Positions must be a whole number such as 3, got {1, 2}."
+
+
+def test_position_and_value_errors_word_for_word(tiny: labkit.LabModel) -> None:
+    cases = [
+        (dict(value=torch.zeros(tiny.d_model), positions=[1.5]), TypeError,
+         "Positions must be a whole number such as 3, got 1.5."),
+        (dict(value=None), ValueError,
+         "patch needs a value: a tensor, or a function of the activation."),
+        (dict(value=object()), TypeError,
+         "The patch value must be a tensor or a function of the activation, got object."),
+        (dict(value=torch.zeros(tiny.d_model, dtype=torch.complex64)), TypeError,
+         "The patch value is complex; activations are real. Pass its real part (value.real) if "
+         "that is what you mean."),
+        (dict(value=torch.zeros(tiny.d_model), heads=[0]), ValueError,
+         "`heads` only applies to the 'head_out' site."),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error) as err:
+            with patch(tiny, "resid_post", 0, **kwargs):
+                run(tiny, CLEAN)
+        assert str(err.value) == message
+
+
+def test_span_positions_finds_a_span_at_the_very_end(tiny: labkit.LabModel) -> None:
+    assert span_positions(tiny, tiny.to_tokens("ab cd ab"), "b") == [7]
+    assert span_positions(tiny, tiny.to_tokens("ab cd"), "d") == [4]
+
+
+def test_run_from_also_works_when_the_block_gets_hidden_states_by_keyword(
+    tiny: labkit.LabModel,
+) -> None:
+    """run_from puts its residual stream where the block reads it, positional or keyword."""
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True)
+    with capture(tiny, "resid_pre") as cache:
+        full = tiny.model(input_ids=tokens).logits[:, -1]
+
+    def as_keyword(module, args, kwargs):  # runs before run_from's own hook: every argument
+        signature = inspect.signature(module.forward)  # by name (GPT-2 passes several by position)
+        named = {}
+        for name, arg in signature.bind(*args, **kwargs).arguments.items():
+            kind = signature.parameters[name].kind
+            named.update(arg if kind is inspect.Parameter.VAR_KEYWORD else {name: arg})
+        return (), named
+
+    block = tiny.blocks[1]
+    handle = block.register_forward_pre_hook(as_keyword, with_kwargs=True)
+    try:
+        resumed = run_from(tiny, 1, cache["resid_pre", 1])
+        other = run_from(tiny, 1, torch.zeros_like(cache["resid_pre", 1]))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(other, full, atol=1e-3)

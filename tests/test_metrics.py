@@ -38,3 +38,17 @@ def test_logit_diff_rejects_a_bad_target_or_foil(bad) -> None:
         logit_diff(logits, 0, bad)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         logit_diff(logits, bad, 0)
+
+
+def test_the_first_and_last_ids_are_in_the_vocabulary() -> None:
+    logits = torch.arange(5.0)
+    assert torch.isclose(target_prob(logits, 0), logits.softmax(-1)[0])
+    assert logit_diff(logits, 0, 4) == -4.0
+
+
+def test_the_error_gives_the_range_and_how_to_get_an_id() -> None:
+    with pytest.raises(ValueError) as error:
+        target_prob(torch.zeros(7), 7)
+    assert str(error.value) == (
+        "Token id 7 is not in the vocabulary (0..6). Get ids with lm.token_id(' Paris')."
+    )
