@@ -517,17 +517,32 @@ def test_unordered_collections_of_positions_are_rejected(tiny: labkit.LabModel) 
 
 def test_position_and_value_errors_word_for_word(tiny: labkit.LabModel) -> None:
     cases = [
-        (dict(value=torch.zeros(tiny.d_model), positions=[1.5]), TypeError,
-         "Positions must be a whole number such as 3, got 1.5."),
-        (dict(value=None), ValueError,
-         "patch needs a value: a tensor, or a function of the activation."),
-        (dict(value=object()), TypeError,
-         "The patch value must be a tensor or a function of the activation, got object."),
-        (dict(value=torch.zeros(tiny.d_model, dtype=torch.complex64)), TypeError,
-         "The patch value is complex; activations are real. Pass its real part (value.real) if "
-         "that is what you mean."),
-        (dict(value=torch.zeros(tiny.d_model), heads=[0]), ValueError,
-         "`heads` only applies to the 'head_out' site."),
+        (
+            dict(value=torch.zeros(tiny.d_model), positions=[1.5]),
+            TypeError,
+            "Positions must be a whole number such as 3, got 1.5.",
+        ),
+        (
+            dict(value=None),
+            ValueError,
+            "patch needs a value: a tensor, or a function of the activation.",
+        ),
+        (
+            dict(value=object()),
+            TypeError,
+            "The patch value must be a tensor or a function of the activation, got object.",
+        ),
+        (
+            dict(value=torch.zeros(tiny.d_model, dtype=torch.complex64)),
+            TypeError,
+            "The patch value is complex; activations are real. Pass its real part (value.real) if "
+            "that is what you mean.",
+        ),
+        (
+            dict(value=torch.zeros(tiny.d_model), heads=[0]),
+            ValueError,
+            "`heads` only applies to the 'head_out' site.",
+        ),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error) as err:
