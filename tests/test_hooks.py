@@ -10,6 +10,7 @@ from transformers import DynamicCache
 import labkit
 from labkit.hooks import (
     SITES,
+    ActivationCache,
     capture,
     hooked,
     key_value_prefix,
@@ -581,3 +582,132 @@ def test_run_from_also_works_when_the_block_gets_hidden_states_by_keyword(
         handle.remove()
     torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(other, full, atol=1e-3)
+
+
+def _error(action) -> str:
+    """'ErrorType: message' of what ``action()`` raises."""
+    with pytest.raises(Exception) as err:
+        action()
+    return f"{err.type.__name__}: {err.value}"
+
+
+def test_layer_errors_word_for_word(tiny: labkit.LabModel) -> None:
+    def patched(layer):
+        with patch(tiny, "resid_post", layer, torch.zeros(tiny.d_model)):
+            run(tiny, CLEAN)
+
+    def captured(layers):
+        with capture(tiny, "resid_post", layers):
+            pass
+
+    top = tiny.n_layers - 1
+    expected = {
+        lambda: patched(torch.tensor(1.0)): "TypeError: The layer must be a whole number, got a "
+        "torch.float32 tensor 1.0.",
+        lambda: patched(torch.tensor(True)): "TypeError: The layer must be a whole number, got a "
+        "torch.bool tensor True.",
+        lambda: patched(torch.tensor(1 + 0j)): "TypeError: The layer must be a whole number, got "
+        "a torch.complex64 tensor (1+0j).",
+        lambda: patched(None): f"ValueError: Site 'resid_post' needs a layer (0..{top}).",
+        lambda: patched(1.5): "TypeError: The layer must be a whole number such as 3, got 1.5.",
+        lambda: captured(torch.zeros(2, 2, dtype=torch.long)): "TypeError: layers must be one "
+        "layer or a flat list, got shape torch.Size([2, 2]).",
+        lambda: captured(1.5): "TypeError: layers must be a whole number such as 3, got 1.5.",
+        lambda: captured({0, 1}): "TypeError: layers must be a whole number such as 3, got {0, 1}.",
+        lambda: captured([0, 1.5]): "TypeError: Each layer must be a whole number such as 3, "
+        "got 1.5.",
+        lambda: captured(torch.tensor([1.0])): "TypeError: Each layer must be a whole number, "
+        "got a torch.float32 tensor tensor([1.]).",
+        lambda: captured(torch.tensor(1.0)): "TypeError: Each layer must be a whole number, got "
+        "a torch.float32 tensor 1.0.",
+        lambda: capture(tiny, "nope").__enter__(): "ValueError: Unknown site 'nope'. Sites: "
+        "embed, resid_pre, resid_post, attn_out, mlp_out, head_out.",
+        lambda: patch(tiny, "head_out", 0, torch.zeros(tiny.d_head), heads=[0.5]).__enter__(): (
+            "TypeError: Heads must be a whole number such as 3, got 0.5."
+        ),
+    }
+    for action, message in expected.items():
+        assert _error(action) == message
+
+
+def test_layers_from_numpy(tiny: labkit.LabModel) -> None:
+    np = pytest.importorskip("numpy")
+    with capture(tiny, "resid_post", np.array([0, 2])) as cache:
+        pass
+    assert cache == {} and n_hooks(tiny) == 0
+    with capture(tiny, "resid_post", np.array([0, 2])) as cache:
+        run(tiny, CLEAN)
+    assert sorted(cache) == [("resid_post", 0), ("resid_post", 2)]
+
+
+def test_the_cache_explains_what_is_missing(tiny: labkit.LabModel) -> None:
+    with capture(tiny, ["embed", "resid_post"], layers=[0]) as cache:
+        run(tiny, CLEAN)
+    assert _error(lambda: cache["mlp_out", 1]) == (
+        "KeyError: \"('mlp_out', 1) was not captured. Captured: ('resid_post', 0), embed.\""
+    )
+    assert _error(lambda: cache["resid_post", 1.5]) == (
+        "TypeError: The layer must be a whole number such as 3, got 1.5."
+    )
+    assert _error(lambda: ActivationCache()["embed"]) == (
+        "KeyError: \"('embed', None) was not captured. Captured: nothing.\""
+    )
+    assert ("resid_post", 1.5) not in cache and ("resid_post", 0) in cache
+    first = -tiny.n_layers  # the most negative layer still counts from the end
+    with capture(tiny, "resid_post") as every:
+        run(tiny, CLEAN)
+    assert torch.equal(every["resid_post", first], every["resid_post", 0])
+
+
+def test_a_cache_can_be_built_from_a_dict(tiny: labkit.LabModel) -> None:
+    value = torch.ones(2)
+    assert ActivationCache({("mlp_out", 1): value})["mlp_out", 1] is value
+    assert ActivationCache([(("resid_post", 0), value)], n_layers=3)["resid_post", -3] is value
+
+
+def test_capture_copies_by_default_and_hooks_the_embedding_once(tiny: labkit.LabModel) -> None:
+    with capture(tiny, ["embed", "resid_post"]) as cache:
+        assert len(tiny.embed._forward_hooks) == 1
+        run(tiny, CLEAN)
+    assert ("embed", None) in cache
+    embeddings = tiny.embed(tiny.to_tokens(CLEAN, prepend_anchor=True)).detach()
+    embeddings.requires_grad_(True)  # so the live activations require grad
+    with capture(tiny, "resid_post") as cache:
+        tiny.model(inputs_embeds=embeddings)
+    for act in cache.values():  # detached copies unless keep_grad=True
+        assert not act.requires_grad and act.grad_fn is None
+
+
+def test_patch_values_broadcast_over_the_batch_and_fit_it(tiny: labkit.LabModel) -> None:
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True).repeat(3, 1)  # (3, pos)
+    tokens[1, 2] = tokens[0, 3]
+    with capture(tiny, "resid_post", layers=1) as cache:
+        tiny.model(input_ids=tokens)
+    acts = cache["resid_post", 1]  # (3, pos, d_model)
+    for value in (acts[:1], acts):  # batch 1 broadcast, or one row per run
+        with patch(tiny, "resid_post", 1, value, positions=[2]):
+            with capture(tiny, "resid_post", layers=1) as patched:
+                tiny.model(input_ids=tokens)
+        expected = acts.clone()
+        expected[:, 2] = value[:, 2]
+        torch.testing.assert_close(patched["resid_post", 1], expected)
+    value = torch.zeros(2, *acts.shape[1:])
+
+    def mismatched() -> None:
+        with patch(tiny, "resid_post", 1, value):
+            tiny.model(input_ids=tokens)
+
+    assert _error(mismatched) == (
+        f"ValueError: The patch value for 'resid_post' at layer 1 has shape "
+        f"{tuple(value.shape)}, but the activation has shape {tuple(acts.shape)}. Both runs must "
+        "have the same number of tokens: check that the clean and corrupted prompts tokenise to "
+        "the same length."
+    )
+
+
+def test_the_most_negative_head_is_a_head(tiny: labkit.LabModel) -> None:
+    value = torch.zeros(tiny.d_head)
+    with patch(tiny, "head_out", 0, value, heads=[-tiny.n_heads]):
+        negative = run(tiny, CLEAN)
+    with patch(tiny, "head_out", 0, value, heads=[0]):
+        assert torch.equal(run(tiny, CLEAN), negative)
