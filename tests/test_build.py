@@ -5,7 +5,11 @@ like a solution marker but is not exactly one: an unrecognised marker would leak
 """
 
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -16,9 +20,14 @@ from labkit.build import (
     MARKERS,
     STUB_MESSAGE,
     BuildError,
+    Change,
     build,
+    is_generated_lab,
+    is_instructor_cell,
+    read_notebook,
     strip_code_solution,
     strip_markdown_solution,
+    student_cell,
     student_notebook,
 )
 
@@ -287,3 +296,227 @@ def test_the_leak_test_finds_lowercase_regions_and_markdown() -> None:
         "The attention sink carries the answer.",
         "print('only the instructor sees this line')",
     ]
+
+
+# ----- exact messages and edge cases (mutation survivors) ----------------------------------------
+CODE_RULES = (
+    "In code cells the markers are exactly '# BEGIN SOLUTION', '# END SOLUTION' and "
+    "'# STUB: <code>', each on a line of its own."
+)
+MARKDOWN_RULES = (
+    "In markdown cells the markers are exactly '<!-- BEGIN SOLUTION -->' and "
+    "'<!-- END SOLUTION -->', outside code blocks."
+)
+RAW_RULES = "Raw cells cannot hold solution markers: use a code or a markdown cell."
+
+
+def build_error(fn, *args) -> str:
+    with pytest.raises(BuildError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_marker_errors_word_for_word() -> None:
+    """Each error names the cell ("a cell" by default) and line, and states the rules of its
+    cell type."""
+    assert build_error(strip_code_solution, "x = 1\n#BEGIN SOLUTION") == (
+        f"a cell, line 2: '#BEGIN SOLUTION' looks like a solution marker but is not one. "
+        f"{CODE_RULES}"
+    )
+    assert build_error(strip_code_solution, "# STUB: x = 1") == (
+        "a cell, line 1: '# STUB:' outside a solution region; put it between "
+        "'# BEGIN SOLUTION' and '# END SOLUTION'."
+    )
+    assert build_error(strip_markdown_solution, "Q\n\n<!--BEGIN SOLUTION-->") == (
+        "a cell, line 3: '<!--BEGIN SOLUTION-->' looks like a solution marker but is not one. "
+        f"{MARKDOWN_RULES}"
+    )
+    assert build_error(strip_markdown_solution, "Q\n<!-- END SOLUTION -->") == (
+        "a cell, line 2: '<!-- END SOLUTION -->' without a BEGIN."
+    )
+
+
+def test_raw_cell_errors_name_the_line_and_the_raw_rules(tmp_path: Path) -> None:
+    """A marker in a raw cell: the line number counts from 1 and the message says to use a
+    code or markdown cell; a raw cell without markers is copied as it is, tags kept."""
+    raw = nbformat.v4.new_raw_cell("text\n# END SOLUTION", metadata={"tags": ["t"]})
+    write_solution(tmp_path / "solutions", [raw])
+    assert build_error(build, tmp_path / "solutions", tmp_path / "labs") == (
+        "solutions/01_x.ipynb, cell 1 (raw), line 2: '# END SOLUTION' looks like a solution "
+        f"marker but is not one. {RAW_RULES}"
+    )
+    raw.source = "plain raw text"
+    write_solution(tmp_path / "solutions", [raw])
+    build(tmp_path / "solutions", tmp_path / "labs")
+    lab = nbformat.read(tmp_path / "labs" / "01_x.ipynb", as_version=4)
+    assert (lab.cells[1].cell_type, lab.cells[1].source) == ("raw", "plain raw text")
+    assert lab.cells[1].metadata == {"tags": ["t"]}
+
+
+def test_cells_without_metadata_are_accepted() -> None:
+    """is_instructor_cell and student_cell take a cell without a "metadata" key (a cell built
+    by hand) as an untagged cell."""
+    cell = nbformat.NotebookNode({"cell_type": "code", "source": "x = 1"})
+    assert is_instructor_cell(cell) is False
+    new = student_cell(cell, "here")
+    assert (new.source, new.metadata) == ("x = 1", {})
+
+
+def test_repeated_ids_get_numbered_suffixes() -> None:
+    """Repeats become ``id-1``, ``id-2``, ... (a 64-character id is cut to 60 first), skipping
+    suffixes already taken, and the banner's id is never reused."""
+    long = "L" * 64
+    ids = ["a", "a", "a-1", "a", long, long, "generated-banner"]
+    cells = [code(f"x = {i}") for i in range(len(ids))]
+    for cell, cell_id in zip(cells, ids, strict=True):
+        cell.id = cell_id
+    solution = nbformat.NotebookNode({"cells": cells, "metadata": {}})  # no id repair
+    got = [c.id for c in student_notebook(solution, "x.ipynb").cells]
+    assert got == [
+        "generated-banner",
+        "a",
+        "a-1",
+        "a-1-1",
+        "a-2",
+        long,
+        "L" * 60 + "-1",
+        "generated-banner-1",
+    ]
+
+
+def test_notebook_metadata_keeps_only_the_language_name() -> None:
+    """language_info keeps only its name (the kernel's Python version would make builds
+    differ), "python" when it has none."""
+    nb = nbformat.v4.new_notebook(metadata={"language_info": {"name": "R", "version": "4.3"}})
+    assert student_notebook(nb, "x.ipynb").metadata == {"language_info": {"name": "R"}}
+    nb.metadata = {"language_info": {"version": "3.11.7"}, "authors": ["me"]}
+    assert student_notebook(nb, "x.ipynb").metadata == {"language_info": {"name": "python"}}
+
+
+def test_unreadable_notebook_errors_name_the_first_line_or_the_type(tmp_path, monkeypatch):
+    """The reason is the first line of the error, or the error's type when it has no text."""
+    path = tmp_path / "01_x.ipynb"
+    for error, reason in [(ValueError("bad cell\ndetails"), "bad cell"), (KeyError(), "KeyError")]:
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(nbformat, "read", fail)
+        assert build_error(read_notebook, path) == (
+            f"{path}: not a readable notebook ({reason}). Fix or restore it."
+        )
+
+
+def test_only_labs_with_the_whole_banner_are_removed(tmp_path: Path) -> None:
+    """A stale lab is removed only if it carries both parts of the banner; notebooks that
+    are not UTF-8, and folders named like notebooks, are left alone."""
+    write_solution(tmp_path / "solutions", [code("x = 1")])
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    (labs / "quotes.ipynb").write_text("Generated from solutions/ by hand", encoding="utf-8")
+    (labs / "latin1.ipynb").write_bytes("caf\xe9 by `labkit build`".encode("latin-1"))
+    (labs / "folder.ipynb").mkdir()
+    build(tmp_path / "solutions", labs)
+    assert sorted(p.name for p in labs.iterdir()) == [
+        "01_x.ipynb",
+        "folder.ipynb",
+        "latin1.ipynb",
+        "quotes.ipynb",
+    ]
+
+
+def test_solutions_folder_error_word_for_word(tmp_path: Path) -> None:
+    write_solution(tmp_path / "solutions", [code("x = 1")])
+    solutions = tmp_path / "solutions"
+    assert build_error(build, solutions, solutions) == (
+        f"The output folder {solutions} is the solutions folder {solutions} or inside it: "
+        "building there would overwrite the solutions. Use --labs labs."
+    )
+
+
+def test_no_solutions_error_word_for_word(tmp_path: Path) -> None:
+    (tmp_path / "solutions").mkdir()
+    assert build_error(build, tmp_path / "solutions", tmp_path / "labs") == (
+        f"No solution notebooks in {tmp_path / 'solutions'}."
+    )
+
+
+def test_build_writes_by_default_and_returns_write_changes(tmp_path: Path) -> None:
+    """build() writes unless check_only, creating missing parent folders, and reports each
+    lab it wrote as a "write" change; a lab that is not UTF-8 is out of date, not an error."""
+    write_solution(tmp_path / "solutions", [code("x = 1")])
+    labs = tmp_path / "a" / "b" / "labs"
+    target = labs / "01_x.ipynb"
+    assert build(tmp_path / "solutions", labs) == [Change(target, "write")]
+    assert is_generated_lab(target) and build(tmp_path / "solutions", labs) == []
+    target.write_bytes(b"\xff\xfe not utf-8")
+    assert build(tmp_path / "solutions", labs, check_only=True) == [Change(target, "write")]
+    assert build(tmp_path / "solutions", labs) == [Change(target, "write")]
+    assert build(tmp_path / "solutions", labs) == []
+
+
+def test_labs_are_written_through_a_temporary_file_next_to_them(tmp_path, monkeypatch) -> None:
+    """The write is atomic: a hidden ``.NAME.*.tmp`` in the labs folder, mode 644, renamed over
+    the lab; if the rename fails the error propagates and no temporary file is left, even when
+    the temporary file already vanished."""
+    write_solution(tmp_path / "solutions", [code("x = 1")])
+    labs = tmp_path / "labs"
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renames.append((Path(src), Path(dst), stat.S_IMODE(os.stat(src).st_mode)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    build(tmp_path / "solutions", labs)
+    [(src, dst, mode)] = renames
+    assert (src.parent, dst, mode) == (labs, labs / "01_x.ipynb", 0o644)
+    assert src.name.startswith(".01_x.ipynb.") and src.name.endswith(".tmp")
+
+    def failing_replace(src, dst, vanish=False):
+        if vanish:
+            os.unlink(src)
+        raise OSError("disk full")
+
+    for vanish in (False, True):
+        write_solution(tmp_path / "solutions", [code(f"x = {2 + vanish}")])
+        monkeypatch.setattr(os, "replace", lambda s, d, v=vanish: failing_replace(s, d, v))
+        with pytest.raises(OSError, match="^disk full$"):
+            build(tmp_path / "solutions", labs)
+        assert sorted(p.name for p in labs.iterdir()) == ["01_x.ipynb"]
+
+
+def test_the_colab_badge_names_the_notebook(tmp_path: Path) -> None:
+    """The release badge in a lab links to that lab's own file."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.labkit]\nrelease_url = "https://github.com/o/r"\nrelease_ref = "v1"\n',
+        encoding="utf-8",
+    )
+    write_solution(tmp_path / "solutions", [markdown("<!-- Open in Colab: x -->")])
+    build(tmp_path / "solutions", tmp_path / "labs")
+    lab = nbformat.read(tmp_path / "labs" / "01_x.ipynb", as_version=4)
+    assert "o/r/blob/v1/labs/01_x.ipynb" in lab.cells[1].source
+
+
+def test_labs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Under an ASCII locale (no UTF-8 mode), non-ASCII solutions still build, and a second
+    build finds the labs up to date (they are written and read as UTF-8)."""
+    write_solution(tmp_path / "solutions", [markdown("Café: ∑ attention")])
+    script = (
+        "import sys; from pathlib import Path; from labkit.build import build; "
+        "s, l = Path(sys.argv[1]), Path(sys.argv[2]); build(s, l); print(len(build(s, l)))"
+    )
+    env = {
+        **os.environ,
+        "LC_ALL": "C",
+        "LANG": "C",
+        "PYTHONUTF8": "0",
+        "PYTHONCOERCECLOCALE": "0",
+        "PYTHONIOENCODING": "utf-8",
+    }
+    args = [sys.executable, "-c", script, str(tmp_path / "solutions"), str(tmp_path / "labs")]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout.strip()) == (0, "0"), result.stderr
+    text = (tmp_path / "labs" / "01_x.ipynb").read_text(encoding="utf-8")
+    assert "Café: ∑ attention" in text
