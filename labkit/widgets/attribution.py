@@ -70,16 +70,20 @@ def inseq_attribution(
     """
     import inseq
 
-    inseq_model = inseq.load_model(lm.model, method, tokenizer=lm.tokenizer)
     text = lm.tokenizer.decode(tokens[0])
     target = lm.tokenizer.decode([target_id])
     if method != "attention":  # attention does not depend on the target; inseq says so loudly
         kwargs.setdefault("attributed_fn", "logit")
-    with _inseq_baseline(inseq_model, lm, baseline_id), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = inseq_model.attribute(
-            text, text + target, show_progress=False, skip_special_tokens=False, **kwargs
-        )
+    unk = lm.tokenizer.unk_token_id  # inseq.load_model sets an unset unk to the pad token
+    try:
+        inseq_model = inseq.load_model(lm.model, method, tokenizer=lm.tokenizer)
+        with _inseq_baseline(inseq_model, lm, baseline_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = inseq_model.attribute(
+                text, text + target, show_progress=False, skip_special_tokens=False, **kwargs
+            )
+    finally:
+        lm.tokenizer.unk_token_id = unk  # the lab's tokenizer comes back as it was
     scores = out.sequence_attributions[0].target_attributions  # (pos + 1, 1, ...)
     n_pos = tokens.shape[1]
     if scores.shape[0] != n_pos + 1:
