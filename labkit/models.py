@@ -619,7 +619,10 @@ def _load_checkpoint_fast(folder: Path, dtype: torch.dtype):
     config._name_or_path = str(folder)
     with _parameters_on_meta(), _no_init_weights():
         model = model_class(config)
-    state = load_file(folder / "model.safetensors")
+    # load_file maps the file into memory. Copy the tensors into the process's own memory: a
+    # mapped page is copied on its first write, which made a lab's weight randomisation 4 s
+    # slower (135M parameters), and costs about 0.5 s here.
+    state = {name: t.clone() for name, t in load_file(folder / "model.safetensors").items()}
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     empty = [name for name, p in model.named_parameters() if p.is_meta]
