@@ -25,6 +25,7 @@ from labkit.build import (
     is_generated_lab,
     is_instructor_cell,
     read_notebook,
+    solution_functions,
     strip_code_solution,
     strip_markdown_solution,
     student_cell,
@@ -520,3 +521,43 @@ def test_labs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "0"), result.stderr
     text = (tmp_path / "labs" / "01_x.ipynb").read_text(encoding="utf-8")
     assert "Café: ∑ attention" in text
+
+
+# ----- solution_functions: the reference solution without running the notebook -----------------
+DEFINITIONS = [
+    markdown("def not_code(): pass"),
+    code("import math\nfrom math import sqrt as root\nprint(undefined_name)  # never runs"),
+    code("%matplotlib inline\n!echo hi\nSCALE = 2\nSCALES: tuple = (1, 2)\nlower = 3"),
+    code("def double(x):\n    return SCALE * x\n\nraise RuntimeError('a cell that fails')"),
+    code("def broken(:\n    pass"),  # not Python: skipped, not an error
+    code("class Box:\n    size = SCALE\nA = B = 5\nC, D = 6, 7\nE = f = 8\nlabel: str = 'x'"),
+    code("results = double(4)  # a statement that is not a definition"),
+]
+
+
+def test_solution_functions_keeps_only_top_level_definitions(tmp_path: Path) -> None:
+    path = write_solution(tmp_path, DEFINITIONS)
+    namespace = solution_functions(path)
+    assert namespace["__name__"] == "solution:01_x"
+    assert namespace["math"].sqrt(4) == namespace["root"](4) == 2
+    assert (namespace["SCALE"], namespace["SCALES"], namespace["A"], namespace["B"]) == (
+        2,
+        (1, 2),
+        5,
+        5,
+    )
+    assert namespace["double"](4) == 8 and namespace["Box"].size == 2
+    assert namespace["double"].__code__.co_filename == str(path)
+    for skipped in ["lower", "C", "D", "E", "f", "label", "not_code", "broken", "results"]:
+        assert skipped not in namespace, skipped
+
+
+def test_solution_functions_reads_cells_with_magics_only_through_ipython(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """With IPython, `%` and `!` lines become calls; without it such a cell is not Python."""
+    path = write_solution(tmp_path, DEFINITIONS[:3])
+    assert "SCALE" in solution_functions(path)
+    monkeypatch.setitem(sys.modules, "IPython.core.inputtransformer2", None)
+    namespace = solution_functions(path)
+    assert "SCALE" not in namespace and "math" in namespace
