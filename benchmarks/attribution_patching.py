@@ -26,7 +26,9 @@ beside it the agreement of the estimate with exact patching (Pearson, Spearman, 
 
 Measured 2026-11-24 on 2 CPU cores (6 pairs, 1 thread, one other job running): estimate 1.96 s;
 every head 46.3 s exact, 23.6x (CPU 23.6x); head x position 143.6 s exact, 73.2x (CPU 74.3x);
-Pearson 0.73, Spearman 0.92, top-10 recall 0.9 beside both. Run:
+Pearson 0.73, Spearman 0.92, top-10 recall 0.9 beside both. Idle, 2 threads (2026-11-24):
+estimate 1.70 s; every head 25.8 s exact, 15.2x; head x position 68.3 s exact, 40.2x (the exact
+side gains more from the second thread). Run:
     HF_HUB_OFFLINE=1 python benchmarks/attribution_patching.py [--pairs N] [--threads T]
 """
 

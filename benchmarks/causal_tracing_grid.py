@@ -14,7 +14,8 @@ restored one on (the corrupted run's keys and values before it are reused). It i
 solutions/02_causal_tracing.ipynb, so this measures the code students see.
 
 Measured on 2 CPU cores (2026-11-23): resid 10.7x, MLP 7.7x, attention 9.5x, max difference
-4.2e-09. Run:  HF_HUB_OFFLINE=1 python benchmarks/causal_tracing_grid.py
+4.2e-09; on 2026-11-24, idle: resid 9.5x (190.9 s vs 20.2 s), MLP 7.7x (171.4 s vs 22.1 s).
+Run:  HF_HUB_OFFLINE=1 python benchmarks/causal_tracing_grid.py
 """
 
 from __future__ import annotations
