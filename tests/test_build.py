@@ -515,12 +515,15 @@ def test_labs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
         "PYTHONUTF8": "0",
         "PYTHONCOERCECLOCALE": "0",
         "PYTHONIOENCODING": "utf-8",
+        "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1]),  # this labkit, as imported here
     }
     args = [sys.executable, "-c", script, str(tmp_path / "solutions"), str(tmp_path / "labs")]
     result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     assert (result.returncode, result.stdout.strip()) == (0, "0"), result.stderr
     text = (tmp_path / "labs" / "01_x.ipynb").read_text(encoding="utf-8")
     assert "Café: ∑ attention" in text
+    build(tmp_path / "solutions", tmp_path / "here")  # the same build in this process's locale
+    assert (tmp_path / "here" / "01_x.ipynb").read_bytes() == text.encode("utf-8")
 
 
 # ----- solution_functions: the reference solution without running the notebook -----------------
