@@ -543,12 +543,8 @@ def test_solution_functions_keeps_only_top_level_definitions(tmp_path: Path) -> 
     namespace = solution_functions(path)
     assert namespace["__name__"] == "solution:01_x"
     assert namespace["math"].sqrt(4) == namespace["root"](4) == 2
-    assert (namespace["SCALE"], namespace["SCALES"], namespace["A"], namespace["B"]) == (
-        2,
-        (1, 2),
-        5,
-        5,
-    )
+    constants = {name: namespace[name] for name in ("SCALE", "SCALES", "A", "B")}
+    assert constants == {"SCALE": 2, "SCALES": (1, 2), "A": 5, "B": 5}
     assert namespace["double"](4) == 8 and namespace["Box"].size == 2
     assert namespace["double"].__code__.co_filename == str(path)
     for skipped in ["lower", "C", "D", "E", "f", "label", "not_code", "broken", "results"]:
