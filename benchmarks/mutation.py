@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "hooks": (["labkit/hooks.py"], ["tests/test_hooks.py"]),
     "build": (["labkit/build.py"], ["tests/test_build.py"]),
     "metrics": (["labkit/metrics.py"], ["tests/test_metrics.py"]),
-    "models": (["labkit/models.py"], ["tests/test_models.py"]),
+    "models": (["labkit/models.py"], ["tests/test_models.py", "tests/test_models_messages.py"]),
     "plot": (
         [
             "labkit/plot/figure.py",
@@ -53,9 +53,17 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "labkit/plot/patching.py",
             "labkit/plot/tokens.py",
         ],
-        ["tests/test_plot_grids.py", "tests/test_plot_patching.py", "tests/test_plot_tokens.py"],
+        [
+            "tests/test_plot_grids.py",
+            "tests/test_plot_patching.py",
+            "tests/test_plot_tokens.py",
+            "tests/test_plot_snapshots.py",
+        ],
     ),
-    "checks.core": (["labkit/checks/core.py"], ["tests/test_checks_core.py"]),
+    "checks.core": (
+        ["labkit/checks/core.py"],
+        ["tests/test_checks_core.py", "tests/test_checks_messages.py"],
+    ),
 }
 # What each copy needs: the package, its tests, and what the build tests read.
 COPIED = ("labkit", "tests", "solutions", "labs", "pyproject.toml")

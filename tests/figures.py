@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.collections import PathCollection, PolyCollection, QuadMesh
+from matplotlib.collections import Collection, PathCollection, PolyCollection, QuadMesh
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator
 
 
@@ -196,3 +199,113 @@ def load_recorded(folder) -> dict[str, np.ndarray]:
         with np.load(path) as arrays:
             data.update({f"{path.stem}/{name}": arrays[name] for name in arrays.files})
     return data
+
+
+# ----- how a figure draws it ---------------------------------------------------------------------
+def _round(values, digits: int = 4):
+    """Numbers to ``digits`` significant digits, as nested lists (JSON-ready, NaN as None)."""
+    array = np.asarray(values, dtype=float)
+    rounded = [float(f"{v:.{digits}g}") if np.isfinite(v) else None for v in array.ravel()]
+    return np.array(rounded, dtype=object).reshape(array.shape).tolist()
+
+
+def _text_style(text) -> dict:
+    return {
+        "text": text.get_text(),
+        "size": text.get_fontsize(),
+        "rotation": text.get_rotation(),
+        "ha": text.get_horizontalalignment(),
+        "va": text.get_verticalalignment(),
+        "colour": to_hex(text.get_color()),
+    }
+
+
+def _axis_spec(axis) -> dict:
+    spec = {"scale": axis.get_scale()}
+    base = getattr(axis.get_transform(), "base", None)
+    if base is not None:
+        spec["base"] = base
+    if isinstance(axis.get_major_locator(), FixedLocator):  # ticks the plot chose
+        spec["ticks"] = _round(axis.get_majorticklocs())
+        spec["labels"] = [_text_style(t) for t in axis.get_ticklabels()]
+    return spec
+
+
+def _artist_spec(artist) -> dict:
+    spec: dict = {"type": type(artist).__name__, "label": str(artist.get_label())}
+    if isinstance(artist, Line2D):
+        spec |= {
+            "xy": _round(artist.get_xydata()),
+            "colour": to_hex(artist.get_color()),
+            "style": artist.get_linestyle(),
+            "width": artist.get_linewidth(),
+            "marker": str(artist.get_marker()),
+            "marker size": artist.get_markersize(),
+        }
+    elif isinstance(artist, (QuadMesh, AxesImage)):
+        spec |= {
+            "values": _round(np.ma.getdata(artist.get_array())),
+            "cmap": artist.get_cmap().name,
+            "clim": _round(artist.get_clim()),
+        }
+    elif isinstance(artist, Collection):  # scatters and bands
+        spec |= {
+            "offsets": _round(artist.get_offsets()),
+            "paths": [_round(p.vertices) for p in artist.get_paths()][:50],
+            "sizes": _round(artist.get_sizes()) if hasattr(artist, "get_sizes") else None,
+            "alpha": artist.get_alpha(),
+            "colours": [to_hex(c, keep_alpha=True) for c in artist.get_facecolor()],
+            "edges": [to_hex(c, keep_alpha=True) for c in artist.get_edgecolor()],
+            "widths": _round(artist.get_linewidth()),
+        }
+    elif isinstance(artist, Rectangle):  # bars
+        spec |= {
+            "xy": _round(artist.get_xy()),
+            "size": _round([artist.get_width(), artist.get_height()]),
+            "colour": to_hex(artist.get_facecolor(), keep_alpha=True),
+        }
+    return spec
+
+
+def figure_spec(fig: Figure) -> dict:
+    """How the figure draws its data, as JSON-ready values: its size, and per axes where it
+    sits, its texts (with size, rotation and alignment), scales, ticks, spines, legend, and
+    every line, heatmap, scatter, band and bar with its colours, widths and markers.
+
+    A snapshot of this catches a change to any of them (a flipped grid, a lost legend, another
+    colour map, a smaller font); record a deliberate change again (see test_plot_snapshots).
+    """
+    suptitle = getattr(fig, "_suptitle", None)
+    spec: dict = {
+        "size": _round(fig.get_size_inches()),
+        "suptitle": _text_style(suptitle) if suptitle is not None else None,
+        "axes": [],
+    }
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        shared = [fig.axes.index(o) for o in ax.get_shared_x_axes().get_siblings(ax)]
+        spec["axes"].append(
+            {
+                "position": _round(ax.get_position().bounds, 2),
+                "title": _text_style(ax.title),
+                "xlabel": _text_style(ax.xaxis.label),
+                "ylabel": _text_style(ax.yaxis.label),
+                "x": _axis_spec(ax.xaxis),
+                "y": _axis_spec(ax.yaxis),
+                "y inverted": bool(ax.yaxis_inverted()),
+                "aspect": str(ax.get_aspect()),
+                "shares x with": sorted(shared),
+                "spines": {name: s.get_visible() for name, s in ax.spines.items()},
+                "legend": None
+                if legend is None
+                else {
+                    "texts": [_text_style(t) for t in legend.get_texts()],
+                    "frame": legend.get_frame_on(),
+                },
+                "artists": [
+                    _artist_spec(a) for a in [*ax.collections, *ax.images, *ax.lines, *ax.patches]
+                ],
+                "texts": [_text_style(t) for t in ax.texts],
+            }
+        )
+    return spec
