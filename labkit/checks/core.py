@@ -415,7 +415,13 @@ def _grad_mode_kept() -> Iterator[None]:
 
 def _internal_error(err: BaseException) -> str:
     if isinstance(err, ImportError):
-        missing = getattr(err, "name", None) or str(err)
+        missing = (getattr(err, "name", None) or "").split(".")[0]  # the package, not a submodule
+        if not missing:  # an ImportError that names no module: say what it said
+            return (
+                f"This check could not import what it needs ({err}). Run `labkit doctor`: it "
+                "names the package that is missing or broken and the command that installs it. "
+                "Your function was not at fault."
+            )
         return (
             f"This check needs the package {missing!r}, which is not installed here. Install it "
             f"(pip install {missing}) and run the cell again; your function was not at fault."
