@@ -448,3 +448,19 @@ def test_not_attempted_propagates_from_the_body() -> None:
 
     result = run_check(body, "n", 1.0, lambda: None)
     assert not result.attempted and result.max_score == 1.0
+
+
+def test_a_skip_names_the_innermost_unfinished_function(capsys) -> None:
+    namespace = {"skip_if_unattempted": skip_if_unattempted}
+    cell_1 = (
+        "def outer():\n    return middle()\n\n"
+        "def middle():\n    return inner()\n\n"
+        "def inner():\n    raise NotImplementedError('Exercise')\n"
+    )
+    exec(compile(cell_1, "<cell 1>", "exec"), namespace)
+    cell_2 = 'with skip_if_unattempted("the plot"):\n    outer()\n'
+    exec(compile(cell_2, "<cell 2>", "exec"), namespace)
+    assert capsys.readouterr().out == (
+        "(skipped) the plot: inner() is not implemented yet; finish its exercise above, then "
+        "rerun.\n"
+    )

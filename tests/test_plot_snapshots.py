@@ -85,6 +85,9 @@ CASES: dict[str, Callable[[], object]] = {
     "attribution_grid many rows": lambda: plot.attribution_grid(
         wave(32, 3), ["a", "b\n", "c"], rows=[f"L{i}" for i in range(32)], ylabel="step"
     ),
+    "attribution_grid needing grad": lambda: plot.attribution_grid(
+        torch.tensor(wave(2, 3), requires_grad=True) * 2, ["a", "b", "c"]
+    ),
     "attribution_grid zero with nan": lambda: plot.attribution_grid(
         np.array([[0.0, np.nan], [0.0, 0.0]]), ["a", "b"]
     ),
