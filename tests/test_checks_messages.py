@@ -170,7 +170,7 @@ def check_import_message(fn, t: Checker) -> None:
 
 @check("import of a submodule")
 def check_import_submodule(fn, t: Checker) -> None:
-    import labkit_no_such_package.sub  # noqa: F401
+    import labkit.no_such_module  # noqa: F401
 
 
 # name -> (check, student function), and run_check's own argument handling

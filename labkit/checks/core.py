@@ -415,8 +415,8 @@ def _grad_mode_kept() -> Iterator[None]:
 
 def _internal_error(err: BaseException) -> str:
     if isinstance(err, ImportError):
-        missing = (getattr(err, "name", None) or "").split(".")[0]  # the package, not a submodule
-        if not missing:  # an ImportError that names no module: say what it said
+        missing = getattr(err, "name", None)
+        if not missing or "." in missing:  # no module named, or a package lacking a submodule
             return (
                 f"This check could not import what it needs ({err}). Run `labkit doctor`: it "
                 "names the package that is missing or broken and the command that installs it. "
