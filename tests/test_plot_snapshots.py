@@ -79,6 +79,9 @@ CASES: dict[str, Callable[[], object]] = {
     "agreement_matrix untitled": lambda: plot.agreement_matrix(
         [[1.0, -1.0], [-1.0, 1.0]], ["a", "b"]
     ),
+    "agreement_matrix weak": lambda: plot.agreement_matrix(
+        torch.tensor([[0.5, 0.25], [0.25, 0.5]]), ["a", "b"]
+    ),
     "attribution_grid tensor": lambda: plot.attribution_grid(
         torch.tensor(wave(4, 7)), TOKENS, title="Layers", xlabel="token"
     ),
