@@ -59,6 +59,9 @@ CASES: dict[str, Callable[[], object]] = {
     "attribution_bars many tokens, raw": lambda: plot.attribution_bars(
         [f"t{i}" for i in range(14)], {"x": WAVE[:14] * 3}, normalize=False
     ),
+    "attribution_bars one row of a batch": lambda: plot.attribution_bars(
+        TOKENS[:3], {"IG": torch.tensor([[0.5, -1.0, 0.25]])}
+    ),
     "attribution_bars all zero": lambda: plot.attribution_bars(TOKENS[:3], {"zero": [0, 0, 0]}),
     "plot_curves mean and band": lambda: plot.plot_curves(
         {"IG": WAVE[:6], "random": torch.tensor(wave(4, 6))}, title="Deletion"
@@ -163,6 +166,7 @@ CASES: dict[str, Callable[[], object]] = {
         k=3,
         title="Find",
     ),
+    "plot_find_curve untitled": lambda: plot.plot_find_curve({"estimate": [0, 1]}, k=1),
     "plot_patching_grids labelled": lambda: plot.plot_patching_grids(
         {"resid": wave(12, 3), "mlp": torch.tensor(wave(12, 3, shift=2.0))},
         columns=["a", "b\n", "c"],
