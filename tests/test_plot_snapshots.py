@@ -296,3 +296,13 @@ def test_the_comparison_catches_what_it_must() -> None:
             changed["axes"][0][path] = value
         assert differences(changed, spec), (path, value)
     assert differences({"a": [1, 2]}, {"a": [1]}) and differences({"a": True}, {"a": 1})
+
+
+def test_a_flat_scatter_reports_no_correlation_without_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value" warning would reach students
+        fig = plot.plot_patching_scatter([1.0, 1.0, 1.0], [0.0, 1.0, 2.0])
+        one = plot.plot_patching_scatter([1.0], [2.0])
+    assert fig.axes[0].get_title() == one.axes[0].get_title() == "(Pearson r = nan)"
