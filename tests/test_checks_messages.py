@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from snapshots import stored_snapshots
 
 from labkit.checks.core import (
     DEFAULT_TIMEOUT,
@@ -287,12 +288,7 @@ def _no_line_numbers(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def stored():
-    data = json.loads(SNAPSHOTS.read_text(encoding="utf-8")) if SNAPSHOTS.exists() else {}
-    yield data
-    if RECORD:
-        SNAPSHOTS.write_text(
-            json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    yield from stored_snapshots(SNAPSHOTS, RECORD)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from snapshots import stored_snapshots
 
 import labkit
 from labkit import models
@@ -31,12 +32,7 @@ RECORD = os.environ.get("LABKIT_RECORD_MESSAGES") == "1"
 
 @pytest.fixture(scope="module")
 def stored():
-    data = json.loads(SNAPSHOTS.read_text(encoding="utf-8")) if SNAPSHOTS.exists() else {}
-    yield data
-    if RECORD:
-        SNAPSHOTS.write_text(
-            json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    yield from stored_snapshots(SNAPSHOTS, RECORD)
 
 
 def said(stored: dict, name: str, text: str, tmp_path: Path | None = None) -> None:

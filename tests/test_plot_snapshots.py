@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from figures import figure_spec
+from snapshots import stored_snapshots
 
 from labkit import plot
 
@@ -244,18 +245,9 @@ def differences(got, expected, where: str = "") -> list[str]:
     return [f"{where}: {got!r}, expected {expected!r}"]
 
 
-def recorded() -> dict:
-    return json.loads(SNAPSHOTS.read_text(encoding="utf-8")) if SNAPSHOTS.exists() else {}
-
-
 @pytest.fixture(scope="module")
 def snapshots():
-    stored = recorded()
-    yield stored
-    if RECORD:
-        SNAPSHOTS.write_text(
-            json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+    yield from stored_snapshots(SNAPSHOTS, RECORD)
 
 
 @pytest.mark.parametrize("name", CASES)
