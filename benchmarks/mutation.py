@@ -18,6 +18,9 @@ equivalent, not covered by the selected tests, the score killed / (mutants - equ
 time taken; then the survivors that are not listed as equivalent. Run:
     make mutation                      (all modules; sets up the environment first)
     python benchmarks/mutation.py [--modules hooks metrics] [--jobs 2]
+    python benchmarks/mutation.py --resume --modules plot   (go on with a stopped run)
+    python benchmarks/mutation.py --survivors --modules plot (after new tests: test again
+                                                    the last run's survivors only)
 """
 
 from __future__ import annotations
@@ -191,7 +194,26 @@ def prepare_copy(module: str, work: Path) -> None:
         f.write(table)
 
 
-def run_mutmut(work: Path, jobs: int) -> int:
+def resumable(work: Path) -> str:
+    """Why the copy of an earlier run cannot be resumed ("" when it can)."""
+    return "" if (work / "mutants").is_dir() else f"there is no earlier run in {work}"
+
+
+def refresh_copy(module: str, work: Path) -> None:
+    """Bring the copy's tests and mutated files up to date with the checkout. mutmut keeps
+    every verdict of a function whose source is unchanged (it compares a hash per function)
+    and tests the mutants that have none."""
+    shutil.rmtree(work / "tests")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    for name in MODULES[module][0]:
+        current = undecorate((ROOT / name).read_text(encoding="utf-8"))
+        if (work / name).read_text(encoding="utf-8") != current:
+            print(f"{module}: {name} changed; its changed functions are tested again", flush=True)
+            (work / name).write_text(current, encoding="utf-8")
+
+
+def run_mutmut(work: Path, jobs: int, names: list[str] = ()) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LABKIT_CACHE_TEST")}
     env.update(
         HF_HUB_OFFLINE="1",
@@ -204,7 +226,7 @@ def run_mutmut(work: Path, jobs: int) -> int:
     )
     with open(work / "mutmut.log", "w", encoding="utf-8") as log:
         done = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names],
             cwd=work,
             env=env,
             stdout=log,
@@ -311,7 +333,18 @@ def main() -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="score the last run again, run nothing"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the last run's verdicts and test only the mutants it did not reach",
+    )
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="keep the last run and test again only its survivors (after adding tests)",
+    )
     args = parser.parse_args()
+    args.resume = args.resume or args.survivors
     equivalents = load_equivalents()
     scores = []
     started = time.perf_counter()
@@ -320,8 +353,19 @@ def main() -> int:
         t0 = time.perf_counter()
         if not args.report_only:
             print(f"{module}: mutating {', '.join(MODULES[module][0])} ...", flush=True)
-            prepare_copy(module, work)
-            code = run_mutmut(work, args.jobs)
+            why_not = resumable(work) if args.resume else "not asked to resume"
+            if args.resume and why_not:
+                print(f"{module}: cannot resume ({why_not}); starting a fresh run", flush=True)
+            if why_not:
+                prepare_copy(module, work)
+            else:
+                refresh_copy(module, work)
+            code = run_mutmut(work, args.jobs)  # every mutant without a verdict
+            if args.survivors and not why_not and code == 0:
+                last = score_module(module, work, equivalents)
+                again = last.survived + last.no_tests
+                print(f"{module}: testing again {len(again)} survivors", flush=True)
+                code = run_mutmut(work, args.jobs, again) if again else 0
             if code != 0:
                 print(f"{module}: mutmut stopped with exit code {code}; see {work}/mutmut.log")
         score = score_module(module, work, equivalents)
@@ -334,7 +378,10 @@ def main() -> int:
         else:
             timings = WORK / "timings.json"
             saved = json.loads(timings.read_text()) if timings.exists() else {}
-            saved[module] = score.seconds
+            # a resumed run adds its time to the time of the run it went on with
+            resumed = args.resume and not why_not
+            saved[module] = score.seconds + (saved.get(module, 0.0) if resumed else 0.0)
+            score.seconds = saved[module]
             timings.write_text(json.dumps(saved, indent=1))
         print(f"{module}: {score.score:.1%} of {score.mutants} mutants killed", flush=True)
         scores.append(score)

@@ -714,7 +714,7 @@ def _load_local(folder: Path, dtype: torch.dtype):
         raise
     except Exception as err:  # noqa: BLE001 (JSON, OS and transformers errors alike)
         config = folder / "config.json"
-        reason = _first_line(err)
+        reason = _first_line(err).rstrip(".")  # the message below goes on after it
         if not config.exists():
             reason = "it has no config.json"
         else:

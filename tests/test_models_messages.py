@@ -92,6 +92,7 @@ def test_str_tokens_and_top_tokens(lm: labkit.LabModel) -> None:
     top = lm.top_tokens("The capital of France is", k=3)
     assert [type(t) for t in top[0]] == [str, float] and top[0][0] == " Paris"
     assert len(top) == 3 and top[0][1] > top[1][1] > top[2][1]
+    assert lm.top_tokens("The capital of France is") == lm.top_tokens(ids[:, 1:], k=5)
 
 
 # ----- the default model's cache ---------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_install_keeps_an_intact_conversion_that_won_the_race(tmp_path, monkeypa
     target.mkdir()
     late.mkdir()
     (late / "file").write_text("late")
-    monkeypatch.setattr(models, "cache_problem", lambda folder: None)
+    monkeypatch.setattr(models, "cache_problem", lambda folder: None if folder == target else "?")
     monkeypatch.setattr(Path, "rename", _rename_fails_onto(target))
     models._install(late, target)
     assert not late.exists()
@@ -245,6 +246,15 @@ def test_the_snapshot_holds_every_message_and_no_other(stored) -> None:
         "no wheel",
         "cannot write",
         "no space",
+        "no name",
+        "no name (None)",
+        "a file",
+        "no config",
+        "bad config",
+        "local folder advice",
+        "bert folder",
+        "fast path on a damaged cache",
+        *(f"hub {e} {w}" for e in ("OSError", "ValueError") for w in ("offline", "online")),
     }
     assert expected <= set(stored)
     assert sum(name.startswith("convert ") and name not in expected for name in stored) == 8
@@ -279,7 +289,196 @@ def test_gguf_problem_compares_with_the_wheels_record(tmp_path, monkeypatch) -> 
     def not_installed(package):
         raise importlib.metadata.PackageNotFoundError(package)
 
+    # a record without a checksum (or without a size) is nothing to compare with
+    unhashed = SimpleNamespace(name=gguf.name, hash=None, size=1)
+    monkeypatch.setattr(importlib.metadata, "files", lambda package: [unhashed])
+    assert models.gguf_problem(gguf) is None
+
     monkeypatch.setattr(importlib.metadata, "files", not_installed)
     assert models.gguf_problem(gguf) is None  # nothing to compare with
     monkeypatch.setattr(importlib.metadata, "files", lambda package: None)
     assert models.gguf_problem(gguf) is None
+
+
+# ----- loading: every message, and each path's arguments ---------------------------------------
+def _saved_tiny(folder: Path, family: str = "gpt2") -> Path:
+    tiny = tiny_model(family)
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_load_model_messages(tmp_path, monkeypatch, stored) -> None:
+    said(stored, "no name", error(lambda: labkit.load_model("  "), ValueError))
+    said(stored, "no name (None)", error(lambda: labkit.load_model(None), ValueError))
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"")
+    said(stored, "a file", error(lambda: labkit.load_model(a_file)), tmp_path)
+    (tmp_path / "empty").mkdir()
+    said(stored, "no config", error(lambda: labkit.load_model(tmp_path / "empty")), tmp_path)
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "config.json").write_text("{ not json")
+    said(stored, "bad config", error(lambda: labkit.load_model(tmp_path / "garbage")), tmp_path)
+    no_weights = _saved_tiny(tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    # transformers' own first line is quoted (its wording differs between versions)
+    message = error(lambda: labkit.load_model(no_weights)).replace(str(tmp_path), "<tmp>")
+    head, _, tail = message.partition(": ")
+    quoted, _, advice = tail.partition(". It must hold")
+    assert head == "Could not load the local model folder <tmp>/no-weights"
+    assert "model.safetensors" in quoted and not quoted.endswith(".")
+    said(stored, "local folder advice", advice)
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    said(stored, "bert folder", error(lambda: labkit.load_model(bert)), tmp_path)
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+@pytest.mark.parametrize(
+    "raised", [OSError("not found\nsecond line"), ValueError("")], ids=["os", "empty"]
+)
+def test_hub_model_messages(offline, raised, monkeypatch, stored) -> None:
+    """A hub id that cannot be loaded names the reason and the offline default (no network:
+    the hub lookup is replaced by one that fails)."""
+    seen = []
+
+    def family(name):
+        seen.append(name)
+        raise raised
+
+    monkeypatch.setattr(models, "_check_family", family)
+    monkeypatch.setattr(models, "_hub_offline", lambda: offline)
+    message = error(lambda: labkit.load_model("someone/some-model"))
+    said(stored, f"hub {type(raised).__name__} {'offline' if offline else 'online'}", message)
+    assert seen == ["someone/some-model"]
+
+
+def test_first_line_of_an_error() -> None:
+    assert models._first_line(ValueError("  first\nsecond  ")) == "first"
+    assert models._first_line(OSError()) == "OSError"
+    assert models._first_line(KeyError("")) == "''"
+
+
+def test_a_damaged_default_says_so_once_and_loads_the_new_conversion(
+    fake_default, monkeypatch, capsys, stored, tmp_path
+) -> None:
+    """The fast path fails on a cache that passes the quick check but not the full one: one
+    line says what is damaged, it is converted again, and the dtype asked for is kept."""
+    import torch
+
+    models.prepare_default_model()
+    extra = fake_default.folder / "extra.bin"  # 3 MiB: the quick check skips its middle
+    data = bytearray(extra.read_bytes())
+    data[len(data) // 2] ^= 1
+    extra.write_bytes(bytes(data))
+    assert models.cache_problem(fake_default.folder) is None
+    capsys.readouterr()
+
+    def fast_path_fails(folder, dtype):
+        raise ValueError("unreadable")
+
+    monkeypatch.setattr(models, "_load_checkpoint_fast", fast_path_fails)
+    lm = labkit.load_model(dtype=torch.float64)
+    said(stored, "fast path on a damaged cache", labkit_lines(capsys), tmp_path)
+    assert len(fake_default.calls) == 2 and lm.model.dtype == torch.float64
+    assert models.cache_problem(fake_default.folder, full=True) is None
+
+
+# ----- the cache's temporary folders under failure ------------------------------------------------
+def test_pid_alive() -> None:
+    assert models._pid_alive(os.getpid())  # and the probe sends no signal: we are still here
+    assert not models._pid_alive(999_999_999)
+
+
+class _ListedInOrder(type(Path())):
+    """A folder whose iterdir lists its entries sorted (the order the test needs)."""
+
+    def iterdir(self):
+        return iter(sorted(super().iterdir()))
+
+
+def test_the_stale_sweep_skips_what_it_cannot_read_and_goes_on(tmp_path) -> None:
+    host = socket.gethostname()
+    vanished = tmp_path / f".converting-{host}-999999999-a"  # a link to nothing: stat fails
+    vanished.symlink_to(tmp_path / "nowhere")
+    dead = tmp_path / f".converting-{host}-999999999-b"
+    dead.mkdir()
+    assert models.clean_stale_temporaries(_ListedInOrder(tmp_path)) == [dead]
+
+
+def test_a_foreign_folder_is_stale_after_three_hours_not_before(tmp_path, monkeypatch) -> None:
+    foreign = tmp_path / ".converting-otherhost-1-abc"  # another host: its pid means nothing here
+    foreign.mkdir()
+    os.utime(foreign, (1_000_000, 1_000_000))
+    monkeypatch.setattr(models.time, "time", lambda: 1_000_000 + models._STALE_AFTER_S)
+    assert models.clean_stale_temporaries(tmp_path) == [] and foreign.exists()
+    monkeypatch.setattr(models.time, "time", lambda: 1_000_001 + models._STALE_AFTER_S)
+    assert models.clean_stale_temporaries(tmp_path) == [foreign]
+
+
+def _rmtree_that_fails(removed: list):
+    """shutil.rmtree for a folder that cannot be removed (a file held open on Windows, a
+    read-only mount): it raises unless told to ignore errors, and removes nothing."""
+
+    def rmtree(path, ignore_errors=False, **kwargs):
+        removed.append(Path(path))
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    return rmtree
+
+
+def test_folders_that_cannot_be_removed_are_left_quietly(tmp_path, monkeypatch, stored) -> None:
+    removed = []
+    monkeypatch.setattr(models.shutil, "rmtree", _rmtree_that_fails(removed))
+    dead = tmp_path / f".replaced-{socket.gethostname()}-999999999-x"
+    dead.mkdir()
+    assert models.clean_stale_temporaries(tmp_path) == [] and removed == [dead]
+    # a race lost to an intact conversion: ours is left for a later sweep, no error
+    target, late = tmp_path / "v2", tmp_path / ".converting-late"
+    target.mkdir()
+    late.mkdir()
+    monkeypatch.setattr(models, "cache_problem", lambda folder: None)
+    monkeypatch.setattr(Path, "rename", _rename_fails_onto(target))
+    models._install(late, target)
+    assert late in removed and late.exists()
+    # not enough space: the error is about space, not about the folder it could not remove
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, 300 << 20))
+    said(stored, "no space", error(lambda: models._conversion_folder(tmp_path / "c")), tmp_path)
+
+
+def test_a_replaced_conversion_is_set_aside_next_to_the_cache(tmp_path, monkeypatch) -> None:
+    """If the new conversion cannot be put in place, the old one is kept in a folder the stale
+    sweep knows (same disk, so the move is a rename), with its files."""
+    target, lost = tmp_path / "v2", tmp_path / ".converting-gone"  # `lost` does not exist
+    target.mkdir()
+    (target / "weights.bin").write_text("old")
+    removed = []
+    monkeypatch.setattr(models.shutil, "rmtree", _rmtree_that_fails(removed))
+    with pytest.raises(OSError):
+        models._install(lost, target)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name != target.name]
+    assert aside.name.startswith(f".replaced-{socket.gethostname()}-{os.getpid()}-")
+    assert models._TEMPORARY.match(aside.name)
+    assert (aside / "old" / "weights.bin").read_text() == "old"
+    assert removed == []
+    # when it works, the set-aside folder is removed without raising even if it cannot be
+    new = tmp_path / ".converting-new"
+    new.mkdir()
+    target.mkdir()
+    models._install(new, target)
+    assert len(removed) == 1 and removed[0].name.startswith(".replaced-")
+    # a first install has nothing to set aside, so nothing to remove
+    first = tmp_path / ".converting-first"
+    first.mkdir()
+    models._install(first, tmp_path / "v3")
+    assert len(removed) == 1 and (tmp_path / "v3").is_dir()
+
+
+def test_exactly_the_space_needed_is_enough(tmp_path, monkeypatch) -> None:
+    Usage = namedtuple("Usage", "total used free")
+    needed = models._SPACE_NEEDED
+    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, needed))
+    assert models._conversion_folder(tmp_path).is_dir()
