@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 }
 # What each copy needs: the package, its tests, and what the build tests read.
 COPIED = ("labkit", "tests", "solutions", "labs", "pyproject.toml")
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 UNDECORATED = ("contextmanager", "property")
 # Imported once by mutmut's fork server, so that each mutant's test run (a fork of it) starts
 # warm: transformers imports each model family's code lazily, which alone costs seconds.
@@ -161,11 +163,10 @@ def prepare_copy(module: str, work: Path) -> None:
     files, tests = MODULES[module]
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in COPIED:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, work / name, ignore=ignore)
+            shutil.copytree(src, work / name, ignore=NOT_COPIED)
         elif src.exists():
             shutil.copy2(src, work / name)
     for name in files:
@@ -204,8 +205,7 @@ def refresh_copy(module: str, work: Path) -> None:
     every verdict of a function whose source is unchanged (it compares a hash per function)
     and tests the mutants that have none."""
     shutil.rmtree(work / "tests")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=NOT_COPIED)
     for name in MODULES[module][0]:
         current = undecorate((ROOT / name).read_text(encoding="utf-8"))
         if (work / name).read_text(encoding="utf-8") != current:
@@ -213,7 +213,7 @@ def refresh_copy(module: str, work: Path) -> None:
             (work / name).write_text(current, encoding="utf-8")
 
 
-def run_mutmut(work: Path, jobs: int, names: list[str] = ()) -> int:
+def run_mutmut(work: Path, jobs: int, names: Sequence[str] = ()) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LABKIT_CACHE_TEST")}
     env.update(
         HF_HUB_OFFLINE="1",
