@@ -49,7 +49,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "hooks": (["labkit/hooks.py"], ["tests/test_hooks.py"]),
     "build": (["labkit/build.py"], ["tests/test_build.py"]),
     "metrics": (["labkit/metrics.py"], ["tests/test_metrics.py"]),
-    "models": (["labkit/models.py"], ["tests/test_models.py", "tests/test_models_messages.py"]),
+    "models": (
+        ["labkit/models.py"],
+        ["tests/test_models.py", "tests/test_models_messages.py", "tests/test_models_parts.py"],
+    ),
     "plot": (
         [
             "labkit/plot/figure.py",
@@ -159,19 +162,10 @@ def undecorate(source: str) -> str:
     return "".join(lines)
 
 
-def prepare_copy(module: str, work: Path) -> None:
+def write_settings(module: str, work: Path) -> None:
+    """The copy's pyproject.toml: the checkout's, plus mutmut's settings for ``module`` (written
+    again on a resumed run, so a test file added to MODULES since is run too)."""
     files, tests = MODULES[module]
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=NOT_COPIED)
-        elif src.exists():
-            shutil.copy2(src, work / name)
-    for name in files:
-        path = work / name
-        path.write_text(undecorate(path.read_text(encoding="utf-8")), encoding="utf-8")
     settings = {
         "source_paths": ["labkit"],
         "only_mutate": files,
@@ -191,8 +185,24 @@ def prepare_copy(module: str, work: Path) -> None:
     }
     (work / "preload.txt").write_text("\n".join(PRELOAD) + "\n", encoding="utf-8")
     table = "\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-    with open(work / "pyproject.toml", "a", encoding="utf-8") as f:
-        f.write(table)
+    project = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    (work / "pyproject.toml").write_text(project + table, encoding="utf-8")
+
+
+def prepare_copy(module: str, work: Path) -> None:
+    files = MODULES[module][0]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=NOT_COPIED)
+        elif src.exists():
+            shutil.copy2(src, work / name)
+    for name in files:
+        path = work / name
+        path.write_text(undecorate(path.read_text(encoding="utf-8")), encoding="utf-8")
+    write_settings(module, work)
 
 
 def resumable(work: Path) -> str:
@@ -206,6 +216,7 @@ def refresh_copy(module: str, work: Path) -> None:
     and tests the mutants that have none."""
     shutil.rmtree(work / "tests")
     shutil.copytree(ROOT / "tests", work / "tests", ignore=NOT_COPIED)
+    write_settings(module, work)
     for name in MODULES[module][0]:
         current = undecorate((ROOT / name).read_text(encoding="utf-8"))
         if (work / name).read_text(encoding="utf-8") != current:

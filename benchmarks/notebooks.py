@@ -5,9 +5,14 @@ student would run it. Printed per notebook: the total time, the kernel start-up,
 cells (with their first line) and the slowest check cell (a cell that calls
 ``checks.check_...``). The notebooks are not modified.
 
+With ``--model-time`` the kernel also measures how much of the run is the model's own work:
+the time inside every top-level ``...ForCausalLM`` forward call and inside every backward pass
+(``torch.autograd.grad`` and ``Tensor.backward``). That share is the floor no rewrite of the
+surrounding Python can go below without running fewer passes.
+
 Goals (issue 16): each solution at most 60 s on 2 cores, each check cell at most 2 s; Run All on
 a student lab (``--labs``, exercises unattempted) at most 15 s. Run:
-    HF_HUB_OFFLINE=1 python benchmarks/notebooks.py [--labs] [--slowest 5] [NOTEBOOK ...]
+    HF_HUB_OFFLINE=1 python benchmarks/notebooks.py [--labs] [--model-time] [--slowest 5] [NB ...]
 """
 
 from __future__ import annotations
@@ -41,8 +46,67 @@ def first_line(source: str) -> str:
     return text if len(text) <= 70 else text[:67] + "..."
 
 
-def run_notebook(path: Path, slowest: int, timeout: int) -> float:
+# Run before the notebook's first cell with --model-time: times the model's forward calls (the
+# outermost ...ForCausalLM call only) and every backward pass, in the kernel itself.
+MODEL_TIMER = """
+import time as _bench_time, torch as _bench_torch
+_bench = {"forward": 0.0, "forwards": 0, "backward": 0.0, "backwards": 0, "start": {}}
+
+def _bench_pre(module, args):
+    if type(module).__name__.endswith("ForCausalLM"):
+        _bench["start"][id(module)] = _bench_time.perf_counter()
+
+def _bench_post(module, args, output):
+    start = _bench["start"].pop(id(module), None)
+    if start is not None:
+        _bench["forward"] += _bench_time.perf_counter() - start
+        _bench["forwards"] += 1
+
+def _bench_timed(run):
+    def timed(*args, **kwargs):
+        start = _bench_time.perf_counter()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            _bench["backward"] += _bench_time.perf_counter() - start
+            _bench["backwards"] += 1
+    return timed
+
+_bench_torch.nn.modules.module.register_module_forward_pre_hook(_bench_pre)
+_bench_torch.nn.modules.module.register_module_forward_hook(_bench_post)
+_bench_torch.autograd.grad = _bench_timed(_bench_torch.autograd.grad)
+_bench_torch.Tensor.backward = _bench_timed(_bench_torch.Tensor.backward)
+"""
+MODEL_REPORT = """
+print("@@model", *(_bench[key] for key in ("forward", "forwards", "backward", "backwards")))
+"""
+
+
+def model_time(cell: nbformat.NotebookNode) -> str:
+    """The --model-time report cell's output as one line."""
+    text = "".join(out.get("text", "") for out in cell.get("outputs", []))
+    fields = next(
+        (line.split()[1:] for line in text.splitlines() if line.startswith("@@model")), None
+    )
+    if not fields:
+        return "  model time: not reported (the run stopped before the last cell)"
+    forward, forwards, backward, backwards = (
+        float(fields[0]),
+        int(fields[1]),
+        float(fields[2]),
+        int(fields[3]),
+    )
+    return (
+        f"  model time: {forward + backward:.1f} s = {forward:.1f} s in {forwards} forward calls "
+        f"+ {backward:.1f} s in {backwards} backward passes"
+    )
+
+
+def run_notebook(path: Path, slowest: int, timeout: int, measure_model: bool = False) -> float:
     notebook = nbformat.read(path, as_version=4)
+    if measure_model:
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(MODEL_TIMER))
+        notebook.cells.append(nbformat.v4.new_code_cell(MODEL_REPORT))
     client = NotebookClient(
         notebook,
         timeout=timeout,
@@ -70,6 +134,9 @@ def run_notebook(path: Path, slowest: int, timeout: int) -> float:
     )
     if error:
         print(f"  STOPPED by an error: {error}")
+    if measure_model:
+        print(model_time(notebook.cells[-1]))
+        print("  (the first and last code cells above are the benchmark's timer and report)")
     print(f"  {slowest} slowest cells:")
     for seconds, index, cell in sorted(timed, key=lambda t: -t[0])[:slowest]:
         print(f"    {seconds:6.2f} s  cell {index + 1:>3}  {first_line(cell.source)}")
@@ -85,6 +152,9 @@ def main() -> None:
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: solutions/*.ipynb")
     parser.add_argument("--labs", action="store_true", help="run the student labs instead")
     parser.add_argument("--slowest", type=int, default=5)
+    parser.add_argument(
+        "--model-time", action="store_true", help="also time the model's forward/backward passes"
+    )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +164,9 @@ def main() -> None:
     folder = ROOT / ("labs" if args.labs else "solutions")
     paths = [p.resolve() for p in args.notebooks] or sorted(folder.glob("*.ipynb"))
     print(f"{len(paths)} notebook(s), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    totals = {path.name: run_notebook(path, args.slowest, args.timeout) for path in paths}
+    totals = {
+        path.name: run_notebook(path, args.slowest, args.timeout, args.model_time) for path in paths
+    }
     print("\nTotals: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in totals.items()))
 
 

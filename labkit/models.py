@@ -233,8 +233,15 @@ class LabModel:
     # ----- running -----------------------------------------------------------------------------
     def logits(self, tokens: str | torch.Tensor) -> torch.Tensor:
         """Logits (batch, pos, vocab) for a prompt or token ids (batch, pos), without gradients."""
-        ids = self.to_tokens(tokens) if isinstance(tokens, str) else tokens.to(self.device)
-        if not isinstance(tokens, str):
+        if isinstance(tokens, str):
+            ids = self.to_tokens(tokens)
+        else:
+            if tokens.dim() != 2:
+                raise ValueError(
+                    f"logits takes token ids of shape (batch, pos), got {tuple(tokens.shape)}. "
+                    "For one prompt use lm.to_tokens(text), or ids[None] to add the batch axis."
+                )
+            ids = tokens.to(self.device)
             self.check_length(ids.shape[-1])
         with torch.no_grad():
             return self.model(input_ids=ids).logits
