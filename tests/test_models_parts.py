@@ -579,3 +579,51 @@ def test_the_slow_path_gets_the_dtype_too(fake_default, monkeypatch) -> None:
     monkeypatch.setattr(models, "_load_checkpoint_fast", unsupported)
     lm = labkit.load_model(dtype=torch.bfloat16)
     assert lm.model.dtype == torch.bfloat16
+
+
+# ----- files are read as UTF-8 whatever the locale says ----------------------------------------
+@pytest.fixture
+def ascii_locale():
+    """The C locale makes Python's default text encoding ASCII, as a Windows code page or a bare
+    container would make it something other than UTF-8."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        with pytest.raises(UnicodeDecodeError):  # the default really is not UTF-8 now
+            (Path(__file__).parent / "data" / "utf8_probe.txt").read_text()
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def add_to_json(path: Path, **fields) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(fields)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def test_the_fast_loaders_read_utf8_under_any_locale(tmp_path: Path, ascii_locale) -> None:
+    saved_tiny(tmp_path)
+    add_to_json(tmp_path / "config.json", labkit_note="café")
+    add_to_json(tmp_path / "tokenizer_config.json", labkit_note="naïve")
+    (tmp_path / "chat_template.jinja").write_text("{# résumé #}{{ messages }}", encoding="utf-8")
+    model, tokenizer = models._load_checkpoint_fast(tmp_path, torch.float32)
+    assert model.config.labkit_note == "café"
+    assert tokenizer.chat_template == "{# résumé #}{{ messages }}"
+
+
+def test_a_local_folders_config_is_read_as_utf8(tmp_path: Path, monkeypatch, ascii_locale) -> None:
+    """A folder that fails to load is blamed on transformers' reason, not on its config.json,
+    which is valid JSON in UTF-8."""
+    saved_tiny(tmp_path / "m")
+    add_to_json(tmp_path / "m" / "config.json", labkit_note="café")
+
+    def fail(source, dtype):
+        raise OSError("no weights here")
+
+    monkeypatch.setattr(models, "_load_pretrained", fail)
+    with pytest.raises(models.ModelUnavailableError) as err:
+        labkit.load_model(tmp_path / "m")
+    assert ": no weights here. It must hold" in str(err.value)
