@@ -319,7 +319,8 @@ def gguf_problem(path: Path) -> str | None:
 
 
 def _digest(path: Path, quick: bool) -> str:
-    """sha256 of the file, or with ``quick`` of its size and first and last MiB."""
+    """sha256 of the file, or with ``quick`` of its first and last MiB (sizes are compared
+    on their own)."""
     digest = hashlib.sha256()
     size = path.stat().st_size
     with open(path, "rb") as f:

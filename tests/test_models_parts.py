@@ -39,7 +39,8 @@ def test_sizes_come_from_the_config_in_every_family(tiny: labkit.LabModel) -> No
     assert tiny.n_layers == cfg.num_hidden_layers == 3
     assert tiny.n_heads == cfg.num_attention_heads == 4
     assert tiny.d_model == cfg.hidden_size == 32
-    assert tiny.d_head == 8 and tiny.vocab_size == cfg.vocab_size == 259
+    assert tiny.d_head == 8 and type(tiny.d_head) is int  # it sizes tensors: never 8.0
+    assert tiny.vocab_size == cfg.vocab_size == 259
     assert tiny.max_positions == 128
     assert tiny.family == cfg.model_type and tiny.spec is models.FAMILIES[tiny.family]
 
@@ -83,7 +84,7 @@ def test_a_config_with_only_the_required_sizes() -> None:
         vocab_size=300,
     )
     lm = labkit.LabModel(model, None, "bare")
-    assert (lm.max_positions, lm.d_head) == (None, 8)
+    assert (lm.max_positions, lm.d_head) == (None, 8) and type(lm.d_head) is int
 
 
 def test_the_model_is_put_in_eval_mode() -> None:
@@ -162,7 +163,12 @@ def test_ids_are_made_on_the_models_device() -> None:
     lm = labkit.LabModel(llama().to("meta"), tiny_tokenizer(), "elsewhere")
     assert lm.device.type == "meta"
     assert lm.to_tokens("ab").device.type == "meta"
+    seen = []
+    lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].device.type), with_kwargs=True
+    )
     assert lm.logits(torch.zeros(1, 3, dtype=torch.long)).device.type == "meta"
+    assert seen == ["meta"], "ids given on the CPU are moved to the model's device"
 
 
 def test_logits_want_a_batch_axis(tiny: labkit.LabModel) -> None:
@@ -482,6 +488,14 @@ def test_the_quick_hash_reads_the_first_and_last_mib(cache: Path) -> None:
     assert models._digest(cache / "big.bin", quick=False) == hashlib.sha256(data).hexdigest()
     small = (cache / "config.json").read_bytes()
     assert models._digest(cache / "config.json", quick=True) == hashlib.sha256(small).hexdigest()
+
+
+def test_the_cache_folder(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("LABKIT_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert models.cache_dir() == tmp_path / ".cache" / "labkit"
+    monkeypatch.setenv("LABKIT_CACHE", "~/courses/cache")
+    assert models.cache_dir() == tmp_path / "courses" / "cache"
 
 
 # ----- finding the wheel, probing processes ----------------------------------------------------
