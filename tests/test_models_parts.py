@@ -132,17 +132,6 @@ def test_to_tokens_rejects_what_is_not_a_string_word_for_word(tiny: labkit.LabMo
     assert str(err.value) == "The prompt is empty: give at least one word."
 
 
-def test_the_anchor_falls_back_to_eos_then_fails_clearly() -> None:
-    tokenizer = tiny_tokenizer()
-    lm = labkit.LabModel(llama(), tokenizer, "no bos")
-    tokenizer.bos_token = None
-    assert lm.anchor_token_id == tokenizer.eos_token_id == 2
-    tokenizer.eos_token = None
-    with pytest.raises(ValueError) as err:
-        _ = lm.anchor_token_id
-    assert str(err.value) == "no bos's tokenizer has neither a BOS nor an EOS token."
-
-
 def test_to_tokens_adds_no_special_tokens_of_its_own() -> None:
     """A tokenizer that puts BOS in front of every text (Llama-style): to_tokens adds the
     anchor only when asked, so positions mean the same in every family."""
