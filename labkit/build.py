@@ -22,7 +22,6 @@ generated labs whose solution no longer exists (a build removes those).
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re
@@ -32,17 +31,22 @@ from pathlib import Path
 
 import nbformat
 
-CODE_BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION\s*$")
-CODE_END = re.compile(r"^\s*# END SOLUTION\s*$")
-STUB_LINE = re.compile(r"^\s*# STUB: ?(.*)$")
-MARKDOWN_BEGIN, MARKDOWN_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
-MARKDOWN_MARKER = re.compile(f"{re.escape(MARKDOWN_BEGIN)}|{re.escape(MARKDOWN_END)}")
-MARKDOWN_REGION = re.compile(f"{re.escape(MARKDOWN_BEGIN)}.*?{re.escape(MARKDOWN_END)}", re.DOTALL)
-# Whatever an author may have meant as a marker: any case, any number of '#', any spacing.
-LOOKS_LIKE_MARKER = re.compile(r"\b(?:begin|end)[\s_-]*solutions?\b|#+\s*stub\s*:", re.I)
+from labkit.notebooks import (  # noqa: F401 -- the marker grammar, re-exported for authors
+    CODE_BEGIN,
+    CODE_END,
+    INSTRUCTOR_TAG,
+    LOOKS_LIKE_MARKER,
+    MARKDOWN_BEGIN,
+    MARKDOWN_END,
+    MARKDOWN_MARKER,
+    MARKERS,
+    STUB_LINE,
+    NotebookError,
+    read_nbformat,
+)
+from labkit.publish import release_settings, stamp_release
+
 FENCE = re.compile(r"^\s{0,3}(```|~~~)")
-MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "# STUB:")
-INSTRUCTOR_TAG = "instructor"
 STUB_MESSAGE = 'raise NotImplementedError("Exercise: replace this line with your code.")'
 MARKDOWN_STUB = "*Your answer here.*"
 BANNER_ID = "generated-banner"
@@ -61,7 +65,7 @@ _MARKER_RULES = {
 }
 
 
-class BuildError(ValueError):
+class BuildError(NotebookError):
     """A solution notebook cannot be built safely; the message names notebook, cell and line."""
 
 
@@ -236,15 +240,6 @@ def render(notebook: nbformat.NotebookNode) -> str:
     return nbformat.writes(notebook) + "\n"
 
 
-def read_notebook(path: Path) -> nbformat.NotebookNode:
-    """Read a notebook; a broken file is a one-line :class:`BuildError` naming it."""
-    try:
-        return nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 (JSON, nbformat and OS errors alike)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BuildError(f"{path}: not a readable notebook ({reason}). Fix or restore it.") from err
-
-
 # ----- the folder --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Change:
@@ -303,7 +298,7 @@ def build(solutions_dir: Path, labs_dir: Path, check_only: bool = False) -> list
     settings = _release_settings(solutions_dir)
     texts = {}
     for src in sources:
-        notebook = student_notebook(read_notebook(src), src.name)
+        notebook = student_notebook(read_nbformat(src), src.name)
         stamp_release(notebook, src.name, settings)
         texts[src.name] = render(notebook)
     changes = []
@@ -322,54 +317,5 @@ def build(solutions_dir: Path, labs_dir: Path, check_only: bool = False) -> list
 
 
 def _release_settings(solutions_dir: Path):
-    """Where the student release lives: ``[tool.labkit]`` of the repository's pyproject.toml
-    (see labkit.release); the labs' Colab cell and badge are stamped with it."""
-    from labkit.release import release_settings
-
+    """``[tool.labkit]`` of the repository's pyproject.toml (see labkit.publish)."""
     return release_settings(Path(solutions_dir).resolve().parent)
-
-
-def stamp_release(notebook: nbformat.NotebookNode, name: str, settings) -> None:
-    from labkit.release import stamp_release as stamp
-
-    stamp(notebook, name, settings)
-
-
-# ----- the reference solution as code ------------------------------------------------------------
-def solution_functions(path: Path) -> dict:
-    """The imports, functions, classes and UPPER_CASE constants a solution notebook defines.
-
-    Only those top-level statements run (no model loading, no plots), so tests, benchmarks and
-    the grader can use the reference solution without executing the notebook.
-    """
-    namespace: dict = {"__name__": f"solution:{Path(path).stem}"}
-    for cell in nbformat.read(path, as_version=4).cells:
-        if cell.cell_type != "code":
-            continue
-        try:
-            tree = ast.parse(_python_source(cell.source))
-        except SyntaxError:
-            continue
-        keep = [node for node in tree.body if _is_definition(node)]
-        if keep:
-            module = ast.Module(body=keep, type_ignores=[])
-            exec(compile(module, f"{path}", "exec"), namespace)  # noqa: S102
-    return namespace
-
-
-def _python_source(source: str) -> str:
-    """Cell source as plain Python: IPython's ``!cmd`` and ``%magic`` lines become calls."""
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-    except ImportError:
-        return source
-    return TransformerManager().transform_cell(source)
-
-
-def _is_definition(node: ast.stmt) -> bool:
-    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
-        return True
-    if isinstance(node, (ast.Assign, ast.AnnAssign)):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
-    return False

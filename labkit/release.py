@@ -27,99 +27,36 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-from labkit.build import CODE_BEGIN, CODE_END, MARKDOWN_REGION, STUB_LINE
+from labkit.build import build
+from labkit.notebooks import code_regions, markdown_regions, read_nbformat
+from labkit.publish import ReleaseError, ReleaseSettings, release_settings
 
-_PIP_LINE = re.compile(r'^(?P<indent>\s*)!pip install (?:-q )?"?labkit @ [^\n]*$', re.MULTILINE)
-_NOT_SET = "# labkit's release URL is not set"
-_NOT_SET_BLOCK = re.compile(
-    r"^(?P<indent>[ \t]*)raise RuntimeError\(  " + re.escape(_NOT_SET) + r"\n.*?^[ \t]*\)$",
-    re.MULTILINE | re.DOTALL,
-)
-_BADGE = re.compile(
-    r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
-    r"\([^)]*\)"
-)
-_BADGE_NOT_SET = re.compile(r"<!-- Open in Colab: [^>]*-->")
-_GITHUB = re.compile(r"^https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$")
 RELEASE_FILES = ("pyproject.toml", "constraints.txt", "environment.yml", "LICENSE")
 _SKIP = ("__pycache__", ".pyc", ".pyo", ".DS_Store")
+INSTRUCTOR_PACKAGES = ("grading",)  # labkit's subpackages that stay with the instructor
+PACKAGE = Path(__file__).resolve().parent
 
 
-class ReleaseError(RuntimeError):
-    """The release cannot be written (or would leak solutions)."""
+def copy_public_package(dest: Path, source: Path = PACKAGE) -> Path:
+    """Copy labkit as students get it (no ``labkit.grading``: the grader, the references
+    and the catalogue of mistakes stay with the instructor) to ``dest/labkit``."""
 
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        skipped = [n for n in names if n.endswith(_SKIP)]
+        if Path(folder).resolve() == Path(source).resolve():
+            skipped += [n for n in names if n in INSTRUCTOR_PACKAGES]
+        return skipped
 
-@dataclass(frozen=True)
-class ReleaseSettings:
-    """Where the student release is published (``[tool.labkit]`` in pyproject.toml)."""
-
-    url: str = ""
-    ref: str = ""
-
-    @property
-    def is_set(self) -> bool:
-        return bool(self.url)
-
-    def install_line(self, indent: str) -> str:
-        if not self.is_set:
-            lines = [
-                f"raise RuntimeError(  {_NOT_SET}",
-                '    "This copy of the lab does not say where to install labkit from: ask "',
-                '    "your instructor for the course\'s install command, and put it here in "',
-                '    "place of this raise. (Instructors: set release_url and release_ref "',
-                '    "under [tool.labkit] in pyproject.toml, then run `labkit build`.)"',
-                ")",
-            ]
-            return "\n".join(indent + line for line in lines)
-        return f'{indent}!pip install -q "labkit @ git+{self.url}@{self.ref}"'
-
-    def badge(self, notebook: str) -> str:
-        github = _GITHUB.match(self.url)
-        if not github:
-            reason = "not set" if not self.is_set else "only for repositories on GitHub"
-            return f"<!-- Open in Colab: badge {reason} (release_url in pyproject.toml) -->"
-        path = f"{github['owner']}/{github['repo']}/blob/{self.ref}/labs/{notebook}"
-        return (
-            "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{path})"
-        )
-
-
-def release_settings(root: Path) -> ReleaseSettings:
-    """The settings in ``root/pyproject.toml`` (empty when unset)."""
-    path = Path(root) / "pyproject.toml"
-    if not path.exists():
-        return ReleaseSettings()
-    table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("labkit", {})
-    url = str(table.get("release_url", "")).strip().rstrip("/")
-    ref = str(table.get("release_ref", "")).strip()
-    if url and not ref:
-        raise ReleaseError(
-            f"{path}: release_url is set but release_ref is empty. Set release_ref to the tag "
-            "students install (e.g. v1.0), so every student gets the same labkit."
-        )
-    if url and not re.match(r"^(https://|git@|ssh://)", url):
-        raise ReleaseError(f"{path}: release_url must be a git URL (https://...), not {url!r}.")
-    return ReleaseSettings(url, ref)
-
-
-def stamp_release(notebook: nbformat.NotebookNode, name: str, settings: ReleaseSettings) -> None:
-    """Write the release's install line and Colab badge into a student notebook, in place."""
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            for pattern in (_PIP_LINE, _NOT_SET_BLOCK):
-                cell.source = pattern.sub(
-                    lambda m: settings.install_line(m.group("indent")), cell.source
-                )
-        elif cell.cell_type == "markdown":
-            for pattern in (_BADGE, _BADGE_NOT_SET):
-                cell.source = pattern.sub(lambda m: settings.badge(name), cell.source)
+    dest = Path(dest)
+    target = dest / "labkit"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target, ignore=ignore)
+    return dest
 
 
 # ----- solution text -----------------------------------------------------------------------------
@@ -131,23 +68,13 @@ def solution_regions(solutions: Path) -> list[tuple[str, str]]:
     """(where, text) of every solution region (code and markdown) of every solution notebook."""
     regions = []
     for path in sorted(Path(solutions).glob("*.ipynb")):
-        notebook = nbformat.read(path, as_version=4)
+        notebook = read_nbformat(path)
         for i, cell in enumerate(notebook.cells):
             where = f"{path.name} cell {i}"
             if cell.cell_type == "markdown":
-                for m in MARKDOWN_REGION.finditer(cell.source):
-                    text = m.group(0).removeprefix("<!-- BEGIN SOLUTION -->")
-                    regions.append((where, text.removesuffix("<!-- END SOLUTION -->")))
+                regions += [(where, text) for text in markdown_regions(cell.source)]
             elif cell.cell_type == "code":
-                region: list[str] | None = None
-                for line in cell.source.splitlines():
-                    if CODE_BEGIN.match(line):
-                        region = []
-                    elif CODE_END.match(line) and region is not None:
-                        regions.append((where, "\n".join(region)))
-                        region = None
-                    elif region is not None and not STUB_LINE.match(line):
-                        region.append(line)
+                regions += [(where, text) for text in code_regions(cell.source)]
     return [(w, t) for w, t in regions if _norm(t)]
 
 
@@ -258,8 +185,6 @@ def _student_readme(labs: list[Path], settings: ReleaseSettings) -> str:
 def write_release(dest: Path, root: Path = Path("."), force: bool = False) -> list[Path]:
     """Write the student release of the repository at ``root`` into ``dest``; returns its
     files. Raises :class:`ReleaseError` if any solution text would be in it."""
-    from labkit.build import build
-
     dest, root = Path(dest).resolve(), Path(root).resolve()
     solutions = root / "solutions"
     if not (root / "labkit").is_dir() or not solutions.is_dir():
@@ -274,11 +199,7 @@ def write_release(dest: Path, root: Path = Path("."), force: bool = False) -> li
     settings = release_settings(root)
 
     build(solutions, dest / "labs")
-    shutil.copytree(
-        root / "labkit",
-        dest / "labkit",
-        ignore=lambda folder, names: [n for n in names if n.endswith(_SKIP)],
-    )
+    copy_public_package(dest, root / "labkit")
     for name in RELEASE_FILES:
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import torch
 
-from labkit.checks.core import Checker, check
+from labkit.checks import kit
+from labkit.checks.core import Checker, Lab
+
+LAB = Lab("09", "09_fixture.ipynb")
 
 
-@check("Exercise 9.1: doubling", points=2)
+@LAB.exercise("9.1", "doubling", points=2)
 def check_double(double, t: Checker) -> None:
     n = t.choice([4, 7, 3])
-    gen = torch.Generator().manual_seed(t.seed(0))
+    gen = kit.generator(t, 0)
     x = torch.randn(n, generator=gen)
     m = torch.randn(2, n, generator=gen)
     with t.part("a vector", points=1):
-        t.close(t.call(double, x), 2 * x, f"double(x) for a vector of {n}")
+        t.close(t.call(double, x), t.expected("double", x), f"double(x) for a vector of {n}")
     with t.part("a matrix", points=1):
-        t.close(t.call(double, m), 2 * m, f"double(m) for a (2, {n}) matrix")
+        want = t.expected("double", m)
+        t.close(t.call(double, m), want, f"double(m) for a (2, {n}) matrix",
+                mistakes=t.mistakes("double", m))  # fmt: skip
 
 
-@check("Exercise 9.2: zero the bias in place", points=1)
-def check_zero_bias(zero_bias_, t: Checker) -> None:
+@LAB.exercise("9.2", "zero the bias in place", points=1)
+def check_zero_bias_(zero_bias_, t: Checker) -> None:
     torch.manual_seed(t.seed(1))
     net = torch.nn.Linear(3, 2)
     weight = net.weight.detach().clone()
@@ -30,7 +35,7 @@ def check_zero_bias(zero_bias_, t: Checker) -> None:
     t.true(torch.equal(net.weight, weight), "the weight is unchanged")
 
 
-EXERCISES = {"double": check_double, "zero_bias_": check_zero_bias}
+EXERCISES = LAB.exercises
 
 SOLUTION = """\
 import torch

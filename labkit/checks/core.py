@@ -1,10 +1,20 @@
-"""The machinery behind every lab's checks: the :class:`Checker`, the :func:`check` decorator,
-and the helpers for cells that use exercises.
+"""The machinery behind every lab's checks: the :class:`Checker`, the one registry of a lab's
+exercises (:class:`Lab`), and the helpers for cells that use exercises.
 
-A check is a function decorated with :func:`check`. It receives the student's function and a
-:class:`Checker` ``t``; it calls the student's code only through ``t.call`` and compares with
-``t.close``, ``t.true`` and friends. The decorator turns what happened into a
-:class:`~labkit.checks.results.CheckResult`:
+A check is a function registered with its lab's ``exercise`` decorator::
+
+    LAB = Lab("03", "03_attribution_patching.ipynb")
+
+    @LAB.exercise("3.1", "normalised metric", points=2)
+    def check_normalised_metric(normalised_metric, t: Checker) -> None:
+        ...
+
+It becomes ``check_normalised_metric(student_fn) -> CheckResult`` and the lab's table entry for
+the notebook's function ``normalised_metric``. The body receives the student's function and a
+:class:`Checker` ``t``. It builds its problems first, calls the student's code only through
+``t.call``, asks for reference values with ``t.expected`` and the values of known mistakes with
+``t.mistakes`` (see ``labkit.checks.answers``), and compares with ``t.close``, ``t.true`` and
+friends. The outcome becomes a :class:`~labkit.checks.results.CheckResult`:
 
 * everything held         -> passed, one line shown, full score;
 * ``NotImplementedError`` -> "not attempted", the notebook runs on;
@@ -17,23 +27,22 @@ A check never raises: whatever happens comes back as a ``CheckResult``.
 
 **Parts.** A check is split into independent parts (``with t.part("name"): ...``), each worth
 some points, so a half-right function gets partial credit and every part's outcome is known.
-Build each part's problem and expected answer *before* calling the student's code.
 
-**Variants.** In a notebook every check uses fixed problems (``t.variant == 0``). The
+**Variants.** In a notebook every check uses its fixed problems (``t.variant == 0``). The
 instructor's grader runs the same checks on hidden variants: other seeds, shapes and model
-families, picked with ``t.seed(...)`` and ``t.choice(...)``.
+families, picked with ``t.seed(...)`` and ``t.choice(...)``. What a check asks of ``t.expected``
+must not depend on what the student's function returned: the notebook's answers are recorded
+in that order.
 
-**Where the student's code runs** is up to a runner (``labkit.checks.transport``): here in a
-notebook; in a sandboxed process, recorded, and replayed into the grader's own process when
-grading.
+**Where the student's code runs** is up to a runner: here (:class:`LiveRunner`) in a notebook;
+in a sandboxed worker process when grading (the grader's runner lives in ``labkit.grading``).
 
 Checks compare *behaviour* (seeded inputs with tolerances, invariants of the method), never
-source code, and never show a reference implementation.
+source code, and never show or hold a reference implementation.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import sys
@@ -41,10 +50,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from labkit.checks.answers import Request, Answers, MissingAnswer, NoAnswers, RecordedAnswers
 from labkit.checks.guards import WatchedModel, describe, guarded_call, is_library
 from labkit.checks.results import (
     CheckFailed,
@@ -54,18 +64,16 @@ from labkit.checks.results import (
     StopChecking,
     TimedOut,
 )
-from labkit.checks.transport import LiveRunner, Recorder, Replayer
 
 __all__ = [
     "CheckFailed",
     "CheckResult",
     "Checker",
+    "Lab",
+    "LiveRunner",
     "NotAttempted",
     "PartResult",
-    "Recorder",
-    "Replayer",
     "Results",
-    "check",
     "run_check",
     "skip_if_unattempted",
 ]
@@ -74,6 +82,20 @@ DEFAULT_TIMEOUT = 10.0  # seconds per call of the student's function
 
 
 # ----- the checker -------------------------------------------------------------------------------
+class Runner(Protocol):
+    """Where the student's code runs: ``call`` returns what it returned, or raises
+    :class:`NotAttempted`, :class:`StopChecking` or :class:`CheckFailed`."""
+
+    def call(self, t: Checker, fn: Callable, args: tuple, kwargs: dict) -> Any: ...
+
+
+class LiveRunner:
+    """Calls the student's function right here (notebooks, tests)."""
+
+    def call(self, t: Checker, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        return t._call_here(fn, args, kwargs)
+
+
 class Checker:
     """Calls the student's code and compares; each comparison raises :class:`CheckFailed`.
 
@@ -84,17 +106,22 @@ class Checker:
         self,
         name: str,
         *,
+        exercise: str = "",
         variant: int = 0,
-        runner: LiveRunner | Replayer | None = None,
+        runner: Runner | None = None,
+        answers: Answers | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         self.name = name
+        self.exercise = exercise
         self.variant = variant
         self.runner = runner or LiveRunner()
+        self.answers = answers or NoAnswers()
         self.timeout = timeout
         self.parts: list[PartResult] = []
         self._part_index = 0  # 0: outside any part
         self._call_index = 0
+        self._asked: dict[tuple[int, str], int] = {}  # (part, name) -> requests so far
         self._stopped: str | None = None  # why the remaining parts are not run
         self._watched: list[WatchedModel] = []
         self._rng = random.Random(variant)
@@ -110,6 +137,27 @@ class Checker:
     def choice(self, options: Sequence[Any]) -> Any:
         """The first option in the notebook; a hidden pick when grading."""
         return options[0] if self.variant == 0 else self._rng.choice(list(options))
+
+    # -- reference values ---------------------------------------------------------------------
+    def _key(self, name: str) -> Request:
+        slot = (self._part_index, name)
+        count = self._asked.get(slot, 0)
+        self._asked[slot] = count + 1
+        return Request(self.exercise, self._part_index, name, count)
+
+    def expected(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """What the reference of exercise ``name`` returns on these inputs.
+
+        In a notebook the value was recorded by ``labkit build``; when grading, the reference
+        computes it. Ask in an order that does not depend on the student's answers.
+        """
+        return self.answers.expected(self._key(name), name, args, kwargs)
+
+    def mistakes(self, name: str, *args: Any, **kwargs: Any) -> Mistakes:
+        """The known mistakes of exercise ``name`` on these inputs: (wrong value, hint) pairs,
+        worked out only if an answer needs naming. Pass them to ``close(..., mistakes=...)``."""
+        key = self._key("mistakes:" + name)
+        return Mistakes(lambda: self.answers.mistakes(key, name, args, kwargs), eager=_EAGER[0])
 
     # -- parts --------------------------------------------------------------------------------
     @contextmanager
@@ -158,7 +206,8 @@ class Checker:
         """Run the student's code in this process, under the guards (see ``guarded_call``)."""
         started = time.perf_counter()
         try:
-            return guarded_call(fn, args, kwargs, timeout=self.timeout, watched=self._watched)
+            with torch.random.fork_rng(devices=[]):  # the student's random numbers are its own
+                return guarded_call(fn, args, kwargs, timeout=self.timeout, watched=self._watched)
         except StopChecking:
             self._stopped = "Not run: an earlier call took too long."
             raise
@@ -247,14 +296,18 @@ class Checker:
         ok = torch.isclose(got_t, expected_t, atol=atol, rtol=rtol)
         if ok.all():
             return got_t
-        bad = tuple((~ok).nonzero()[0].tolist())
+        # Point at the entry furthest out of tolerance, not at the first one out of it.
+        excess = (got_t - expected_t).abs() / (atol + rtol * expected_t.abs())
+        excess = torch.where(ok, torch.zeros_like(excess), excess.nan_to_num(float("inf")))
+        worst = int(excess.flatten().argmax())
+        bad = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), ok.shape))
         where = f" at index {bad}" if bad else ""
         n_bad = int((~ok).sum())
         named = _matching_mistake(got_t, mistakes, atol, rtol)
         tail = f"\nHint: {named}" if named else (f"\nHint: {hint}" if hint else "")
         raise CheckFailed(
             f"Tested: {what}.\n"
-            f"First mismatch{where}: expected {_num(expected_t[bad])}, got {_num(got_t[bad])} "
+            f"Largest mismatch{where}: expected {_num(expected_t[bad])}, got {_num(got_t[bad])} "
             f"({n_bad} of {ok.numel()} entries differ; tolerance {atol:.2g} + {rtol:.2g} x "
             f"|expected|).{tail}"
         )
@@ -288,80 +341,195 @@ def _num(value: torch.Tensor) -> str:
     return f"{float(value):.4g}"
 
 
+_EAGER = [False]  # True while ``labkit build`` records: every mistake is worked out
+
+
+class Mistakes:
+    """(wrong value, hint) pairs, worked out on first use. ``Mistakes + list`` and
+    ``list + Mistakes`` give more of them."""
+
+    def __init__(self, make: Callable[[], Sequence[tuple[Any, str]]], eager: bool = False):
+        self._make: Callable[[], Sequence[tuple[Any, str]]] | None = make
+        self._items: list[tuple[Any, str]] = []
+        if eager:
+            self.items()
+
+    def items(self) -> list[tuple[Any, str]]:
+        if self._make is not None:
+            make, self._make = self._make, None
+            self._items = [(pair[0], pair[1]) for pair in make()]
+        return self._items
+
+    def __iter__(self) -> Iterator[tuple[Any, str]]:
+        return iter(self.items())
+
+    def __add__(self, other: Sequence[tuple[Any, str]] | Mistakes) -> Mistakes:
+        return Mistakes(lambda: [*self, *other], eager=_EAGER[0])
+
+    def __radd__(self, other: Sequence[tuple[Any, str]]) -> Mistakes:
+        return Mistakes(lambda: [*other, *self], eager=_EAGER[0])
+
+
 def _matching_mistake(
-    got: torch.Tensor, mistakes: Sequence[tuple[Any, str]], atol: float, rtol: float
+    got: torch.Tensor, mistakes: Sequence[tuple[Any, str]] | Mistakes, atol: float, rtol: float
 ) -> str:
     for wrong, hint in mistakes:
-        wrong_t = torch.as_tensor(wrong).detach().cpu().double()
+        try:
+            wrong_t = torch.as_tensor(_from_numpy(wrong)).detach().cpu().double()
+        except (TypeError, ValueError, RuntimeError):
+            continue
         if wrong_t.shape == got.shape and torch.isclose(got, wrong_t, atol=atol, rtol=rtol).all():
-            return hint
+            return str(hint)
     return ""
 
 
-# ----- the decorator -----------------------------------------------------------------------------
-def check(name: str, points: float = 1.0, timeout: float = DEFAULT_TIMEOUT) -> Callable:
-    """Make ``body(student_fn, t)`` a check: ``check_x(student_fn) -> CheckResult``.
+# ----- the registry ------------------------------------------------------------------------------
+class Check:
+    """One exercise's check: ``check_x(your_function)`` shows and returns a CheckResult."""
 
-    The result shows itself once (a coloured line on success) and is returned for the
-    grader; ``quiet=True`` only returns it. ``points`` is the total when the body has no
-    parts; with parts, each part's points count. ``timeout`` limits each call of the
-    student's code, in seconds.
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        number: str,
+        title: str,
+        body: Callable[[Callable, Checker], None],
+        points: float,
+        timeout: float | None,
+    ) -> None:
+        self.lab, self.name, self.number, self.title = lab, name, number, title
+        self.body, self.points, self.timeout = body, points, timeout
+        self.__name__ = self.__qualname__ = f"check_{name}"
+        self.__doc__ = body.__doc__
+        self.__module__ = body.__module__
+        self.__wrapped__ = body
+
+    @property
+    def check_name(self) -> str:
+        return f"Exercise {self.number}: {self.title}"
+
+    def __call__(
+        self, student_fn: Callable | None = None, *args: Any, quiet: bool = False, **kwargs: Any
+    ) -> CheckResult:
+        if args or kwargs:
+            result = CheckResult(
+                self.check_name,
+                False,
+                0.0,
+                self.points,
+                [f"{self.__name__} takes one argument, your function: {self.__name__}(fn)."],
+            )
+        else:
+            result = run_check(self, student_fn)
+        if not quiet:
+            result.show()
+        return result
+
+    def __repr__(self) -> str:
+        return f"<check of exercise {self.number} ({self.name})>"
+
+
+def _number_key(number: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in number.replace(".", " ").split())
+
+
+class Lab:
+    """One lab's exercises, in notebook order: the only place an exercise is registered.
+
+    ``@LAB.exercise("1.1", "saliency", points=2)`` on ``def check_saliency(saliency, t)`` adds
+    the notebook's function ``saliency`` to ``LAB.exercises``; every exercise number a student
+    sees comes from here (``LAB.number_of("saliency")`` is "1.1").
     """
 
-    def decorate(body: Callable) -> Callable:
-        @functools.wraps(body)
-        def run(student_fn: Callable = None, *args: Any, quiet: bool = False, **kwargs: Any):
-            result = run_check(body, name, points, student_fn, *args, timeout=timeout, **kwargs)
-            if not quiet:
-                result.show()
-            return result
+    def __init__(self, number: str, notebook: str) -> None:
+        self.number, self.notebook = number, notebook
+        self._checks: dict[str, Check] = {}
 
-        run.check_name = name
-        run.points = points
-        run.body = body
-        run.timeout = timeout
-        return run
+    def exercise(
+        self,
+        number: str,
+        title: str,
+        *,
+        points: float = 1.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> Callable[[Callable], Check]:
+        """Register ``check_<name>`` as the check of exercise ``number`` ("1.1")."""
+        if not number.startswith(f"{int(self.number)}."):
+            raise ValueError(f"Exercise {number} is not in lab {self.number}.")
 
-    return decorate
+        def register(body: Callable) -> Check:
+            name = body.__name__.removeprefix("check_")
+            if name == body.__name__:
+                raise ValueError(f"Name the check check_<exercise>, not {body.__name__}.")
+            if name in self._checks or any(c.number == number for c in self._checks.values()):
+                raise ValueError(f"Exercise {number} ({name}) is registered twice.")
+            check = Check(self, name, number, title, body, points, timeout)
+            self._checks[name] = check
+            return check
+
+        return register
+
+    @property
+    def exercises(self) -> dict[str, Check]:
+        """Function name in the notebook -> its check, in exercise-number order."""
+        ordered = sorted(self._checks.values(), key=lambda c: _number_key(c.number))
+        return {c.name: c for c in ordered}
+
+    def number_of(self, name: str) -> str:
+        """The exercise number of the notebook's function ``name`` ("2.4")."""
+        return self._checks[name].number
+
+    def check_names(self) -> list[str]:
+        """``check_<name>`` of every exercise, for a check module's ``__all__``."""
+        return [c.__name__ for c in self.exercises.values()]
+
+    def __repr__(self) -> str:
+        return f"<lab {self.number}: {len(self._checks)} exercises>"
 
 
+# ----- running a check ---------------------------------------------------------------------------
 def run_check(
-    body: Callable,
-    name: str,
-    points: float,
-    student_fn: Callable,
-    *args: Any,
+    check: Check,
+    student_fn: Callable | None,
+    *,
     variant: int = 0,
-    runner: LiveRunner | Replayer | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
-    **kwargs: Any,
+    runner: Runner | None = None,
+    answers: Answers | None = None,
+    timeout: float | None = None,
 ) -> CheckResult:
-    """Run a check body and convert its outcome into a :class:`CheckResult` (never raises)."""
+    """Run ``check`` on the student's function and turn the outcome into a
+    :class:`CheckResult` (never raises). ``answers`` default to the notebook's recorded ones
+    (variant 0 only); ``timeout`` to the check's own limit per call."""
     started = time.perf_counter()
-    check_name = getattr(body, "__name__", "this check")
-    if args or kwargs:
+    name, points = check.check_name, check.points
+    if student_fn is None:
         return CheckResult(
             name,
             False,
             0.0,
             points,
-            [f"{check_name} takes one argument, your function: {check_name}(your_function)."],
-        )
-    if student_fn is None:
-        return CheckResult(
-            name, False, 0.0, points, [f"{check_name} needs your function: {check_name}(fn)."]
+            [f"{check.__name__} needs your function: {check.__name__}(fn)."],
         )
     if not callable(student_fn) or isinstance(student_fn, type):
         return CheckResult(
             name, False, 0.0, points, [f"Pass your function itself, not {describe(student_fn)}."]
         )
-    t = Checker(name, variant=variant, runner=runner, timeout=timeout)
+    if answers is None:
+        answers = RecordedAnswers(check.lab.number) if variant == 0 else NoAnswers()
+    t = Checker(
+        name,
+        exercise=check.name,
+        variant=variant,
+        runner=runner,
+        answers=answers,
+        timeout=check.timeout if timeout is None else timeout,
+    )
     outer: PartResult | None = None
     try:
         with torch.random.fork_rng(), _grad_mode_kept():
             torch.manual_seed(t.seed(0))
             try:
-                body(student_fn, t)
+                check.body(student_fn, t)
             except NotAttempted:
                 raise
             except CheckFailed as err:  # a failure outside any part: an implicit last part
@@ -414,6 +582,8 @@ def _grad_mode_kept() -> Iterator[None]:
 
 
 def _internal_error(err: BaseException) -> str:
+    if isinstance(err, MissingAnswer):
+        return str(err)
     if isinstance(err, ImportError):
         missing = getattr(err, "name", None)
         if not missing or "." in missing:  # no module named, or a package lacking a submodule

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import inspect
 import json
 import random
 import re
@@ -38,6 +37,8 @@ class Limits:
     seconds_per_exercise: float = 60.0  # one exercise, all its variants together
     seconds_per_submission: float = 600.0  # everything, including restarts after a crash
     output_mb: int = 64  # the largest file a submission may write (its printed output included)
+    processes: int = 256  # processes and threads of one submission, all together
+    tmp_mb: int = 64  # the worker's /tmp (in memory)
 
 
 @dataclass
@@ -131,12 +132,25 @@ class RunConfig:
             labkit_version=str(data.get("labkit_version", "")),
         )
 
-    def fingerprint(self, lab: Lab) -> str:
-        """Changes whenever a grade could change: seed, variants, limits, points, checks."""
-        module = importlib.import_module(lab.checks_module)
-        parts = [
-            json.dumps(self.to_json(), sort_keys=True),
-            inspect.getsource(module),
-            inspect.getsource(importlib.import_module("labkit.checks.core")),
-        ]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    def fingerprint(self, lab: Lab, solution: Path | None = None) -> str:
+        """Changes whenever a grade could change: the seed, variants, limits and points, every
+        file of labkit (code and data, the checks, guards, kit, worker and grader alike), and
+        the solution notebook the references come from."""
+        digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode())
+        for path in grade_inputs(solution):
+            where = path.relative_to(PACKAGE_ROOT) if path.is_relative_to(PACKAGE_ROOT) else "solution"
+            digest.update(f"{where}".encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
+
+
+PACKAGE_ROOT = Path(labkit.__file__).resolve().parent
+
+
+def grade_inputs(solution: Path | None = None) -> list[Path]:
+    """Every file a grade depends on: labkit's sources and data, and the solution notebook."""
+    found = sorted(
+        p
+        for p in PACKAGE_ROOT.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
+    return found + ([Path(solution).resolve()] if solution is not None else [])

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labkit.grading.escape import cap_utf8, csv_cell, name, plain
 from labkit.grading.points import written_points
 from labkit.grading.scoring import ExerciseResult
 from labkit.grading.written import (
@@ -34,6 +35,15 @@ from labkit.grading.written import (
 )
 
 STATE = ".labkit"
+MAX_STUDENT_BYTES = 1_000_000  # feedback and results.json, each, per student
+
+
+def read_json_file(path: Path) -> dict | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -66,6 +76,7 @@ class Record:
     """One student's graded submission."""
 
     student: str
+    source: str = ""  # the folder or file name the row came from
     fingerprint: str = ""  # the run's settings and checks (RunConfig.fingerprint)
     input_hash: str = ""  # the handed-in files
     files: list[FileReport] = field(default_factory=list)
@@ -150,6 +161,7 @@ class Gradebook:
         questions: list[Question],
         points: dict,
         students: list[str] | None = None,
+        share_model_answers: bool = False,
     ) -> list[str]:
         """Regenerate every output from the records; returns problems in the written CSVs."""
         records = self.records()
@@ -159,7 +171,9 @@ class Gradebook:
         scores, problems = self.written_scores(records, questions, points)
         self.write_written(lab, records, questions, points)
         for record in records:
-            self.write_student(lab, record, questions, points, scores.get(record.student, {}))
+            self.write_student(
+                lab, record, questions, points, scores.get(record.student, {}), share_model_answers
+            )
         self.write_csv(records, exercises, questions, points, scores)
         return problems
 
@@ -201,15 +215,26 @@ class Gradebook:
         questions: list[Question],
         points: dict,
         scores: dict[str, tuple[float | None, str]],
+        share_model_answers: bool = False,
     ) -> None:
+        text = feedback(lab, record, questions, points, scores, share_model_answers)
         write_atomic(
-            self.out / "feedback" / f"{record.student}.txt",
-            feedback(lab, record, questions, points, scores),
+            self.out / "feedback" / f"{record.student}.txt", cap_utf8(text, MAX_STUDENT_BYTES)
         )
+        results = results_json(record, questions, points, scores, share_model_answers)
         write_atomic(
             self.out / "results" / record.student / "results.json",
-            json.dumps(results_json(record, questions, points, scores), indent=2) + "\n",
+            capped_json(results, MAX_STUDENT_BYTES),
         )
+
+    def write_inventory(self, entries: list[tuple[str, str]]) -> None:
+        """Every file and archive entry handed in, and what became of it."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["entry", "became"])
+        for entry, became in entries:
+            writer.writerow([csv_cell(name(entry, 500)), csv_cell(plain(became, 500))])
+        write_atomic(self.out / "inventory.csv", buffer.getvalue())
 
     def write_csv(
         self,
@@ -223,12 +248,14 @@ class Gradebook:
         writer = csv.writer(buffer)
         written_ids = [q.id for q in questions]
         writer.writerow(
-            ["student", "graded_file", *exercises, "exercises", *written_ids, "total", "max"]
-            + ["status", "flags", "notes"]
+            ["student", "source", "files", "graded_file", *exercises, "exercises", *written_ids]
+            + ["total", "max", "status", "flags", "notes"]
         )
         for r in records:
             by_name = {e.function: e for e in r.exercises}
-            row = [r.student, r.graded_file]
+            files = "; ".join(name(f.name) for f in r.files)
+            row = [csv_cell(r.student), csv_cell(name(r.source)), csv_cell(files)]
+            row.append(csv_cell(name(r.graded_file)))
             row += [_num(by_name[n].score) if n in by_name else "0" for n in exercises]
             row.append(_num(r.score))
             got = scores.get(r.student, {})
@@ -244,7 +271,11 @@ class Gradebook:
             if not r.graded_file:
                 status = "no readable notebook" if r.files else "no notebook"
             notes = [f"{f.name}: {f.error}" for f in r.files if f.error] + r.notes
-            row += [status, "; ".join(r.flags), " | ".join(_one_line(n) for n in notes)]
+            row += [
+                status,
+                csv_cell("; ".join(r.flags)),
+                csv_cell(" | ".join(_one_line(n) for n in notes)),
+            ]
             writer.writerow(row)
         write_atomic(self.out / "gradebook.csv", buffer.getvalue())
 
@@ -256,17 +287,20 @@ def feedback(
     questions: list[Question],
     points: dict,
     scores: dict[str, tuple[float | None, str]],
+    share_model_answers: bool = False,
 ) -> str:
     """The feedback file: for each exercise, what was tested and what failed."""
-    lines = [f"Lab {lab}: feedback for {record.student}", "", "Handed in:"]
+    lines = [f"Lab {lab}: feedback for {name(record.student)}", "", "Handed in:"]
     for f in record.files:
         if f.error:
-            lines.append(_indent(f"- {f.name}: could not be graded. {f.error}", 2))
+            lines.append(_indent(f"- {name(f.name)}: could not be graded. {plain(f.error)}", 2))
         elif f.name == record.graded_file:
             counts = " (this one counts)" if len(record.files) > 1 else ""
-            lines.append(f"  - {f.name}: graded{counts}")
+            lines.append(f"  - {name(f.name)}: graded{counts}")
         else:
-            lines.append(f"  - {f.name}: graded, {_num(f.score)} points, lower than the best")
+            lines.append(
+                f"  - {name(f.name)}: graded, {_num(f.score)} points, lower than the best"
+            )
     if not record.files:
         lines.append("  - no notebook (.ipynb)")
     written_max = sum(written_points(points, q.id) for q in questions)
@@ -283,7 +317,7 @@ def feedback(
     ]
     if record.notes:
         lines += ["", "About your notebook:"]
-        lines += [_indent("- " + n, 2) for n in record.notes]
+        lines += [_indent("- " + plain(n), 2) for n in record.notes[:50]]
     lines += ["", "Exercises:"]
     for e in record.exercises:
         lines += [""] + exercise_lines(e)
@@ -295,7 +329,9 @@ def feedback(
         if not record.written.get(q.id):
             lines.append("    No answer found in your notebook.")
         if comment:
-            lines.append(_indent("Comment: " + comment, 4))
+            lines.append(_indent("Comment: " + plain(comment), 4))
+        if share_model_answers and q.model_answer:
+            lines.append(_indent("A model answer:\n" + plain(q.model_answer, 20_000), 4))
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +344,7 @@ def exercise_lines(e: ExerciseResult) -> list[str]:
             mark = "ok" if p.passed else ("not run" if p.passed is None else "FAILED")
             lines.append(f"    - {p.name} ({_num(p.score)}/{_num(p.points)}): {mark}")
     if e.message and e.status != "passed":
-        lines.append(_indent(e.message, 4))
+        lines.append(_indent(plain(e.message), 4))
     return lines
 
 
@@ -317,6 +353,7 @@ def results_json(
     questions: list[Question],
     points: dict,
     scores: dict[str, tuple[float | None, str]],
+    share_model_answers: bool = False,
 ) -> dict:
     """Gradescope's results.json: tests[] (name, number, score, max_score, output,
     visibility), score, execution_time."""
@@ -337,23 +374,26 @@ def results_json(
     total = record.score
     for q in questions:
         value, comment = scores.get(q.id, (None, ""))
-        if value is None:
+        if value is None and not share_model_answers:
             continue  # graded by hand later; Gradescope shows only what is known
         maximum = written_points(points, q.id)
-        total += value
-        tests.append(
-            {
-                "name": f"Written question {q.id[1:]}",
-                "number": q.id,
-                "score": value,
-                "max_score": maximum,
-                "output": comment,
-                "visibility": "visible",
-            }
-        )
-    notes = [f"Graded file: {record.graded_file}"] if record.graded_file else []
-    notes += [f.error for f in record.files if f.error and f.name != record.graded_file]
-    notes += record.notes
+        output = plain(comment)
+        if share_model_answers and q.model_answer:
+            output += ("\n\n" if output else "") + "A model answer:\n" + plain(q.model_answer)
+        entry = {
+            "name": f"Written question {q.id[1:]}",
+            "number": q.id,
+            "max_score": maximum,
+            "output": output,
+            "visibility": "visible",
+        }
+        if value is not None:
+            total += value
+            entry["score"] = value
+        tests.append(entry)
+    notes = [f"Graded file: {name(record.graded_file)}"] if record.graded_file else []
+    notes += [plain(f.error) for f in record.files if f.error and f.name != record.graded_file]
+    notes += [plain(n) for n in record.notes[:50]]
     return {
         "score": round(total, 4),
         "execution_time": int(round(record.seconds)),
@@ -362,6 +402,19 @@ def results_json(
         "stdout_visibility": "hidden",
         "tests": tests,
     }
+
+
+def capped_json(data: dict, max_bytes: int) -> str:
+    """results.json under ``max_bytes``: long outputs are cut, longest first."""
+    text = json.dumps(data, indent=2) + "\n"
+    limit = 20_000
+    while len(text.encode()) > max_bytes and limit > 100:
+        for test in data.get("tests", []):
+            test["output"] = cap_utf8(str(test.get("output", "")), limit)
+        data["output"] = cap_utf8(str(data.get("output", "")), limit)
+        text = json.dumps(data, indent=2) + "\n"
+        limit //= 2
+    return text
 
 
 def _num(value: float) -> str:
@@ -389,4 +442,10 @@ def merge(out: Path) -> list[str]:
     if run is None:
         raise GradingError(f"{out} is not a grading output folder (no {STATE}/run.json).")
     found = [Question(**q) for q in run.get("questions", [])]
-    return book.write_all(run["lab"], run["exercises"], found, run["config"].get("points", {}))
+    return book.write_all(
+        run["lab"],
+        run["exercises"],
+        found,
+        run["config"].get("points", {}),
+        share_model_answers=bool(run.get("share_model_answers", False)),
+    )

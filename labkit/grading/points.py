@@ -86,3 +86,18 @@ def part_points(table: dict, exercise: str, parts: list[tuple[str, float]]) -> l
 
 def written_points(table: dict, question: str) -> float:
     return float(table.get("written", {}).get(question, WRITTEN_DEFAULT))
+
+
+def load_settings(path: Path | None) -> dict:
+    """The ``[settings]`` table of the points file: ``share_model_answers = true`` puts the
+    model answer of each written question into every student's feedback."""
+    if path is None:
+        path = Path(DEFAULT_FILE)
+        if not path.exists():
+            return {}
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    settings = data.get("settings", {})
+    return settings if isinstance(settings, dict) else {}

@@ -1,34 +1,34 @@
-"""Recorded outcomes -> scores, in the grader's own process (which never runs student code).
+"""Checks -> scores, in the grader's own process (which never runs student code).
 
-Each check runs again here, on the same variant as in the worker, with a
-:class:`~labkit.checks.transport.Replayer` handing it what the student's code returned: the
-problems and the expected answers are computed here, and so are the comparisons. Whatever the
-submission did to torch or labkit inside its worker changes nothing here.
+Each check runs here, on the notebook's problems (variant 0) and on the hidden variants, with
+a :class:`~labkit.grading.remote.RemoteRunner` sending each call of the student's function to
+the submission's worker, and :class:`~labkit.grading.answers.ComputedAnswers` giving the
+expected values. A sub-test (a part of the check) earns its points only if it passes on every
+variant.
 
-An exercise is tested on the notebook's problem (variant 0) and on the hidden variants. A
-sub-test (a part of the check) earns its points only if it passes on every variant.
+Checks seed torch's global random generator, so one check runs at a time in this process
+(:data:`CHECK_LOCK`); a thread lets go of the lock while its worker computes, and gets its own
+random state back when it takes the lock again, so slots grade in parallel and each check sees
+exactly the random numbers it would see alone.
 """
 
 from __future__ import annotations
 
-import io
+import difflib
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from labkit.checks.core import run_check
+from labkit.checks.core import Check, run_check
 from labkit.checks.results import CheckFailed, CheckResult
-from labkit.checks.transport import Replayer
 from labkit.grading.points import part_points
-from labkit.grading.sandbox import read_capped
 
-MAX_RECORDING_BYTES = 256 * 2**20
-# Checks seed torch's global random generator: one replay at a time in this process.
-_REPLAY_LOCK = threading.Lock()
-_STRUCTURES: dict[tuple[str, str], list[tuple[str, float]]] = {}
+CHECK_LOCK = threading.Lock()
+_STRUCTURES: dict[str, list[tuple[str, float]]] = {}
 
 
 @dataclass
@@ -64,123 +64,80 @@ class ExerciseResult:
         return cls(**{**data, "parts": parts})
 
 
-class CrashReplayer(Replayer):
-    """A Replayer for a run that was cut short: calls it never reached get ``reason``."""
+@contextmanager
+def released(lock: threading.Lock = CHECK_LOCK):
+    """Let other slots run checks while this thread waits (for its worker), then take the
+    lock back with this thread's random state as it was."""
+    state = torch.get_rng_state()
+    lock.release()
+    try:
+        yield
+    finally:
+        lock.acquire()
+        torch.set_rng_state(state)
 
-    def __init__(self, outcomes: dict, reason: str = "") -> None:
-        super().__init__(outcomes)
-        self.reason = reason
 
+class _NotRun:
     def call(self, t, fn, args, kwargs):
-        if self.reason and t._call_key() not in self.outcomes:
-            raise CheckFailed(self.reason)
-        return super().call(t, fn, args, kwargs)
+        raise CheckFailed("not run")
 
 
-def _never_called(*args: Any, **kwargs: Any) -> None:
-    raise AssertionError("the grader tried to call student code")
-
-
-def replay(check: Any, variant: int, outcomes: dict, reason: str = "") -> CheckResult:
-    """Run ``check`` on ``variant`` with recorded outcomes (never calling student code)."""
-    with _REPLAY_LOCK:
-        return run_check(
-            check.body,
-            check.check_name,
-            check.points,
-            _never_called,
-            variant=variant,
-            runner=CrashReplayer(outcomes, reason),
-            timeout=None,
-        )
-
-
-def structure(check: Any, function: str) -> list[tuple[str, float]]:
-    """The check's parts (name, default points) on the notebook's problem."""
-    key = (getattr(check.body, "__module__", ""), function)
+def structure(check: Check, answers: Any) -> list[tuple[str, float]]:
+    """The check's parts (name, default points), as the notebook's problem has them."""
+    key = f"{check.lab.number}:{check.name}"
     if key not in _STRUCTURES:
-        result = replay(check, 0, {}, "not run")
+        result = run_check(check, _NotRun().call, runner=_NotRun(), answers=answers)
         parts = [(p.name, p.points) for p in result.parts if p.name or p.points]
         _STRUCTURES[key] = parts or [("", float(check.points))]
     return _STRUCTURES[key]
 
 
-def load_recording(path: Path) -> tuple[dict | None, str]:
-    """A worker's recording, loaded as plain data only; (None, why) when unusable."""
-    data = read_capped(path, MAX_RECORDING_BYTES)
-    if data is None:
-        return None, "missing"
-    try:
-        outcomes = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception:  # noqa: BLE001 -- anything a hostile file can make the loader raise
-        outcomes = None
-    if not isinstance(outcomes, dict):
-        return None, (
-            "The record of your results could not be read safely (your code may have written "
-            "into the grader's files, or replaced torch.save)."
+def failed_exercise(
+    check: Check, parts: list[tuple[str, float]], table: dict, status: str, message: str
+) -> ExerciseResult:
+    points = part_points(table, check.name, parts)
+    scored = [
+        PartScore(n, p, None if status != "failed" else False, "")
+        for (n, _), p in zip(parts, points, strict=True)
+    ]
+    return ExerciseResult(check.name, check.check_name, status, 0.0, sum(points), scored, message)
+
+
+def missing_exercise(
+    check: Check, parts: list[tuple[str, float]], table: dict, defined: list[str], detail: str = ""
+) -> ExerciseResult:
+    if detail:
+        message = (
+            f"'{check.name}' is {detail} in your notebook, not a function. Do not assign to "
+            "the exercise's name."
         )
-    return outcomes, ""
+    else:
+        similar = difflib.get_close_matches(check.name, defined, n=3, cutoff=0.6)
+        hint = f" Did you rename it to {', '.join(similar)}?" if similar else ""
+        message = (
+            f"No function named '{check.name}' in your notebook.{hint} The grader looks for "
+            "the name the notebook gave; keep it, and make sure its cell runs."
+        )
+    return failed_exercise(check, parts, table, "missing", message)
 
 
 def score_exercise(
-    check: Any,
-    function: str,
-    variants: list[int],
-    info: dict | None,
-    recordings: dict[int, dict],
-    stop: tuple[int, str] | None,
+    check: Check,
+    parts: list[tuple[str, float]],
+    results: list[tuple[int, CheckResult]],
     table: dict,
     notes: dict[str, str] | None = None,
 ) -> ExerciseResult:
-    """Score one exercise from the worker's report.
-
-    ``info``: what the worker found about the function (None: it never got there);
-    ``recordings``: variant index -> outcomes; ``stop``: (variant index, why) if the worker was
-    stopped or crashed during this exercise; ``notes``: extra advice keyed by error names.
-    """
-    parts = structure(check, function)
-    points = part_points(table, function, parts)
+    """Score one exercise from its check's results on each variant ((index, result) pairs;
+    index 0 is the notebook's problem)."""
+    points = part_points(table, check.name, parts)
     max_score = sum(points)
-
-    def failed(status: str, message: str) -> ExerciseResult:
-        scored = [
-            PartScore(n, p, None if status != "failed" else False, "")
-            for (n, _), p in zip(parts, points, strict=True)
-        ]
-        return ExerciseResult(function, check.check_name, status, 0.0, max_score, scored, message)
-
-    if info is None:
-        return failed("failed", stop[1] if stop else "Not graded: the grader never got to it.")
-    if info.get("status") == "missing":
-        similar = info.get("similar") or []
-        hint = f" Did you rename it to {', '.join(similar)}?" if similar else ""
-        return failed(
-            "missing",
-            f"No function named '{function}' in your notebook.{hint} The grader looks for the "
-            "name the notebook gave; keep it, and make sure its cell has no syntax error.",
-        )
-    if info.get("status") == "not callable":
-        return failed(
-            "missing",
-            f"'{function}' is {info.get('detail', 'not a function')} in your notebook, not a "
-            "function. Do not assign to the exercise's name.",
-        )
-
-    results: list[tuple[int, CheckResult]] = []
-    for j, variant in enumerate(variants):
-        crashed = stop is not None and stop[0] == j
-        if j not in recordings and not crashed:
-            continue
-        reason = stop[1] if crashed else ""
-        results.append((j, replay(check, variant, recordings.get(j, {}), reason)))
-        if crashed:
-            break
     if not results:
-        return failed("failed", stop[1] if stop else "Not graded: nothing was recorded.")
+        return failed_exercise(check, parts, table, "failed", "Not graded: nothing ran.")
     if not results[0][1].attempted:
-        result = failed("not attempted", "Not attempted: it still raises NotImplementedError.")
-        return result
-
+        return failed_exercise(
+            check, parts, table, "not attempted", "Not attempted: it still raises NotImplementedError."
+        )
     scored: list[PartScore] = []
     aligned = (
         all(len(_real_parts(r)) == len(parts) for _, r in results)
@@ -207,7 +164,30 @@ def score_exercise(
     score = sum(p.score for p in scored)
     first = next((p.message for p in scored if not p.passed), "")
     status = "passed" if all(p.passed for p in scored) else "failed"
-    return ExerciseResult(function, check.check_name, status, score, max_score, scored, first)
+    return ExerciseResult(check.name, check.check_name, status, score, max_score, scored, first)
+
+
+def run_variants(
+    check: Check,
+    function: Any,
+    variants: list[int],
+    runner: Any,
+    answers: Any,
+    timeout: float,
+    deadline: float,
+) -> list[tuple[int, CheckResult]]:
+    """The check on each variant (under :data:`CHECK_LOCK`), stopping at the first variant
+    whose calls did not come back, or at ``deadline`` (time.monotonic())."""
+    results = []
+    for j, variant in enumerate(variants):
+        with CHECK_LOCK:
+            result = run_check(
+                check, function, variant=variant, runner=runner, answers=answers, timeout=timeout
+            )
+        results.append((j, result))
+        if not result.attempted or getattr(runner, "ended", "") or time.monotonic() > deadline:
+            break
+    return results
 
 
 def _real_parts(result: CheckResult) -> list:

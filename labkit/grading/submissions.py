@@ -1,5 +1,5 @@
 """Handed-in notebooks: one :class:`Submission` per student, from a folder or a zip as an LMS or
-Gradescope exports them, and notebooks read however they were saved.
+Gradescope exports them. Reading one notebook is ``labkit.notebooks.read_notebook``.
 
 Who is who:
 
@@ -9,39 +9,52 @@ Who is who:
   ``name_12345_67890_anything.ipynb`` (or ``name_LATE_12345_...``), where ``name_12345`` is, so
   two files from one student stay together.
 
-Reading a notebook never runs anything. :func:`read_notebook` accepts nbformat 4 and 3, any
-text encoding (UTF-8 first; otherwise Windows-1252, with a note) and ignores outputs (a 50 MB
-output costs nothing but reading time). What it cannot read raises :class:`NotebookError`
-with a message for the student.
+Every file and archive entry is accounted for (:attr:`Submission.files`, ``others`` and
+``refused``, and :func:`discover`'s inventory): names that are not UTF-8 are kept as bytes and
+shown escaped; names are compared after Unicode normalisation (NFC), so ``José`` typed two ways
+is one student; symlinks, devices and FIFOs are refused with a note, never followed; archive
+entries that climb out of the archive (``../``), use backslashes or start with a dot are
+unpacked safely and listed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 import shutil
+import stat
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NOTEBOOK_SUFFIXES = (".ipynb",)
-SCRIPT_SUFFIXES = (".py",)  # graded only when a student handed in no notebook
-MAX_NOTEBOOK_MB = 512
+from labkit.notebooks import (  # noqa: F401 -- read_notebook is part of this module's API
+    NOTEBOOK_SUFFIXES,
+    SCRIPT_SUFFIXES,
+    Cell,
+    Notebook,
+    NotebookError,
+    read_notebook,
+)
+
 MAX_ZIP_MB = 8192  # uncompressed, the whole archive
 MAX_ZIP_MEMBERS = 100_000
 MAX_FILES_PER_STUDENT = 5  # more notebooks than this: the rest are listed, not graded
 _CANVAS = re.compile(r"^(?P<name>[^_\s]+)_(?:late_)?(?P<id>\d+)_\d+_", re.IGNORECASE)
-_SKIP = ("__MACOSX", ".ipynb_checkpoints", "__pycache__")
+_JUNK = ("__MACOSX", ".ipynb_checkpoints", "__pycache__", ".DS_Store")
 
 
-class NotebookError(ValueError):
-    """A handed-in file that cannot be read as a notebook; the message is for the student."""
+def shown(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 shown as \\xNN."""
+    raw = os.fsencode(name)
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return unicodedata.normalize("NFC", text)
 
 
 @dataclass
 class SubmittedFile:
-    name: str  # as the student knows it: the path inside their submission
+    name: str  # as the student knows it: the path inside their submission, shown safely
     path: Path
 
 
@@ -50,40 +63,61 @@ class Submission:
     student: str  # the key in the gradebook (a folder name, or a name from the file names)
     files: list[SubmittedFile] = field(default_factory=list)  # notebooks (or scripts) to grade
     others: list[str] = field(default_factory=list)  # other files handed in, not graded
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (name, why) never read
+    source: str = ""  # the folder or file name the student's row came from
 
     def input_hash(self) -> str:
         digest = hashlib.sha256()
         for f in self.files:
-            digest.update(f.name.encode() + b"\0")
+            digest.update(os.fsencode(f.name) + b"\0")
             with open(f.path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
+        for name, why in self.refused:
+            digest.update(f"refused:{name}:{why}".encode() + b"\0")
         return digest.hexdigest()[:16]
 
 
 # ----- finding the students ----------------------------------------------------------------------
-def discover(source: Path, unpack_to: Path, single: bool = False) -> list[Submission]:
+def discover(
+    source: Path, unpack_to: Path, single: bool = False, inventory: list | None = None
+) -> list[Submission]:
     """Every student's submission in a folder or a zip (unpacked under ``unpack_to``).
 
     ``single``: the whole folder is one student's submission (Gradescope's
-    /autograder/submission).
+    /autograder/submission). ``inventory``, if given, receives one (entry, what became of it)
+    pair per file or archive entry seen.
     """
     source = Path(source)
+    seen = inventory if inventory is not None else []
+    if source.is_symlink():
+        raise FileNotFoundError(f"{source} is a symbolic link: give the folder or .zip itself.")
     if not source.exists():
         raise FileNotFoundError(f"No submissions at {source}: give a folder or a .zip file.")
     if source.is_file():
         if source.suffix.lower() != ".zip":
-            return _group([source], source.parent) if not single else [_one(source.parent)]
-        source = unpack(source, unpack_to)
+            return _group([source], seen) if not single else [_one(source.parent, seen)]
+        source = unpack(source, unpack_to, seen)
     if single:
-        return [_one(source)]
+        return [_one(source, seen)]
     students: dict[str, Submission] = {}
-    entries = sorted(p for p in source.iterdir() if not _skipped(p))
-    folders = [p for p in entries if p.is_dir()]
-    for folder in folders:
-        students[folder.name] = _collect(folder, folder.name)
-    loose = [p for p in entries if p.is_file()]
-    for sub in _group(loose, source):
+    entries = sorted(source.iterdir(), key=lambda p: os.fsencode(p.name))
+    for entry in entries:
+        if entry.name in _JUNK:
+            _ignore_tree(entry, source, seen, f"ignored ({entry.name} is not a submission)")
+            continue
+        if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+            seen.append((shown(entry.name), "refused: not a regular file or folder"))
+            key = _student_key(entry.stem)
+            sub = students.setdefault(key, Submission(key, source=shown(entry.name)))
+            sub.refused.append((shown(entry.name), _refusal(entry)))
+            continue
+        if entry.is_dir():
+            key = _student_key(entry.name)
+            sub = students.setdefault(key, Submission(key, source=shown(entry.name)))
+            _collect_into(sub, entry, shown(entry.name), seen)
+    loose = [p for p in entries if p.is_file() and not p.is_symlink() and p.name not in _JUNK]
+    for sub in _group(loose, seen):
         if sub.student in students:  # a loose file named like a folder: same student
             students[sub.student].files += sub.files
             students[sub.student].others += sub.others
@@ -92,31 +126,73 @@ def discover(source: Path, unpack_to: Path, single: bool = False) -> list[Submis
     result = []
     used: set[str] = set()
     for key in sorted(students):
-        sub = students[key]
+        sub = _finish(students[key])
         sub.student = _unique(_safe_key(key), used)
         result.append(sub)
     return result
 
 
-def _one(folder: Path) -> Submission:
-    return _collect(folder, "submission")
+def _refusal(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link, which the grader never follows: hand in the file itself"
+    return "not a regular file (a device, socket or pipe): hand in the notebook file itself"
 
 
-def _collect(folder: Path, student: str) -> Submission:
-    sub = Submission(student)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not _skipped(p, folder))
-    for path in paths:
-        _add(sub, path, str(path.relative_to(folder)))
+def _student_key(name: str) -> str:
+    return unicodedata.normalize("NFC", shown(name))
+
+
+def _ignore_tree(entry: Path, root: Path, seen: list, why: str) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        for path in sorted(entry.rglob("*")):
+            if not path.is_dir():
+                seen.append((shown(str(path.relative_to(root))), why))
+    else:
+        seen.append((shown(str(entry.relative_to(root))), why))
+
+
+def _one(folder: Path, seen: list) -> Submission:
+    sub = Submission("submission", source=shown(folder.name))
+    _collect_into(sub, folder, "", seen)
     return _finish(sub)
 
 
-def _group(files: list[Path], root: Path) -> list[Submission]:
+def _collect_into(sub: Submission, folder: Path, prefix: str, seen: list) -> None:
+    for path in sorted(_walk(folder), key=lambda p: os.fsencode(str(p))):
+        name = shown(str(path.relative_to(folder)))
+        where = f"{prefix}/{name}" if prefix else name
+        parts = path.relative_to(folder).parts
+        if any(p in _JUNK for p in parts):
+            sub.others.append(f"{name} (ignored: an editor's or system's copy)")
+            seen.append((where, f"{sub.student}: ignored (an editor's or system's copy)"))
+        elif path.is_symlink() or not path.is_file():
+            sub.refused.append((name, _refusal(path)))
+            seen.append((where, f"{sub.student}: refused ({_refusal(path)})"))
+        else:
+            _add(sub, path, name)
+            seen.append((where, f"{sub.student}: {name}"))
+
+
+def _walk(folder: Path):
+    """Every entry below ``folder`` that is not a folder, never following a symlink."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for d in dirs:
+            if os.path.islink(os.path.join(root, d)):
+                yield Path(root) / d
+        for f in files:
+            yield Path(root) / f
+
+
+def _group(files: list[Path], seen: list) -> list[Submission]:
     students: dict[str, Submission] = {}
     for path in files:
-        match = _CANVAS.match(path.name)
-        key = f"{match['name']}_{match['id']}" if match else path.stem
-        _add(students.setdefault(key, Submission(key)), path, path.name)
-    return [_finish(s) for s in students.values()]
+        text = _student_key(path.name)
+        match = _CANVAS.match(text)
+        key = f"{match['name']}_{match['id']}" if match else _student_key(Path(text).stem)
+        sub = students.setdefault(key, Submission(key, source=shown(path.name)))
+        _add(sub, path, shown(path.name))
+        seen.append((shown(path.name), f"{key}: {shown(path.name)}"))
+    return list(students.values())
 
 
 def _add(sub: Submission, path: Path, name: str) -> None:
@@ -138,13 +214,13 @@ def _finish(sub: Submission) -> Submission:
     return sub
 
 
-def _skipped(path: Path, root: Path | None = None) -> bool:
-    parts = path.relative_to(root).parts if root else (path.name,)
-    return any(p.startswith(".") or p in _SKIP for p in parts)
-
-
 def _safe_key(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._@+-]+", "_", key).strip("._") or "student"
+    ascii_ = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
+    safe = re.sub(r"[^A-Za-z0-9._@+-]+", "_", ascii_).strip("._")
+    if safe != key or not safe:  # a key that lost characters gets a short, stable tag
+        tag = hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()[:6]
+        safe = f"{safe or 'student'}-{tag}"
+    return safe
 
 
 def _unique(key: str, used: set[str]) -> str:
@@ -155,8 +231,10 @@ def _unique(key: str, used: set[str]) -> str:
     return candidate
 
 
-def unpack(archive: Path, target: Path) -> Path:
-    """Unpack a zip safely (no paths outside ``target``, bounded size); returns its top folder."""
+def unpack(archive: Path, target: Path, seen: list | None = None) -> Path:
+    """Unpack a zip safely (no paths outside ``target``, no links, bounded size); returns its
+    top folder. Every entry is listed in ``seen``."""
+    seen = seen if seen is not None else []
     target = Path(target)
     if target.exists():
         shutil.rmtree(target)
@@ -169,153 +247,43 @@ def unpack(archive: Path, target: Path) -> Path:
             total = sum(m.file_size for m in members)
             if total > MAX_ZIP_MB * 2**20:
                 raise ValueError(f"{archive} unpacks to {total / 2**30:.1f} GB; too large.")
+            taken: set[str] = set()
             for member in members:
-                parts = [p for p in Path(member.filename).parts if p not in ("", ".", "..", "/")]
+                raw = member.filename.replace("\\", "/")
+                name = shown(raw) if member.flag_bits & 0x800 else shown(_cp437(member))
+                parts = [p for p in name.split("/") if p not in ("", ".", "..")]
+                mode = member.external_attr >> 16
                 if member.is_dir() or not parts:
                     continue
-                destination = target.joinpath(*parts)
+                if stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode)):
+                    seen.append((name, "refused: a link or special file inside the archive"))
+                    continue
+                relative = "/".join(unicodedata.normalize("NFC", p) for p in parts)
+                if relative.lower() in taken:
+                    seen.append((name, "refused: a second entry with the same name"))
+                    continue
+                taken.add(relative.lower())
+                if ".." in member.filename.replace("\\", "/").split("/"):
+                    seen.append((name, f"unpacked as {relative} (its '..' removed)"))
+                destination = target.joinpath(*relative.split("/"))
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(destination, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
     except zipfile.BadZipFile as err:
         raise ValueError(f"{archive} is not a readable zip file ({err}).") from err
-    top = [p for p in target.iterdir() if not _skipped(p)]
+    top = [p for p in target.iterdir() if p.name not in _JUNK]
     if len(top) == 1 and top[0].is_dir():
         return top[0]
     return target
 
 
-# ----- reading one notebook ----------------------------------------------------------------------
-@dataclass
-class Cell:
-    kind: str  # "code", "markdown" or "raw"
-    source: str
-    index: int  # position in the notebook, from 1 (what Jupyter users count)
-
-
-@dataclass
-class Notebook:
-    cells: list[Cell]
-    notes: list[str] = field(default_factory=list)  # what the student should know
-
-    @property
-    def code(self) -> list[Cell]:
-        return [c for c in self.cells if c.kind == "code"]
-
-
-def read_notebook(path: Path, name: str = "") -> Notebook:
-    """The cells of a notebook (or a .py script, as one code cell), outputs ignored."""
-    path = Path(path)
-    name = name or path.name
-    size = path.stat().st_size
-    if size > MAX_NOTEBOOK_MB * 2**20:
-        raise NotebookError(
-            f"{name} is {size / 2**20:.0f} MB, more than the {MAX_NOTEBOOK_MB} MB the grader "
-            "reads. Clear its outputs (Edit > Clear All Outputs), save, and hand it in again."
-        )
-    text, notes = _decode(path.read_bytes(), name)
-    if path.suffix.lower() in SCRIPT_SUFFIXES:
-        notes.append(f"{name} is a Python script, not a notebook: graded as one code cell.")
-        return Notebook([Cell("code", text, 1)], notes)
-    if not text.strip():
-        raise NotebookError(f"{name} is empty. Save the notebook in Jupyter and hand it in again.")
+def _cp437(member: zipfile.ZipInfo) -> str:
+    """An entry's name without the UTF-8 flag, as the bytes it was written with."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise NotebookError(
-            f"{name} is not a valid notebook file: its JSON breaks at line {err.lineno}, column "
-            f"{err.colno} ({err.msg}). It was probably cut off or edited outside Jupyter. Open "
-            "it in Jupyter or Colab: if it opens, save it and hand it in again; if not, hand in "
-            "an earlier copy."
-        ) from None
-    except RecursionError:
-        raise NotebookError(f"{name} is not a notebook: its JSON is nested too deeply.") from None
-    cells, more = _cells(data, name)
-    return Notebook(cells, notes + more)
-
-
-def _decode(data: bytes, name: str) -> tuple[str, list[str]]:
-    for bom, encoding in (
-        (b"\xef\xbb\xbf", "utf-8-sig"),
-        (b"\xff\xfe\x00\x00", "utf-32"),
-        (b"\x00\x00\xfe\xff", "utf-32"),
-        (b"\xff\xfe", "utf-16"),
-        (b"\xfe\xff", "utf-16"),
-    ):
-        if data.startswith(bom):
-            try:
-                return data.decode(encoding), []
-            except UnicodeDecodeError:
-                break
+        raw = member.filename.encode("cp437")
+    except UnicodeEncodeError:
+        return member.filename
     try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError as err:
-        where = f"byte {err.start}"
-    for encoding in ("cp1252", "latin-1"):
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        return text, [
-            f"{name} is not UTF-8 text (first bad {where}); it was read as {encoding}. Accented "
-            "letters in it may show wrongly. Save notebooks from Jupyter, which writes UTF-8."
-        ]
-    raise NotebookError(f"{name} is not text.")  # unreachable: latin-1 decodes any bytes
-
-
-def _cells(data: object, name: str) -> tuple[list[Cell], list[str]]:
-    if not isinstance(data, dict):
-        raise NotebookError(
-            f"{name} is JSON but not a Jupyter notebook (it holds a {type(data).__name__}). Hand "
-            "in the .ipynb file that Jupyter saves (File > Download in Colab)."
-        )
-    major = data.get("nbformat")
-    notes: list[str] = []
-    if isinstance(major, int) and major < 3:
-        raise NotebookError(
-            f"{name} uses notebook format {major}, which is too old to read. Open it in a "
-            "current Jupyter, save it, and hand it in again."
-        )
-    if "worksheets" in data or major == 3:
-        raw = [c for ws in _list(data.get("worksheets")) for c in _list(_get(ws, "cells"))]
-        notes.append(f"{name} is in the old notebook format 3; it was read and graded anyway.")
-    elif isinstance(data.get("cells"), list):
-        raw = data["cells"]
-        if major is None:
-            notes.append(f"{name} has no 'nbformat' field; its cells were read anyway.")
-    else:
-        raise NotebookError(
-            f"{name} is not a Jupyter notebook (no list of cells). Hand in the .ipynb file that "
-            "Jupyter saves."
-        )
-    cells = []
-    for index, cell in enumerate(raw, start=1):
-        if not isinstance(cell, dict):
-            notes.append(f"Cell {index} of {name} is not a cell; it was skipped.")
-            continue
-        kind = cell.get("cell_type")
-        source = cell.get("input", cell.get("source")) if kind == "code" else cell.get("source")
-        if kind == "heading":  # nbformat 3
-            kind, source = "markdown", "#" * int(cell.get("level", 1)) + " " + _text(source)
-        text = _text(source)
-        if text is None or kind not in ("code", "markdown", "raw"):
-            notes.append(f"Cell {index} of {name} could not be read; it was skipped.")
-            continue
-        cells.append(Cell(kind, text, index))
-    return cells, notes
-
-
-def _text(source: object) -> str | None:
-    if isinstance(source, str):
-        return source
-    if isinstance(source, list) and all(isinstance(s, str) for s in source):
-        return "".join(source)
-    return None
-
-
-def _list(value: object) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _get(value: object, key: str) -> object:
-    return value.get(key) if isinstance(value, dict) else None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return os.fsdecode(raw)

@@ -18,10 +18,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-
-from labkit.build import MARKDOWN_REGION, MARKDOWN_STUB, strip_markdown_solution
-from labkit.grading.submissions import Cell
+from labkit.build import MARKDOWN_STUB, strip_markdown_solution
+from labkit.grading.escape import csv_cell, markdown_block
+from labkit.notebooks import MARKDOWN_REGION, Cell, markdown_regions, read_nbformat
 
 CSV_FIELDS = ("student", "points", "comment", "answer")
 
@@ -37,15 +36,12 @@ class Question:
 
 def questions(solution: Path) -> list[Question]:
     """The written questions of a solution notebook."""
-    notebook = nbformat.read(solution, as_version=4)
+    notebook = read_nbformat(solution)
     found = []
     for i, cell in enumerate(notebook.cells):
         if cell.cell_type != "markdown" or not MARKDOWN_REGION.search(cell.source):
             continue
-        answer = "\n".join(
-            m.group(0)[len("<!-- BEGIN SOLUTION -->") : -len("<!-- END SOLUTION -->")].strip()
-            for m in MARKDOWN_REGION.finditer(cell.source)
-        )
+        answer = "\n".join(text.strip() for text in markdown_regions(cell.source))
         previous = notebook.cells[i - 1] if i else None
         prompt = ""
         for earlier in reversed(notebook.cells[:i]):
@@ -150,7 +146,7 @@ def review_markdown(question: Question, lab: str, maximum: float, rows: list[tup
         f"Grade them in {question.id}.csv (column 'points'), then run `labkit grade --merge`.",
     ]
     for student, answer in rows:
-        lines += ["", f"### {student}", "", answer if answer else "*(no answer)*"]
+        lines += ["", f"### {student}", "", markdown_block(answer) if answer else "*(no answer)*"]
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +157,12 @@ def review_csv(rows: list[tuple[str, str | None]], kept: dict[str, dict[str, str
     for student, answer in rows:
         old = kept.get(student, {})
         writer.writerow(
-            [student, old.get("points", ""), old.get("comment", ""), _one_line(answer or "")]
+            [
+                student,
+                old.get("points", ""),
+                old.get("comment", ""),
+                csv_cell(_one_line(answer or "")),
+            ]
         )
     return buffer.getvalue()
 
