@@ -40,25 +40,41 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    """Write labs/ from solutions/, and record the checks' answers for the notebooks' own
+    problems (labkit/checks/expected/)."""
     from pathlib import Path
 
-    from labkit.build import BuildError, build
+    from labkit.build import build
+    from labkit.notebooks import NotebookError
+    from labkit.publish import ReleaseError
 
     try:
         changes = build(Path(args.solutions), Path(args.labs), check_only=args.check)
-    except (BuildError, OSError) as err:
+    except (NotebookError, ReleaseError, OSError) as err:
         print(f"labkit build: {err}", file=sys.stderr)
         return 1
-    if args.check and changes:
-        print("Out of date (run `labkit build`): " + ", ".join(map(str, changes)), file=sys.stderr)
+    recorded: list[str] = []
+    try:
+        from labkit.grading.answers import RecordingError, write_recordings
+    except ImportError:  # the student release has no grader: nothing to record
+        pass
+    else:
+        try:
+            recorded = write_recordings(Path(args.solutions), check_only=args.check)
+        except (RecordingError, NotebookError) as err:
+            print(f"labkit build: {err}", file=sys.stderr)
+            return 1
+    if args.check and (changes or recorded):
+        stale = [str(c) for c in changes] + recorded
+        print("Out of date (run `labkit build`): " + ", ".join(stale), file=sys.stderr)
         return 1
-    written = [str(c.path) for c in changes if c.action == "write"]
+    written = [str(c.path) for c in changes if c.action == "write"] + recorded
     removed = [str(c) for c in changes if c.action == "remove"]
     if written:
         print("Wrote " + ", ".join(written))
     if removed:
         print("Removed " + ", ".join(removed))
-    if not changes:
+    if not changes and not recorded:
         print("Up to date.")
     return 0
 
