@@ -90,6 +90,34 @@ def _limits(args: argparse.Namespace):
     )
 
 
+def _seed(args: argparse.Namespace) -> str | None:
+    """The hidden seed: --seed-file, else $LABKIT_GRADING_SEED (where --seed put it)."""
+    import os
+    from pathlib import Path
+
+    if getattr(args, "seed_file", None):
+        return Path(args.seed_file).read_text(encoding="utf-8").strip() or None
+    return os.environ.get("LABKIT_GRADING_SEED") or None
+
+
+def hide_seed_from_argv(argv: list[str]) -> None:
+    """A seed on the command line can be read by any process on the machine (/proc/PID/cmdline).
+    Start again without it, passing it in the environment, which only this user can read."""
+    import os
+
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--seed" and i + 1 < len(argv):
+            value, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+        elif arg.startswith("--seed="):
+            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+        if value is not None:
+            os.environ["LABKIT_GRADING_SEED"] = value
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "labkit.cli", *rest])
+
+
 def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -119,7 +147,7 @@ def _grade(args: argparse.Namespace) -> int:
                 out=Path(args.out),
                 jobs=args.jobs,
                 force=args.force,
-                seed=args.seed,
+                seed=_seed(args),
                 hidden=args.hidden,
                 limits=_limits(args),
                 points_file=Path(args.points) if args.points else None,
@@ -157,7 +185,7 @@ def _gradescope(args: argparse.Namespace) -> int:
         path = write_autograder(
             args.lab,
             Path(args.out) if args.out else None,
-            seed=args.seed,
+            seed=_seed(args),
             hidden=args.hidden,
             limits=_limits(args),
             points_file=Path(args.points) if args.points else None,
@@ -190,7 +218,12 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
     from labkit.grading.config import Limits
 
     d = Limits()
-    parser.add_argument("--seed", help="hidden seed (default: $LABKIT_GRADING_SEED, or random)")
+    parser.add_argument(
+        "--seed",
+        help="hidden seed (moved out of the command line at once; default: "
+        "$LABKIT_GRADING_SEED, or random)",
+    )
+    parser.add_argument("--seed-file", help="a file that holds the hidden seed")
     parser.add_argument("--hidden", type=int, default=2, help="hidden variants per check")
     parser.add_argument("--points", help="points file (default: grading.toml if present)")
     parser.add_argument("--solutions", default="solutions", help="solution notebooks folder")
@@ -243,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         "gradescope": _gradescope,
         "release": _release,
     }
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ("grade", "gradescope"):
+        hide_seed_from_argv(sys.argv[1:])
     args = parser.parse_args(argv)
+    if getattr(args, "seed", None):  # called in-process with a seed (tests): same path
+        import os
+
+        os.environ["LABKIT_GRADING_SEED"] = args.seed
     return handlers[args.command](args)
 
 

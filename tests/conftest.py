@@ -89,6 +89,7 @@ ONE_WORKER_MODULES = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # only xdist knows this hook (absent with -p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadgroup` with ONE_WORKER_MODULES as the groups.
 

@@ -411,7 +411,11 @@ def grade(options: Options) -> Summary:
             iso = sandboxes[0].isolation
             isolation = iso.describe() if iso else ""
             if iso is not None and not iso.namespaces:
-                secrets_ = [book.out, Path(options.submissions), solution, Path(options.solutions)]
+                from labkit.grading.config import PACKAGE_ROOT
+
+                secrets_ = [book.out, solution, Path(options.solutions), PACKAGE_ROOT / "grading"]
+                if not options.single:  # a class: nobody may read the others' files
+                    secrets_.append(Path(options.submissions))
                 _protect([p for p in secrets_ if p is not None])
             if options.progress:
                 print(f"Sandbox: {isolation}.", file=sys.stderr)

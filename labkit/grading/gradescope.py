@@ -2,14 +2,18 @@
 ``python -m labkit.grading.gradescope`` is what it runs for each submission.
 
 The zip holds ``setup.sh`` (run once by Gradescope, as root, on its Ubuntu image: Python 3.11+,
-CPU torch, this labkit), ``run_autograder`` (run for every submission), labkit's source, and
-``grading.json``: the lab, the hidden seed, the points and the limits, decided when the zip was
-written (the solution notebook is checked against them then; it is not in the zip). Students
-never see the autograder's files.
+CPU torch, this labkit), ``run_autograder`` (run for every submission), labkit's source, the
+solution notebook (the grader computes every expected value with it), and ``grading.json``: the
+lab, the hidden seed, the points and the limits, decided when the zip was written (the solution
+is checked against them then).
 
 For each submission the same grader as ``labkit grade`` runs on ``/autograder/submission`` (one
-student) and writes ``/autograder/results/results.json``. Written answers are not in it: grade
-them as manual questions on Gradescope. ``AUTOGRADER_ROOT`` moves ``/autograder`` (for tests).
+student) and writes ``/autograder/results/results.json``. Gradescope's container usually allows
+no namespaces: workers then run as their own unprivileged uid, and everything the grader keeps
+(``/autograder/source``, the installed ``labkit.grading``, the results) is made readable by
+root only before any student code runs (see docs/instructors.md for what holds there).
+Written answers are not in it: grade them as manual questions on Gradescope.
+``AUTOGRADER_ROOT`` moves ``/autograder`` (for tests).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import labkit
 from labkit.grading.config import GradingError, Limits, RunConfig
 from labkit.grading.gradebook import Gradebook, write_atomic
 from labkit.grading.grader import (
+    Grading,
     Options,
     check_reference,
     grade,
+    load_answers,
     preload_modules,
     resolve,
 )
@@ -57,6 +63,9 @@ fi
 /autograder/venv/bin/pip install -q "torch=={torch}" --index-url https://download.pytorch.org/whl/cpu
 /autograder/venv/bin/pip install -q -c constraints.txt /autograder/source
 /autograder/venv/bin/python -c "import labkit.grading.gradescope"  # fail the build, not a student
+# Only root may read the grader's files: the workers run student code as other users.
+chmod -R go-rwx /autograder/source
+chmod -R go-rwx "$(/autograder/venv/bin/python -c 'import labkit.grading, os; print(os.path.dirname(labkit.grading.__file__))')"
 """
 
 RUN_AUTOGRADER = """\
@@ -66,6 +75,7 @@ RUN_AUTOGRADER = """\
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PY="${LABKIT_PYTHON:-/autograder/venv/bin/python}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+umask 077
 exec "$PY" -m labkit.grading.gradescope "$ROOT"
 """
 
@@ -107,9 +117,14 @@ def write_autograder(
         lab_info, config, _ = resolve(options, book)
         book.create()
         solution = Path(solutions) / lab_info.notebook
+        if not solution.exists():
+            raise GradingError(
+                f"No solution notebook {solution}: the autograder computes every expected value "
+                "with it. Pass --solutions."
+            )
         lab_notebook = Path(labs) / lab_info.notebook
-        preload = preload_modules(lab_info, lab_notebook if lab_notebook.exists() else solution)
-        if check_reference and solution.exists():
+        preload = preload_modules(lab_notebook if lab_notebook.exists() else solution)
+        if check_reference:
             _check(solution, lab_info, config, book, preload)
         data = {
             "lab": lab_info.number,
@@ -133,14 +148,16 @@ def write_autograder(
         for path in sorted((root / "labkit").rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 zf.write(path, str(path.relative_to(root)))
+        zf.write(solution, f"solutions/{solution.name}")
     return out
 
 
 def _check(solution: Path, lab, config: RunConfig, book: Gradebook, preload: list[str]) -> None:
-    sandbox = Sandbox(lab.checks_module, config.limits, preload=preload)
+    sandbox = Sandbox(config.limits, preload=preload)
+    grading = Grading(lab, config, load_answers(lab, solution))
     try:
         sandbox.start()
-        check_reference(solution, sandbox, lab, config, book, config.fingerprint(lab))
+        check_reference(solution, sandbox, grading, book, config.fingerprint(lab, solution))
     finally:
         sandbox.close()
 
@@ -166,8 +183,9 @@ def run_autograder(root: Path) -> int:
     out = Path(tempfile.mkdtemp(prefix="labkit-grades-"))
     try:
         config_path = root / "source" / "grading.json"
+        for secret in (root / "source", out):  # the seed, the solution: root's alone
+            _private(secret)
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        os.chmod(config_path, 0o600)  # the hidden seed: not for the sandboxed worker's user
         grade(
             Options(
                 lab=config["lab"],
@@ -178,9 +196,8 @@ def run_autograder(root: Path) -> int:
                 checks=config.get("checks", ""),
                 check_reference=False,
                 progress=False,
-                solutions=root / "no-solutions",
+                solutions=root / "source" / "solutions",
                 labs=root / "no-labs",
-                hide=[root / "source"],
             )
         )
         text = (out / "results" / "submission" / "results.json").read_text(encoding="utf-8")
@@ -196,6 +213,14 @@ def run_autograder(root: Path) -> int:
         return 1
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _private(path: Path) -> None:
+    """Readable by its owner only, everything below it too."""
+    for folder, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chmod(os.path.join(folder, name), 0o700 if name in dirs else 0o600)
+    os.chmod(path, 0o700)
 
 
 if __name__ == "__main__":

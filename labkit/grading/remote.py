@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import select
 import time
 import types
 from collections.abc import Callable
@@ -81,7 +82,12 @@ class Outbox:
 
     def dumps(self, message: Any) -> bytes:
         buffer = io.BytesIO()
-        self.pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+        try:
+            self.pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+        except (AttributeError, TypeError) as err:  # a local function or class, a lambda
+            raise pickle.PicklingError(
+                f"a check tried to send something that is not data to the student's code ({err})"
+            ) from None
         return buffer.getvalue()
 
 
@@ -165,7 +171,7 @@ class RemoteRunner:
             ) from None
         except pickle.PicklingError:
             raise
-        except (OSError, EOFError, plaindata.PlainDataError, OverflowError) as err:
+        except (OSError, EOFError, MemoryError, plaindata.PlainDataError, OverflowError) as err:
             why = self._why(err)
             self._end(why)
             raise CheckFailed(f"While this call ran, {why}.") from None
@@ -207,24 +213,25 @@ class RemoteRunner:
         """The worker's next reply. While waiting, the slot's memory is watched where no
         control group does it."""
         with self.waiting() if self.waiting is not None else nullcontext():
-            while True:
-                step = min(deadline, time.monotonic() + 0.25)
-                try:
-                    data = read_frame(self.worker.channel, step, REPLY_LIMITS.max_bytes)
+            while True:  # wait in short steps (to watch memory), then read the whole frame
+                wait = min(deadline - time.monotonic(), 0.25)
+                if wait <= 0:
+                    raise TimeoutError
+                if select.select([self.worker.channel], [], [], wait)[0]:
+                    data = read_frame(self.worker.channel, deadline, REPLY_LIMITS.max_bytes)
                     break
-                except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        raise
-                    if self.worker.memory_exceeded():
-                        raise MemoryError from None
+                if self.worker.memory_exceeded():
+                    raise MemoryError
         return plaindata.decode(data, REPLY_LIMITS)
 
     def _why(self, err: BaseException) -> str:
         if isinstance(err, MemoryError) or self.worker.ran_out_of_memory():
             limit = self.worker.sandbox.limits.memory_mb
             return f"your code used more memory than the {limit} MB allowed, and was ended"
-        if isinstance(err, FrameTooLarge | plaindata.PlainDataError):
+        if isinstance(err, FrameTooLarge):
             return "your function returned more data than any answer needs, and was ended"
+        if isinstance(err, plaindata.PlainDataError):
+            return f"your code sent back something that is not plain data ({err}), and was ended"
         if isinstance(err, ChannelClosed | EOFError | OSError):
             return (
                 "your code ended its grading process (os._exit, sys.exit from a thread, a "

@@ -106,7 +106,24 @@ def _worker(settings: dict[str, Any], channel: int) -> None:
         os._exit(code)
 
 
+def public_imports_only() -> None:
+    """Forget every way to import labkit but the public copy on PYTHONPATH: an editable
+    install's finder would otherwise lead to the instructor's checkout (labkit.grading)."""
+    sys.meta_path[:] = [
+        f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+    ]
+    sys.path_hooks[:] = [
+        h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")
+    ]
+    sys.path_importer_cache.clear()
+    for name in [
+        n for n in sys.modules if n == "labkit.grading" or n.startswith("labkit.grading.")
+    ]:
+        del sys.modules[name]
+
+
 def main() -> None:
+    public_imports_only()
     control = socket.socket(fileno=int(os.environ.pop("LABKIT_ZYGOTE_FD", "3")))
     buffer = bytearray()
     init, _ = _receive(control, buffer)

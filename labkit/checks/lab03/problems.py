@@ -1,0 +1,295 @@
+"""The problems lab 03's checks are built from. Problem builders only: nothing here computes an
+exercise's answer (the checks ask ``t.expected`` for those).
+
+* :func:`model` -- a tiny sharpened model of any family and size, watched by the check;
+* :func:`pair` -- clean and corrupted prompts that line up token by token, with targets and
+  foils that are not the clean run's top token, in either id order;
+* :class:`LinearMetric` -- a metric of the last position's logits, ``(logits * weights).sum() +
+  offset``. The checks of exercises 3.2-3.10 pass one: either the normalised metric of a pair
+  (its coefficients come from ``t.expected``) or a random one (a metric the spec leaves free);
+* :func:`linear_model` -- a tiny model that is linear in every activation (no norms, a linear
+  MLP, fixed uniform attention), on which attribution patching must be exact;
+* :func:`scores` and friends -- score tables without ties, for the validation exercises.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from torch import Tensor, nn
+
+from labkit.checks import kit
+from labkit.checks.core import Mistakes
+from labkit.models import LabModel
+from labkit.tiny import tiny_model
+
+__all__ = [
+    "SITES",
+    "LinearMetric",
+    "Pair",
+    "families",
+    "float64",
+    "last_logits",
+    "linear_model",
+    "model",
+    "pair",
+    "random_metric",
+]
+
+SITES = ("resid_pre", "attn_out", "mlp_out")  # the sites the lab patches per (layer, position)
+SCALE = 6.0  # tiny models' weight matrices are scaled up this much: every shortcut shows
+MODEL_SEEDS = 3  # hidden variants draw each model's weights from this many seeds
+
+
+# ----- metrics -----------------------------------------------------------------------------------
+class LinearMetric(nn.Module):
+    """A metric of the last position's logits: ``metric(logits (batch, vocab)) -> ()``, equal to
+    ``(logits * weights).sum() + offset``. Differentiable, like the lab's normalised metric."""
+
+    def __init__(self, weights: Tensor, offset: float | Tensor = 0.0) -> None:
+        super().__init__()
+        weights = torch.as_tensor(weights).detach().clone()
+        self.register_buffer("weights", weights)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=weights.dtype).clone())
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return (logits * self.weights).sum() + self.offset
+
+    def extra_repr(self) -> str:
+        batch, vocab = self.weights.shape
+        return f"batch={batch}, vocab={vocab}"
+
+
+def random_metric(gen: torch.Generator, batch: int, vocab: int) -> LinearMetric:
+    """A metric the spec allows but that is not normalised: dense weights, an offset."""
+    weights = torch.randn(batch, vocab, generator=gen) / vocab**0.5
+    offset = 0.5 + torch.rand((), generator=gen)
+    return LinearMetric(weights, offset)
+
+
+# ----- models ------------------------------------------------------------------------------------
+def families(t, notebook: list[str]) -> list[str]:
+    """The families of a check's problems: ``notebook`` in the notebook (chosen so that module
+    paths differ), a shuffled draw of as many in hidden variants."""
+    return list(notebook) if t.variant == 0 else kit.families(t, len(notebook))
+
+
+def model(
+    t,
+    family: str,
+    offset: int,
+    *,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+) -> LabModel:
+    """A tiny sharpened model (weights x6, norm weights far from 1), watched by the check.
+
+    ``n_kv_heads`` (llama, qwen2) defaults to half the query heads: grouped-query attention.
+    """
+    seed = 0 if t.variant == 0 else t.seed(offset) % MODEL_SEEDS
+    lm = kit.tiny(
+        family,
+        seed=seed,
+        scale=SCALE,
+        random_norms=True,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_model=8 * n_heads,
+        d_mlp=16 * n_heads,
+    )
+    return t.watch(lm, f"the tiny {family} model")
+
+
+def describe_model(lm: LabModel) -> str:
+    kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
+    heads = f"{lm.n_heads} heads" + (f" sharing {kv} key/value heads" if kv != lm.n_heads else "")
+    return f"a tiny {lm.family} model ({lm.n_layers} layers, {heads})"
+
+
+def kv_heads(lm: LabModel) -> int:
+    return lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
+
+
+class _Ones(nn.Module):
+    """An MLP "activation" that is 1 everywhere: a gated MLP becomes linear in its input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+
+@cache
+def linear_model(family: str = "gpt2", seed: int = 0, n_layers: int = 3) -> LabModel:
+    """A tiny model that is *linear* in every activation: norms removed, a linear MLP, and query
+    weights of 0, so that every attention pattern is uniform (fixed). Attribution patching is
+    exact on it. ``family`` is "gpt2" or "llama"."""
+    lm = tiny_model(family, seed=seed, n_layers=n_layers)
+    net = lm.model
+    with torch.no_grad():
+        if family == "gpt2":
+            net.transformer.ln_f = nn.Identity()
+            for block in net.transformer.h:
+                block.ln_1, block.ln_2 = nn.Identity(), nn.Identity()
+                block.mlp.act = nn.Identity()
+                block.attn.c_attn.weight[:, : lm.d_model] = 0.0  # queries are 0
+                block.attn.c_attn.bias[: lm.d_model] = 0.0
+        elif family == "llama":
+            net.model.norm = nn.Identity()
+            for block in net.model.layers:
+                block.input_layernorm = nn.Identity()
+                block.post_attention_layernorm = nn.Identity()
+                block.mlp.act_fn = _Ones()  # down(1 * up(x))
+                block.self_attn.q_proj.weight.zero_()
+        else:
+            raise ValueError(f"No linear model of the {family} family.")
+        for name, param in net.named_parameters():
+            if param.dim() == 2 and "wpe" not in name:
+                param.mul_(3.0)
+    return lm
+
+
+@cache
+def float64(lm: LabModel) -> LabModel:
+    """A float64 copy of ``lm`` (for expected values that float32 would blur)."""
+    return LabModel(copy.deepcopy(lm.model).double(), lm.tokenizer, lm.name)
+
+
+def last_logits(lm: LabModel, tokens: Tensor) -> Tensor:
+    """The logits of the last position, (batch, vocab): a plain forward pass."""
+    with torch.no_grad():
+        return lm.model(tokens).logits[:, -1]
+
+
+# ----- prompt pairs ------------------------------------------------------------------------------
+@dataclass
+class Pair:
+    """A model, clean and corrupted tokens (batch, pos), and each row's target and foil id."""
+
+    lm: LabModel
+    clean: Tensor
+    corrupted: Tensor
+    targets: list[int] | Tensor
+    foils: list[int] | Tensor
+
+    @property
+    def args(self) -> tuple:
+        return (self.lm, self.clean, self.corrupted)
+
+    @property
+    def ids(self) -> tuple:
+        return (self.lm, self.clean, self.corrupted, self.targets, self.foils)
+
+    @property
+    def batch(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean.shape[1]
+
+    @property
+    def first_change(self) -> int:
+        """The first position at which some row's clean and corrupted tokens differ."""
+        return int((self.clean != self.corrupted).any(0).nonzero()[0])
+
+    @property
+    def unchanged(self) -> list[int]:
+        """Positions where every row's clean and corrupted tokens agree."""
+        return (self.clean == self.corrupted).all(0).nonzero().flatten().tolist()
+
+    def describe(self) -> str:
+        prompts = "1 prompt pair" if self.batch == 1 else f"{self.batch} prompt pairs"
+        return f"{describe_model(self.lm)}, {prompts} of {self.n_pos} tokens"
+
+
+def pair(
+    t,
+    lm: LabModel,
+    offset: int,
+    *,
+    batch: int,
+    n_pos: int,
+    changes: int = 2,
+    as_tensor: bool = False,
+) -> Pair:
+    """Random clean prompts (an anchor first, a repeated token last) and corrupted ones that
+    differ at up to ``changes`` positions per row, not the same ones in every row. Each row's
+    target rises from the corrupted to the clean run and its foil falls; neither is the clean
+    run's top token, and target ids are below their foils in some rows and above in others."""
+    gen = kit.generator(t, offset)
+    clean = kit.token_ids(lm, gen, n_pos, batch=batch)
+    corrupted = clean.clone()
+    for row in range(batch):
+        count = 1 + int(torch.randint(changes, (), generator=gen))
+        where = 1 + torch.randperm(n_pos - 1, generator=gen)[:count]
+        shift = torch.randint(1, 256, (count,), generator=gen)
+        corrupted[row, where] = (clean[row, where] - 3 + shift) % 256 + 3
+    targets, foils = _contrast(lm, clean, corrupted, gen)
+    if as_tensor:
+        targets, foils = torch.tensor(targets), torch.tensor(foils)
+    return Pair(lm, clean, corrupted, targets, foils)
+
+
+def _contrast(lm: LabModel, clean: Tensor, corrupted: Tensor, gen) -> tuple[list, list]:
+    """Per row, a token whose logit rises most from the corrupted to the clean run (the target)
+    and one whose logit falls most (the foil), never the clean run's top token."""
+    high, low = last_logits(lm, clean), last_logits(lm, corrupted)
+    rise = high - low
+    targets, foils = [], []
+    below = bool(torch.randint(2, (), generator=gen))  # row 0: target id below the foil's?
+    for row in range(clean.shape[0]):
+        top = int(high[row].argmax())
+        order = [i for i in rise[row].argsort(descending=True).tolist() if i != top]
+        ups, downs = order[:6], order[-6:]
+        options = [(u, d) for u in ups for d in downs if (u < d) == below]
+        options = options or [(u, d) for u in ups for d in downs]
+        u, d = options[int(torch.randint(len(options), (), generator=gen))]
+        targets.append(u)
+        foils.append(d)
+        below = not below
+    return targets, foils
+
+
+# ----- comparing ---------------------------------------------------------------------------------
+def scale_of(x: Tensor) -> float:
+    """The typical size of ``x``, for tolerances that follow the values' magnitude."""
+    return max(float(torch.as_tensor(x).abs().max()), 1e-3)
+
+
+def pick(mistakes, index) -> Mistakes:
+    """The mistakes of a function that returns a pair or a dict, for one of its items."""
+
+    def make() -> list:
+        found = []
+        for value, hint in mistakes:
+            try:
+                found.append((value[index], hint))
+            except (KeyError, IndexError, TypeError):
+                continue
+        return found
+
+    return Mistakes(make)
+
+
+def normalised(t, p: Pair) -> LinearMetric:
+    """The pair's normalised metric (1 on its clean run, 0 on its corrupted run) as a
+    :class:`LinearMetric`; its coefficients come from ``t.expected``."""
+    weights, offset = t.expected("normalised_metric@coefficients", *p.ids)
+    return LinearMetric(weights, offset)
+
+
+def as_float64(metric: LinearMetric) -> LinearMetric:
+    return LinearMetric(metric.weights.double(), metric.offset.double())
+
+
+def linear_problem(t, offset: int) -> tuple[Pair, LinearMetric, LabModel]:
+    """A pair on a model that is linear in its activations, its normalised metric, and the
+    model in float64 (for exact patching, which float32 would blur)."""
+    family = t.choice(["gpt2", "llama"])
+    lin = t.watch(linear_model(family), f"the linear {family} model")
+    p = pair(t, lin, offset, batch=2, n_pos=t.choice([6, 5, 8]))
+    return p, normalised(t, p), float64(lin)
