@@ -252,7 +252,7 @@ def _tensors(data: bytes, header: dict, limits: Limits) -> dict[str, torch.Tenso
 
 def _build(node: Any, tensors: dict, limits: Limits, depth: int, count: list[int]) -> Any:
     count[0] += 1
-    if count[0] > limits.max_items or depth > limits.max_depth:
+    if count[0] > limits.max_items or depth > limits.max_depth + 1:  # + 1: the cut-off leaf
         raise PlainDataError("a structure that is too large or too deeply nested")
     if node is None or type(node) in (bool, int, float):
         return node

@@ -119,3 +119,70 @@ def test_odd_cells_are_skipped_with_a_note(tmp_path: Path) -> None:
     read = read_notebook(path)
     assert [c.source for c in read.code] == ["def f(x):\n    return x\n", "y = 2"]
     assert [c.index for c in read.code] == [1, 4] and len(read.notes) == 2
+
+
+# ----- awkward names and entries: every one gets a row or a note -------------------------------
+def test_awkward_file_names_each_get_a_traceable_row(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    raw = os.fsencode(str(folder)) + b"/caf\xe9_lab.ipynb"  # Latin-1 bytes: not UTF-8
+    with open(raw, "w") as handle:
+        handle.write(notebook())
+    (folder / "Jos\u00e9.ipynb").write_text(notebook())  # NFC
+    (folder / "Jose\u0301.ipynb").write_text(notebook())  # NFD: the same name, typed another way
+    (folder / ".hidden.ipynb").write_text(notebook())
+    (folder / "ALICE.ipynb").write_text(notebook())
+    (folder / "alice.ipynb").write_text(notebook())
+    inventory = []
+    subs = discover(folder, tmp_path / "u", inventory=inventory)
+    by_source = {s.source: s for s in subs}
+    assert "caf\\xe9_lab.ipynb" in by_source  # shown escaped, graded
+    jose = [s for s in subs if s.source.startswith("Jos")]
+    assert len(jose) == 1 and len(jose[0].files) == 2  # one student, both files
+    assert any(s.source == ".hidden.ipynb" for s in subs)
+    keys = [s.student.lower() for s in subs]
+    assert len(keys) == len(set(keys))  # no two rows share a key, whatever the case
+    assert len(inventory) == 6 and all(row[1] for row in inventory)
+    for sub in subs:
+        sub.input_hash()  # bytes that are not UTF-8 hash too
+
+
+def test_symlinks_and_special_files_are_refused_with_a_note(tmp_path: Path) -> None:
+    folder = tmp_path / "class"
+    (folder / "mallory").mkdir(parents=True)
+    secret = tmp_path / "solution.ipynb"
+    secret.write_text(notebook("SOLUTION = 'secret'"))
+    (folder / "mallory" / "lab.ipynb").symlink_to(secret)
+    (folder / "trudy.ipynb").symlink_to(secret)
+    (folder / "eve").mkdir()
+    (folder / "eve" / "link").symlink_to(tmp_path, target_is_directory=True)
+    import os
+
+    os.mkfifo(folder / "eve" / "pipe.ipynb")
+    subs = {s.student: s for s in discover(folder, tmp_path / "u")}
+    assert subs["mallory"].files == [] and "symbolic link" in subs["mallory"].refused[0][1]
+    assert subs["trudy"].files == [] and subs["trudy"].refused
+    assert {name for name, _ in subs["eve"].refused} == {"link", "pipe.ipynb"}
+
+
+def test_zip_entries_with_dots_backslashes_and_links(tmp_path: Path) -> None:
+    import stat as st
+
+    archive = tmp_path / "class.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("class/ann/.lab.ipynb", notebook())
+        zf.writestr("class\\bob\\lab.ipynb", notebook())  # made on Windows
+        link = zipfile.ZipInfo("class/carl/lab.ipynb")
+        link.external_attr = (st.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/work/solutions/01_attribution.ipynb")
+        zf.writestr("class/dora/../../../../etc/evil.ipynb", notebook())
+    inventory = []
+    subs = {s.student: s for s in discover(archive, tmp_path / "u", inventory=inventory)}
+    assert [f.name for f in subs["ann"].files] == [".lab.ipynb"]
+    assert [f.name for f in subs["bob"].files] == ["lab.ipynb"]
+    assert "carl" not in subs or not subs["carl"].files
+    assert any("link" in became for _, became in inventory)
+    assert not (tmp_path / "etc").exists() and not Path("/etc/evil.ipynb").exists()
+    assert all(f.path.is_relative_to(tmp_path / "u") for s in subs.values() for f in s.files)

@@ -249,13 +249,14 @@ def unpack(archive: Path, target: Path, seen: list | None = None) -> Path:
                 raise ValueError(f"{archive} unpacks to {total / 2**30:.1f} GB; too large.")
             taken: set[str] = set()
             for member in members:
-                raw = member.filename.replace("\\", "/")
-                name = shown(raw) if member.flag_bits & 0x800 else shown(_cp437(member))
+                text = member.filename if member.flag_bits & 0x800 else _cp437(member)
+                name = shown(text).replace("\\", "/")  # a zip made on Windows
                 parts = [p for p in name.split("/") if p not in ("", ".", "..")]
                 mode = member.external_attr >> 16
                 if member.is_dir() or not parts:
                     continue
-                if stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode)):
+                kind = stat.S_IFMT(mode)  # 0 when the archive does not say (zipfile's own)
+                if kind and kind != stat.S_IFREG:
                     seen.append((name, "refused: a link or special file inside the archive"))
                     continue
                 relative = "/".join(unicodedata.normalize("NFC", p) for p in parts)

@@ -168,7 +168,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @LAB.exercise("1.16", "randomise weights", points=4)
-def check_randomize_weights(randomize_weights_, t: Checker) -> None:
+def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
     """Two frozen modules (parameters of every kind, nested; a tiny model's block of a family
     the variant picks): every parameter changes in place; each is drawn afresh from N(its own
     mean, its own std) (not the old values plus noise, not per row or column, not uniform);

@@ -3,8 +3,8 @@ patterns and modules to randomise.
 
 Everything here builds *inputs*; nothing computes an exercise's answer. Every callable problem is
 an ``nn.Module`` defined at module level, with everything that decides its output in its state
-(buffers or submodules), so it can be sent to the grader's worker and fingerprinted by its
-state. Each is exactly what it says: a check builds it, the student's function uses it, and the
+(buffers or submodules, never 0-dimensional: the grader fingerprints inputs by their bytes), so
+it can be sent to the grader's worker and fingerprinted by its state. Each is exactly what it says: a check builds it, the student's function uses it, and the
 reference gets the same object.
 """
 
@@ -65,10 +65,10 @@ class Linear(nn.Module):
     def __init__(self, w: Tensor, bias: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("w", w)
-        self.register_buffer("bias", torch.tensor(float(bias), dtype=w.dtype))
+        self.register_buffer("bias", torch.tensor([float(bias)], dtype=w.dtype))
 
     def forward(self, e: Tensor) -> Tensor:
-        return (self.w * e).sum((1, 2)) + self.bias
+        return (self.w * e).sum((1, 2)) + self.bias[0]
 
 
 class Scaled(nn.Module):
@@ -77,10 +77,10 @@ class Scaled(nn.Module):
     def __init__(self, f: nn.Module, factor: float) -> None:
         super().__init__()
         self.f = f
-        self.register_buffer("factor", torch.tensor(float(factor)))
+        self.register_buffer("factor", torch.tensor([float(factor)]))
 
     def forward(self, e: Tensor) -> Tensor:
-        return self.factor * self.f(e)
+        return self.factor[0] * self.f(e)
 
 
 class TokenLogit(nn.Module):
@@ -89,10 +89,10 @@ class TokenLogit(nn.Module):
     def __init__(self, lm: LabModel, target: int) -> None:
         super().__init__()
         self.net = lm.model
-        self.register_buffer("target", torch.tensor(int(target)))
+        self.register_buffer("target", torch.tensor([int(target)]))
 
     def forward(self, e: Tensor) -> Tensor:
-        return self.net(inputs_embeds=e, logits_to_keep=1).logits[:, -1, self.target]
+        return self.net(inputs_embeds=e, logits_to_keep=1).logits[:, -1, self.target[0]]
 
 
 def smooth(gen: torch.Generator, n_pos: int, d: int) -> tuple[Smooth, Tensor]:
@@ -166,11 +166,11 @@ class TinyScore(nn.Module):
     def __init__(self, lm: LabModel, target: int) -> None:
         super().__init__()
         self.net = lm.model
-        self.register_buffer("target", torch.tensor(int(target)))
+        self.register_buffer("target", torch.tensor([int(target)]))
 
     def forward(self, ids: Tensor) -> Tensor:
         with torch.no_grad():
-            return self.net(input_ids=ids, logits_to_keep=1).logits[:, -1, self.target]
+            return self.net(input_ids=ids, logits_to_keep=1).logits[:, -1, self.target[0]]
 
 
 VOCAB = 40  # the scorer's vocabulary: ids 0..39
@@ -281,14 +281,16 @@ class Assorted(nn.Module):
         self.rows = nn.Linear(32, 64)
         self.inner = nn.Sequential(nn.LayerNorm(64), nn.Sequential(nn.Linear(64, 32), Gain(6)))
         self.table = nn.Embedding(12, 5)
+        structured = {"rows.weight": (64, 1), "inner.1.0.weight": (1, 64)}
         with torch.no_grad():
-            for i, (_, p) in enumerate(sorted(self.named_parameters())):
-                spread = 0.1 + 0.5 * float(torch.rand(1, generator=gen))
+            for i, (name, p) in enumerate(sorted(self.named_parameters())):
                 center = 2.0 * float(torch.randn(1, generator=gen)) + (i % 3 - 1)
-                p.copy_(center + spread * torch.randn(p.shape, generator=gen))
-            for weight, shape in ((self.rows.weight, (64, 1)), (self.inner[1][0].weight, (1, 64))):
-                weight.normal_(float(weight.mean()), 1.0, generator=gen)
-                weight.add_(0.7 * torch.randn(shape, generator=gen))  # rows / columns of its own
+                if name in structured:  # rows (or columns) with means of their own
+                    offsets = 0.7 * torch.randn(structured[name], generator=gen)
+                    p.copy_(center + offsets + torch.randn(p.shape, generator=gen))
+                else:
+                    spread = 0.1 + 0.5 * float(torch.rand(1, generator=gen))
+                    p.copy_(center + spread * torch.randn(p.shape, generator=gen))
         self.requires_grad_(False)
 
 

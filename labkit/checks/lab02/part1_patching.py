@@ -54,8 +54,16 @@ def check_collect_activations(collect_activations: Callable, t: Checker) -> None
                     "output_hidden_states has n_layers + 1 entries (the embedding first), and a "
                     "cache has a batch dimension.",
                 )
-                t.close(got, want, what, atol=1e-5, rtol=1e-4, scale=float(want.abs().max()),
-                        mistakes=wrong, hint=_collect_hint(site))  # fmt: skip
+                t.close(
+                    got,
+                    want,
+                    what,
+                    atol=1e-5,
+                    rtol=1e-4,
+                    scale=float(want.abs().max()),
+                    mistakes=wrong,
+                    hint=_collect_hint(site),
+                )
 
     with t.part("the sites add up, and the last layer's resid_post gives the logits", points=1):
         for lm, ids in runs[:2]:
@@ -148,8 +156,9 @@ def check_patch_position(patch_position: Callable, t: Checker) -> None:
     calls = [calls[i] for i in order] + calls[order[0] : order[0] + 1]  # and one again
 
     def compare(args, want, what, mistakes=(), hint=""):
-        got = t.tensor(t.call(patch_position, *args), what, shape=tuple(want.shape),
-                       hint=_PROBS_SHAPE)  # fmt: skip
+        got = t.tensor(
+            t.call(patch_position, *args), what, shape=tuple(want.shape), hint=_PROBS_SHAPE
+        )
         t.close(got, want, what, atol=1e-6, rtol=1e-4, mistakes=mistakes, hint=hint)
 
     with t.part("another prompt's activation, at cells of two models", points=1):
@@ -213,11 +222,22 @@ def _close_log(t: Checker, got: Tensor, want: Tensor, what: str, mistakes=(), hi
     if not bool((got > 0).all()):
         t.close(got, want, what, atol=1e-6, rtol=1e-4, mistakes=mistakes, hint=hint)
         t.fail(what, "Some of your values are not positive: return probabilities.", hint)
-    logs = Mistakes(lambda: [(torch.as_tensor(w).double().log(), h) for w, h in mistakes
-                             if bool((torch.as_tensor(w) > 0).all())])  # fmt: skip
-    t.close(got.double().log(), torch.as_tensor(want).double().log(),
-            what + " (compared as log-probabilities)", atol=2e-4, rtol=1e-4, mistakes=logs,
-            hint=hint)  # fmt: skip
+    logs = Mistakes(
+        lambda: [
+            (torch.as_tensor(w).double().log(), h)
+            for w, h in mistakes
+            if bool((torch.as_tensor(w) > 0).all())
+        ]
+    )
+    t.close(
+        got.double().log(),
+        torch.as_tensor(want).double().log(),
+        what + " (compared as log-probabilities)",
+        atol=2e-4,
+        rtol=1e-4,
+        mistakes=logs,
+        hint=hint,
+    )
 
 
 @LAB.exercise("2.3", "cross-context patching at every layer", points=3)
@@ -263,29 +283,45 @@ def check_cross_context_curve(cross_context_curve: Callable, t: Checker) -> None
             )
             want = t.expected("cross_context_curve", *args)
             wrong = t.mistakes("cross_context_curve", *args)
-            _close_log(t, curve(args, what), want, what, wrong,
-                       hint="Row L: run the recipient with its last position's resid_post[L] "
-                       "replaced by the donor's last position's resid_post[L]; return softmax "
-                       "of the last logits at target_id.")  # fmt: skip
+            _close_log(
+                t,
+                curve(args, what),
+                want,
+                what,
+                wrong,
+                hint="Row L: run the recipient with its last position's resid_post[L] "
+                "replaced by the donor's last position's resid_post[L]; return softmax "
+                "of the last logits at target_id.",
+            )
 
-    with t.part("a prompt patched with itself keeps its own probability at every layer",
-                points=1):  # fmt: skip
+    with t.part("a prompt patched with itself keeps its own probability at every layer", points=1):
         for _, (lm, run, _, target_id) in cases[:2]:
-            what = (f"cross_context_curve(lm, tokens, tokens, {target_id}) on {_shown(lm, run)}: "
-                    "donor = recipient")  # fmt: skip
+            what = (
+                f"cross_context_curve(lm, tokens, tokens, {target_id}) on {_shown(lm, run)}: "
+                "donor = recipient"
+            )
             own = t.expected("clean_prob", lm, run, target_id)
-            _close_log(t, curve((lm, run, run, target_id), what),
-                       torch.full((lm.n_layers,), own, dtype=torch.float64), what,
-                       hint="Patching a run's own vector back in must change nothing: patch the "
-                       "last position of a fresh run of the recipient.")  # fmt: skip
+            _close_log(
+                t,
+                curve((lm, run, run, target_id), what),
+                torch.full((lm.n_layers,), own, dtype=torch.float64),
+                what,
+                hint="Patching a run's own vector back in must change nothing: patch the "
+                "last position of a fresh run of the recipient.",
+            )
 
     with t.part("at the last layer the curve ends on the donor's probability", points=1):
         for words, (lm, run, give, target_id) in cases[:3]:
-            what = (f"the last layer of cross_context_curve(lm, recipient, donor, {target_id}) "
-                    f"with {words}, on {_shown(lm, run)}: there the patched vector is the final "
-                    "residual stream, so the recipient predicts what the donor predicts")  # fmt: skip
+            what = (
+                f"the last layer of cross_context_curve(lm, recipient, donor, {target_id}) "
+                f"with {words}, on {_shown(lm, run)}: there the patched vector is the final "
+                "residual stream, so the recipient predicts what the donor predicts"
+            )
             donor_p = t.expected("clean_prob", lm, give, target_id)
-            _close_log(t, curve((lm, run, give, target_id), what)[-1:],
-                       torch.tensor([donor_p], dtype=torch.float64), what,
-                       hint="At layer n_layers - 1 the curve must end on the donor run's "
-                       "p(target).")  # fmt: skip
+            _close_log(
+                t,
+                curve((lm, run, give, target_id), what)[-1:],
+                torch.tensor([donor_p], dtype=torch.float64),
+                what,
+                hint="At layer n_layers - 1 the curve must end on the donor run's p(target).",
+            )

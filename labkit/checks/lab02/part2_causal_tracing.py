@@ -39,7 +39,9 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
     long, short = t.choice((12, 11, 14)), t.choice((4, 3, 5))
     size, start = t.choice((3, 2, 4)), t.choice((4, 1, 6))
     subject = _span(start, size)
-    tokens = problems.doubled_bytes(problems.prompt(a, gen, long, repeats=[(start + size + 1, start)]))
+    tokens = problems.doubled_bytes(
+        problems.prompt(a, gen, long, repeats=[(start + size + 1, start)])
+    )
     other = problems.doubled_bytes(problems.prompt(a, gen, long))
     other_subject = _span(t.choice((2, 1, 5)), t.choice((2, 1, 4)))
     tokens_b = problems.doubled_bytes(problems.prompt(b, gen, short))
@@ -56,7 +58,9 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
         calls.append(call)
         got = t.call(corrupt_subject, lm, ids, list(positions), **options)
         shape = (options.get("n_samples", 10), ids.shape[1], lm.d_model)
-        hint = "Return the corrupted embeddings, one row per noise sample: (n_samples, pos, d_model)."
+        hint = (
+            "Return the corrupted embeddings, one row per noise sample: (n_samples, pos, d_model)."
+        )
         return t.tensor(got, call, shape=shape, hint=hint).double(), call
 
     def clean(lm, ids) -> Tensor:
@@ -74,8 +78,9 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
             (a, tokens, subject, {"n_samples": 7, "noise_scale": 1.5, "seed": seeds[0]}),
         ]
         for i, (lm, ids, positions, options) in enumerate(runs):
-            got, call = corrupt(lm, ids, positions, " (again, after others)" if i == 3 else "",
-                                **options)  # fmt: skip
+            got, call = corrupt(
+                lm, ids, positions, " (again, after others)" if i == 3 else "", **options
+            )
             outside = [p for p in range(ids.shape[1]) if p not in positions]
             base = clean(lm, ids)
             t.close(
@@ -98,14 +103,26 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
         drawn = noise(got, a, tokens, subject)
         drawn = drawn - drawn.mean()
         for axis, name, hint in (
-            (0, "consecutive samples", "Draw noise of shape (n_samples, n_subject, d_model), "
-             "not one draw repeated for every sample (and do not re-seed the generator inside a "
-             "loop over samples)."),
-            (1, "consecutive subject positions", "Draw different noise for each subject "
-             "position (do not re-seed the generator inside a loop over positions)."),
-            (2, "consecutive dimensions", "Draw one number per dimension: noise of shape "
-             "(n_samples, n_subject, d_model), not one number per token."),
-        ):  # fmt: skip
+            (
+                0,
+                "consecutive samples",
+                "Draw noise of shape (n_samples, n_subject, d_model), "
+                "not one draw repeated for every sample (and do not re-seed the generator inside a "
+                "loop over samples).",
+            ),
+            (
+                1,
+                "consecutive subject positions",
+                "Draw different noise for each subject "
+                "position (do not re-seed the generator inside a loop over positions).",
+            ),
+            (
+                2,
+                "consecutive dimensions",
+                "Draw one number per dimension: noise of shape "
+                "(n_samples, n_subject, d_model), not one number per token.",
+            ),
+        ):
             n = drawn.shape[axis] - 1
             x, y = drawn.narrow(axis, 0, n), drawn.narrow(axis, 1, n)
             corr = float((x * y).sum() / (x.square().sum() * y.square().sum()).sqrt())
@@ -214,12 +231,17 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
         lm, tokens, corrupted, target, _ = problem
         args = (lm, tokens, corrupted, target, *site_window)
         shown = "".join(f", {v!r}" for v in site_window)
-        text = (f"restoration_grid(lm, tokens, corrupted, {target}{shown}) on a tiny "
-                f"{lm.family} model with {lm.n_layers} layers, {tokens.shape[1]} tokens, "
-                f"{corrupted.shape[0]} samples{what}")  # fmt: skip
+        text = (
+            f"restoration_grid(lm, tokens, corrupted, {target}{shown}) on a tiny "
+            f"{lm.family} model with {lm.n_layers} layers, {tokens.shape[1]} tokens, "
+            f"{corrupted.shape[0]} samples{what}"
+        )
         got = t.call(restoration_grid, *args)
-        return args, text, t.tensor(got, text, shape=(lm.n_layers, tokens.shape[1]),
-                                    hint=_GRID_SHAPE)  # fmt: skip
+        return (
+            args,
+            text,
+            t.tensor(got, text, shape=(lm.n_layers, tokens.shape[1]), hint=_GRID_SHAPE),
+        )
 
     def against_reference(problem, *site_window, what="", hint=""):
         lm, tokens, corrupted, target, _ = problem
@@ -227,21 +249,37 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
         want = t.expected("restoration_grid", *args)
         wrong = t.mistakes("restoration_grid", *args)
         _, text, got = call(problem, *site_window, what=what)
-        t.close(got, want, f"{text}: every cell against a reference restoration of that cell",
-                atol=2e-5, rtol=1e-4, mistakes=wrong, hint=hint)  # fmt: skip
+        t.close(
+            got,
+            want,
+            f"{text}: every cell against a reference restoration of that cell",
+            atol=2e-5,
+            rtol=1e-4,
+            mistakes=wrong,
+            hint=hint,
+        )
 
     with t.part("the residual-stream grid", points=1):
-        hint = ("Cell (L, p): run the corrupted embeddings with the clean resid_post[L] put back "
-                "at position p only, and average p(target) over the noise samples.")  # fmt: skip
+        hint = (
+            "Cell (L, p): run the corrupted embeddings with the clean resid_post[L] put back "
+            "at position p only, and average p(target) over the noise samples."
+        )
         against_reference(p1, hint=hint)  # the default site
         against_reference(p3, "resid", 1, hint=hint)
-        against_reference(p2, "resid", even, what=" (the window is for 'mlp' and 'attn' only)",
-                          hint=hint + " The window does not apply to 'resid'.")  # fmt: skip
+        against_reference(
+            p2,
+            "resid",
+            even,
+            what=" (the window is for 'mlp' and 'attn' only)",
+            hint=hint + " The window does not apply to 'resid'.",
+        )
         against_reference(p1, what=" (again, after others)", hint=hint)
 
-    window_hint = ("Cell (L, p): restore the clean {} at position p in every layer of the window "
-                   "max(0, L - w // 2), ..., min(n_layers, L - (-w // 2)) - 1, all in the same "
-                   "run, and average p(target) over the noise samples.")  # fmt: skip
+    window_hint = (
+        "Cell (L, p): restore the clean {} at position p in every layer of the window "
+        "max(0, L - w // 2), ..., min(n_layers, L - (-w // 2)) - 1, all in the same "
+        "run, and average p(target) over the noise samples."
+    )
     with t.part("the MLP grid, windows odd, even and wider than the model", points=1):
         hint = window_hint.format("mlp_out")
         against_reference(p2, "mlp", odd, hint=hint)
@@ -260,35 +298,53 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
         high = t.expected("clean_prob", lm, tokens, target)
         low = t.expected("corrupted_prob", lm, corrupted, target)
         _, text, got = call(p1, "resid", 1)
-        t.close(got[:, : span[0]], torch.full((lm.n_layers, span[0]), low),
-                f"{text}: restoring a position before the corrupted ones changes nothing, so "
-                "those cells hold the corrupted run's p(target), averaged over the samples",
-                atol=2e-5, rtol=1e-4,
-                hint="Run the corrupted embeddings you were given, and restore the clean "
-                "activation at one position of one layer per cell.")  # fmt: skip
-        t.close(got[-1, -1], high,
-                f"{text}: restoring the last layer's resid_post at the last position gives the "
-                "clean run's p(target)", atol=2e-5, rtol=1e-4,
-                hint="The residual stream leaving the last block at the last position decides "
-                "the prediction: restored, it gives the clean probability.")  # fmt: skip
+        t.close(
+            got[:, : span[0]],
+            torch.full((lm.n_layers, span[0]), low),
+            f"{text}: restoring a position before the corrupted ones changes nothing, so "
+            "those cells hold the corrupted run's p(target), averaged over the samples",
+            atol=2e-5,
+            rtol=1e-4,
+            hint="Run the corrupted embeddings you were given, and restore the clean "
+            "activation at one position of one layer per cell.",
+        )
+        t.close(
+            got[-1, -1],
+            high,
+            f"{text}: restoring the last layer's resid_post at the last position gives the "
+            "clean run's p(target)",
+            atol=2e-5,
+            rtol=1e-4,
+            hint="The residual stream leaving the last block at the last position decides "
+            "the prediction: restored, it gives the clean probability.",
+        )
         with torch.no_grad():
             clean = lm.embed(tokens).repeat(2, 1, 1)
         for site, window in (("resid", 1), ("mlp", 3)):
             problem = (lm, tokens, clean, target, span)
             _, text, got = call(problem, site, window, what=" and no corruption at all")
-            t.close(got, torch.full(got.shape, high),
-                    f"{text}: with nothing corrupted every cell is the clean run's p(target)",
-                    atol=2e-5, rtol=1e-4,
-                    hint="Run the embeddings you were given (lm.model(inputs_embeds=...)); add no "
-                    "noise of your own; return raw probabilities (not normalised).")  # fmt: skip
+            t.close(
+                got,
+                torch.full(got.shape, high),
+                f"{text}: with nothing corrupted every cell is the clean run's p(target)",
+                atol=2e-5,
+                rtol=1e-4,
+                hint="Run the embeddings you were given (lm.model(inputs_embeds=...)); add no "
+                "noise of your own; return raw probabilities (not normalised).",
+            )
 
     with t.part("a window over every layer restores the same layers in every row", points=1):
         _, text, got = call(p3, "mlp", cover)
-        t.close(got, got[:1].expand_as(got),
-                f"{text}: with a window of {cover} layers every row restores every layer, so "
-                "every row is the same", atol=2e-5, rtol=1e-4,
-                hint="Clip the window to the model's layers: max(0, L - w // 2) up to "
-                "min(n_layers, L - (-w // 2)).")  # fmt: skip
+        t.close(
+            got,
+            got[:1].expand_as(got),
+            f"{text}: with a window of {cover} layers every row restores every layer, so "
+            "every row is the same",
+            atol=2e-5,
+            rtol=1e-4,
+            hint="Clip the window to the model's layers: max(0, L - w // 2) up to "
+            "min(n_layers, L - (-w // 2)).",
+        )
 
 
 # ----- 2.6 ---------------------------------------------------------------------------------------
@@ -314,30 +370,51 @@ def check_recovery(recovery: Callable, t: Checker) -> None:
     ]
     problems_.append(problems_[0])
 
-    with t.part("element-wise, on tensors of any shape, either sign of the total effect",
-                points=1):  # fmt: skip
+    with t.part("element-wise, on tensors of any shape, either sign of the total effect", points=1):
         for i, (name, probs, high, low) in enumerate(problems_):
             effect = "the corruption raises p(target)" if high < low else "p_clean > p_corrupted"
-            what = (f"recovery(probs, p_clean={high}, p_corrupted={low}) on {name} of shape "
-                    f"{tuple(probs.shape)} ({effect})" + (" again, after others" if i == 4 else ""))  # fmt: skip
+            what = (
+                f"recovery(probs, p_clean={high}, p_corrupted={low}) on {name} of shape "
+                f"{tuple(probs.shape)} ({effect})" + (" again, after others" if i == 4 else "")
+            )
             want = t.expected("recovery", probs, high, low)
             wrong = t.mistakes("recovery", probs, high, low)
-            got = t.tensor(t.call(recovery, probs, high, low), what, shape=tuple(probs.shape),
-                           hint="Same shape as probs.")  # fmt: skip
-            t.close(got, want, what, atol=1e-5, rtol=1e-4, mistakes=wrong,
-                    hint="Recovery is the fraction of the lost probability that came back: "
-                    "the restored probability's distance from p_corrupted, over the total "
-                    "effect p_clean - p_corrupted, element-wise.")  # fmt: skip
+            got = t.tensor(
+                t.call(recovery, probs, high, low),
+                what,
+                shape=tuple(probs.shape),
+                hint="Same shape as probs.",
+            )
+            t.close(
+                got,
+                want,
+                what,
+                atol=1e-5,
+                rtol=1e-4,
+                mistakes=wrong,
+                hint="Recovery is the fraction of the lost probability that came back: "
+                "the restored probability's distance from p_corrupted, over the total "
+                "effect p_clean - p_corrupted, element-wise.",
+            )
 
-    with t.part("the clean run maps to 1, the corrupted run to 0, and the scale is linear",
-                points=1):  # fmt: skip
+    with t.part(
+        "the clean run maps to 1, the corrupted run to 0, and the scale is linear", points=1
+    ):
         fractions = torch.tensor([1.0, 0.0, 0.5, 1.5, -0.25], dtype=torch.float64)
         for high, low in (_ends(gen), _ends(gen, raised=True)):
             probs = (low + fractions * (high - low)).float()
-            what = (f"recovery(probs, p_clean={high}, p_corrupted={low}) where probs are "
-                    "p_clean, p_corrupted, their midpoint, and 1.5 and -0.25 of the way from "
-                    "p_corrupted to p_clean")  # fmt: skip
+            what = (
+                f"recovery(probs, p_clean={high}, p_corrupted={low}) where probs are "
+                "p_clean, p_corrupted, their midpoint, and 1.5 and -0.25 of the way from "
+                "p_corrupted to p_clean"
+            )
             got = t.tensor(t.call(recovery, probs, high, low), what, shape=(5,))
-            t.close(got, fractions, what, atol=1e-5, rtol=1e-4,
-                    hint="The clean probability maps to 1 and the corrupted one to 0; values "
-                    "beyond them go beyond 1 and 0 (no clipping).")  # fmt: skip
+            t.close(
+                got,
+                fractions,
+                what,
+                atol=1e-5,
+                rtol=1e-4,
+                hint="The clean probability maps to 1 and the corrupted one to 0; values "
+                "beyond them go beyond 1 and 0 (no clipping).",
+            )

@@ -50,14 +50,19 @@ def check_normalised_metric(normalised_metric: Callable, t: Checker) -> None:
 
     with t.part("metric(clean logits) is 1 and metric(corrupted logits) is 0", points=1):
         for p in (a, b, c, a):  # a repeat after the others
-            runs = [("clean", P.last_logits(p.lm, p.clean), 1.0),
-                    ("corrupted", P.last_logits(p.lm, p.corrupted), 0.0)]  # fmt: skip
-            wrong = [t.mistakes("normalised_metric@logits", *p.ids, logits) for _, logits, _ in runs]
+            runs = [
+                ("clean", P.last_logits(p.lm, p.clean), 1.0),
+                ("corrupted", P.last_logits(p.lm, p.corrupted), 0.0),
+            ]
+            wrong = [
+                t.mistakes("normalised_metric@logits", *p.ids, logits) for _, logits, _ in runs
+            ]
             metric = _metric(t, normalised_metric, p)
             for (run, logits, want), mistakes in zip(runs, wrong, strict=True):
                 what = f"metric(logits of the {run} run) on {p.describe()}"
-                t.close(_value(t, metric, logits, what), want, f"{what} is {want:g}",
-                        mistakes=mistakes)  # fmt: skip
+                t.close(
+                    _value(t, metric, logits, what), want, f"{what} is {want:g}", mistakes=mistakes
+                )
 
     with t.part("the metric of other logits; each metric keeps its own prompts", points=1):
         metrics = [_metric(t, normalised_metric, p) for p in (a, b, c)]  # all made first
@@ -67,8 +72,15 @@ def check_normalised_metric(normalised_metric: Callable, t: Checker) -> None:
             logits = clean + 1.5 * torch.randn(clean.shape, generator=gen)
             want = t.expected("normalised_metric@logits", *p.ids, logits)
             wrong = t.mistakes("normalised_metric@logits", *p.ids, logits)
-            what = (f"metric(other logits (batch, vocab)) on {p.describe()}, with a metric made "
-                    "before the metrics of the other problems")  # fmt: skip
-            t.close(_value(t, metrics[i], logits, what), want, what, mistakes=wrong,
-                    hint="Row i uses target_ids[i] and foil_ids[i]; the baselines are the mean "
-                    "logit differences of the clean and the corrupted run.")  # fmt: skip
+            what = (
+                f"metric(other logits (batch, vocab)) on {p.describe()}, with a metric made "
+                "before the metrics of the other problems"
+            )
+            t.close(
+                _value(t, metrics[i], logits, what),
+                want,
+                what,
+                mistakes=wrong,
+                hint="Row i uses target_ids[i] and foil_ids[i]; the baselines are the mean "
+                "logit differences of the clean and the corrupted run.",
+            )

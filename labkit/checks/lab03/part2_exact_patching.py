@@ -43,8 +43,12 @@ def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | 
     what = f"patch_grid(lm, clean, corrupted, metric{shown}) on {p.describe()}"
     args = (*p.args, metric) if site is None else (*p.args, metric, site)
     got = t.call(patch_grid, *args)
-    got = t.tensor(got, what, shape=(p.lm.n_layers, p.n_pos),
-                   hint="One cell per (layer, position): (n_layers, pos).")  # fmt: skip
+    got = t.tensor(
+        got,
+        what,
+        shape=(p.lm.n_layers, p.n_pos),
+        hint="One cell per (layer, position): (n_layers, pos).",
+    )
     agree = got[_agreeing_cells(p, where, p.lm.n_layers)]
     named = [(torch.full_like(agree, full), _NOISING)]
     if abs(base) > 0.05:
@@ -53,7 +57,8 @@ def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | 
         agree,
         torch.full_like(agree, base),
         f"{what}: where the two runs agree (positions before {p.first_change}, the first that "
-        "differs" + (", and layer 0 where no prompt changed)" if where == "resid_pre" else ")")
+        "differs"
+        + (", and layer 0 where no prompt changed)" if where == "resid_pre" else ")")
         + f", a patch changes nothing: the corrupted run's metric, {base:.4g}",
         scale=max(abs(base), 1.0),
         mistakes=named,
@@ -76,20 +81,31 @@ def check_patch_grid(patch_grid: Callable, t: Checker) -> None:
     first call repeated at the end. Where the runs agree, a cell is the corrupted run's
     metric (the definition)."""
     first, second = P.families(t, ["gpt2", "llama"])
-    small = P.pair(t, P.model(t, first, 1, n_layers=t.choice([3, 2])), 21, batch=2,
-                   n_pos=t.choice([6, 4, 7]))  # fmt: skip
-    big = P.pair(t, P.model(t, second, 2, n_layers=t.choice([11, 10, 12])), 22, batch=1,
-                 n_pos=t.choice([10, 11]), changes=1)  # fmt: skip
+    small = P.pair(
+        t, P.model(t, first, 1, n_layers=t.choice([3, 2])), 21, batch=2, n_pos=t.choice([6, 4, 7])
+    )
+    big = P.pair(
+        t,
+        P.model(t, second, 2, n_layers=t.choice([11, 10, 12])),
+        22,
+        batch=1,
+        n_pos=t.choice([10, 11]),
+        changes=1,
+    )
     m_small, m_big = P.normalised(t, small), P.normalised(t, big)
     other = P.random_metric(kit.generator(t, 23), small.batch, small.lm.vocab_size)
     plan = {
-        "site 'resid_pre' (and the default site)": [(small, m_small, None),
-                                                     (big, m_big, "resid_pre")],
+        "site 'resid_pre' (and the default site)": [
+            (small, m_small, None),
+            (big, m_big, "resid_pre"),
+        ],
         "site 'attn_out'": [(big, m_big, "attn_out"), (small, other, "attn_out")],
-        "site 'mlp_out', and the first call again": [(small, m_small, "mlp_out"),
-                                                     (big, m_big, "mlp_out"),
-                                                     (small, m_small, None)],
-    }  # fmt: skip
+        "site 'mlp_out', and the first call again": [
+            (small, m_small, "mlp_out"),
+            (big, m_big, "mlp_out"),
+            (small, m_small, None),
+        ],
+    }
     for name, calls in plan.items():
         with t.part(name, points=1):
             for p, metric, site in calls:
@@ -109,9 +125,8 @@ def check_patch_heads(patch_heads: Callable, t: Checker) -> None:
     noise = P.random_metric(kit.generator(t, 33), g.batch, grouped.vocab_size)
     plan = {
         f"every head of {P.describe_model(grouped)}": [(g, m_g), (g, noise)],
-        f"every head of {P.describe_model(other)}, and the first call again": [(o, m_o),
-                                                                                 (g, m_g)],
-    }  # fmt: skip
+        f"every head of {P.describe_model(other)}, and the first call again": [(o, m_o), (g, m_g)],
+    }
     for name, calls in plan.items():
         with t.part(name, points=1):
             for p, metric in calls:
@@ -128,8 +143,12 @@ def check_patch_heads(patch_heads: Callable, t: Checker) -> None:
                         "heads. Each query head writes its own slice of the input of the "
                         "attention output projection: (n_layers, n_heads).",
                     )
-                got = t.tensor(got, what, shape=(n_layers, n_heads),
-                               hint="One cell per (layer, head): (n_layers, n_heads).")  # fmt: skip
+                got = t.tensor(
+                    got,
+                    what,
+                    shape=(n_layers, n_heads),
+                    hint="One cell per (layer, head): (n_layers, n_heads).",
+                )
                 t.close(
                     got,
                     want,

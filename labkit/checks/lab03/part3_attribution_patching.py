@@ -29,16 +29,35 @@ def _acts_grads_case(t: Checker, fn: Callable, p: P.Pair, metric, site: str, rep
         f"{what} returns a pair (activations, gradients)",
     )
     shape = "(n_layers, batch, pos" + (", n_heads, d_head)" if site == "head_out" else ", d_model)")
-    acts = t.tensor(got[0], f"{what}: the activations", shape=tuple(want_acts.shape),
-                    hint=f"Stack every layer: {shape}.")  # fmt: skip
-    t.close(acts, want_acts, f"{what}: the activations at {site!r} of the run on tokens",
-            scale=P.scale_of(want_acts), mistakes=P.pick(wrong, 0),
-            hint=_REPEATED if repeat else "")  # fmt: skip
-    grads = t.tensor(got[1], f"{what}: the gradients", shape=tuple(want_grads.shape),
-                     hint=f"One gradient per activation: {shape}.")  # fmt: skip
-    t.close(grads, want_grads, f"{what}: d metric / d activation, at every layer",
-            atol=1e-5, scale=P.scale_of(want_grads), mistakes=P.pick(wrong, 1),
-            hint=_REPEATED if repeat else "")  # fmt: skip
+    acts = t.tensor(
+        got[0],
+        f"{what}: the activations",
+        shape=tuple(want_acts.shape),
+        hint=f"Stack every layer: {shape}.",
+    )
+    t.close(
+        acts,
+        want_acts,
+        f"{what}: the activations at {site!r} of the run on tokens",
+        scale=P.scale_of(want_acts),
+        mistakes=P.pick(wrong, 0),
+        hint=_REPEATED if repeat else "",
+    )
+    grads = t.tensor(
+        got[1],
+        f"{what}: the gradients",
+        shape=tuple(want_grads.shape),
+        hint=f"One gradient per activation: {shape}.",
+    )
+    t.close(
+        grads,
+        want_grads,
+        f"{what}: d metric / d activation, at every layer",
+        atol=1e-5,
+        scale=P.scale_of(want_grads),
+        mistakes=P.pick(wrong, 1),
+        hint=_REPEATED if repeat else "",
+    )
 
 
 @LAB.exercise("3.4", "activations and gradients", points=2)
@@ -48,10 +67,12 @@ def check_activations_and_grads(activations_and_grads: Callable, t: Checker) -> 
     that is not; the first call repeated at the end (gradients left in .grad, or a cache,
     would show there)."""
     first, second = P.families(t, ["gpt_neox", "llama"])
-    a = P.pair(t, P.model(t, first, 1, n_layers=t.choice([3, 2])), 41, batch=2,
-               n_pos=t.choice([7, 5]))  # fmt: skip
-    b = P.pair(t, P.model(t, second, 2, n_layers=t.choice([11, 10])), 42, batch=1,
-               n_pos=t.choice([12, 10]))  # fmt: skip
+    a = P.pair(
+        t, P.model(t, first, 1, n_layers=t.choice([3, 2])), 41, batch=2, n_pos=t.choice([7, 5])
+    )
+    b = P.pair(
+        t, P.model(t, second, 2, n_layers=t.choice([11, 10])), 42, batch=1, n_pos=t.choice([12, 10])
+    )
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 43), b.batch, b.lm.vocab_size)
     with t.part("sites 'resid_pre' and 'head_out'", points=1):
@@ -72,8 +93,12 @@ def _estimate_case(t: Checker, fn: Callable, p: P.Pair, metric, site: str | None
     shown = "" if site is None else f", {site!r}"
     what = f"attribution_patching(lm, clean, corrupted, metric{shown}) on {p.describe()}"
     args = (*p.args, metric) if site is None else (*p.args, metric, site)
-    got = t.tensor(t.call(fn, *args), what, shape=(p.lm.n_layers, p.n_pos),
-                   hint="One estimate per (layer, position): (n_layers, pos).")  # fmt: skip
+    got = t.tensor(
+        t.call(fn, *args),
+        what,
+        shape=(p.lm.n_layers, p.n_pos),
+        hint="One estimate per (layer, position): (n_layers, pos).",
+    )
     t.close(
         got,
         want,
@@ -93,8 +118,9 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     activations, the estimate *is* exact patching (minus the corrupted run's metric)."""
     first, second = P.families(t, ["qwen2", "gpt2"])
     a = P.pair(t, P.model(t, first, 1), 51, batch=3, n_pos=t.choice([6, 4, 7]))
-    b = P.pair(t, P.model(t, second, 2, n_layers=t.choice([10, 11])), 52, batch=1,
-               n_pos=t.choice([11, 10]))  # fmt: skip
+    b = P.pair(
+        t, P.model(t, second, 2, n_layers=t.choice([10, 11])), 52, batch=1, n_pos=t.choice([11, 10])
+    )
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 53), b.batch, b.lm.vocab_size)
     with t.part("sites 'resid_pre' (the default) and 'attn_out'", points=1):
@@ -113,8 +139,10 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     with t.part("exact on a model that is linear in its activations", points=1):
         for site in sites:
             exact = t.expected("patch_grid", lin64, lin.clean, lin.corrupted, metric64, site)
-            what = (f"attribution_patching(..., {site!r}) on a tiny {lin.lm.family} model that is "
-                    "linear in its activations (no norms, a linear MLP, fixed attention)")  # fmt: skip
+            what = (
+                f"attribution_patching(..., {site!r}) on a tiny {lin.lm.family} model that is "
+                "linear in its activations (no norms, a linear MLP, fixed attention)"
+            )
             got = t.call(attribution_patching, *lin.args, metric, site)
             got = t.tensor(got, what, shape=(lin.lm.n_layers, lin.n_pos))
             t.close(
@@ -140,8 +168,7 @@ def _heads_case(t: Checker, fn: Callable, p: P.Pair, metric, repeat=False) -> No
             f"Your result has {kv} heads per layer: the number of key/value heads.",
             hint=f"Count query heads ({n_heads}): each has its own slice of the input of W_O.",
         )
-    got = t.tensor(got, what, shape=(n_layers, n_heads, p.n_pos),
-                   hint="(n_layers, n_heads, pos)")  # fmt: skip
+    got = t.tensor(got, what, shape=(n_layers, n_heads, p.n_pos), hint="(n_layers, n_heads, pos)")
     t.close(
         got,
         want,
@@ -174,8 +201,10 @@ def check_head_attribution(head_attribution: Callable, t: Checker) -> None:
     base = float(metric64(P.last_logits(lin64, lin.corrupted)))
     with t.part("exact on a model linear in its activations; the first call again", points=1):
         exact = t.expected("patch_heads", lin64, lin.clean, lin.corrupted, metric64)
-        what = (f"head_attribution(...) on a tiny {lin.lm.family} model that is linear in its "
-                "activations, summed over positions")  # fmt: skip
+        what = (
+            f"head_attribution(...) on a tiny {lin.lm.family} model that is linear in its "
+            "activations, summed over positions"
+        )
         got = t.call(head_attribution, *lin.args, metric)
         got = t.tensor(got, what, shape=(lin.lm.n_layers, lin.lm.n_heads, lin.n_pos))
         t.close(

@@ -293,3 +293,111 @@ def linear_problem(t, offset: int) -> tuple[Pair, LinearMetric, LabModel]:
     lin = t.watch(linear_model(family), f"the linear {family} model")
     p = pair(t, lin, offset, batch=2, n_pos=t.choice([6, 5, 8]))
     return p, normalised(t, p), float64(lin)
+
+
+# ----- score tables (exercises 3.7 to 3.9) -------------------------------------------------------
+def tie_free(values: Tensor) -> bool:
+    """No two values equal, no two of the same size, and none 0: the lab assumes no ties."""
+    flat = values.flatten()
+    n = flat.numel()
+    return bool(
+        flat.unique().numel() == n and flat.abs().unique().numel() == n and (flat != 0).all()
+    )
+
+
+def _heavy(gen: torch.Generator, shape, size: float) -> Tensor:
+    """Heavy-tailed values in (-size, size), all different (a strictly monotone map of
+    normal draws)."""
+    return size * torch.tanh(torch.randn(shape, generator=gen)) ** 3
+
+
+def agreement_scores(seed: int) -> tuple[Tensor, Tensor]:
+    """A 5 x 6 grid of exact effects and an estimate, without ties, on which the shortcuts of
+    the agreement exercise give other numbers than the definitions:
+
+    * six large negative effects lead by size. The estimate misses the largest (close to 0)
+      and raises a false alarm (-10 on a small effect) instead: the top-k recall (k from 4 to
+      6) is (k - 1) / k by size, less by signed value;
+    * the two largest positive effects are estimated with the wrong sign;
+    * the estimate is offset by +1, so a line through the origin has another slope.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    roles = torch.randperm(30, generator=gen)
+    large, missed, false_alarm, flipped = roles[:5], roles[5], roles[6], roles[7:9]
+    size = 6.0 + torch.arange(6.0) + 0.5 * torch.rand(6, generator=gen)  # distinct, 6 to 11.5
+    for _ in range(100):
+        exact = _heavy(gen, 30, 2.7)
+        estimate = 0.6 * exact + _heavy(gen, 30, 0.5)
+        exact[large], estimate[large] = -size[:5], -0.8 * size[:5]
+        exact[missed], estimate[missed] = -size[5], 0.1 * torch.rand((), generator=gen)
+        exact[false_alarm], estimate[false_alarm] = -0.5 * torch.rand((), generator=gen), -11.0
+        exact[flipped] = torch.tensor([4.0, 3.5]) + 0.3 * torch.rand(2, generator=gen)
+        estimate[flipped] = -0.5 * exact[flipped]
+        estimate = estimate + 1.0
+        if tie_free(exact) and tie_free(estimate):
+            break
+    return estimate.view(5, 6), exact.view(5, 6)
+
+
+def noisy_scores(seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Exact effects with a few large ones of either sign, and a noisy, shrunk estimate of them
+    that gets some signs wrong; no ties."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(100):
+        exact = _heavy(gen, shape, 3.0)
+        exact = exact + torch.sign(exact) * 2.0 * (torch.rand(shape, generator=gen) < 0.2)
+        estimate = 0.7 * exact + _heavy(gen, shape, 1.2) - 0.3
+        if tie_free(exact) and tie_free(estimate):
+            break
+    return estimate, exact
+
+
+# Estimate rank (1 = largest |estimate|) of each of the exact top-10 components, largest first,
+# and the ranks taken by false alarms (small effects with large estimates). The answer for a
+# k is the largest of the first k ranks: never k, and different for every k.
+FIND_RANKS = (3, 2, 4, 5, 7, 8, 9, 11, 13, 16)
+FIND_ALARMS = (1, 6, 10, 12, 14, 15)
+
+
+def find_scores(seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Exact effects and an estimate in which the exact top-10 have the estimate ranks
+    FIND_RANKS. The largest and the fifth largest effects are negative (and so are their
+    estimates), and so is the first false alarm: ordering by signed value, or taking the top-k
+    by signed value, gives other answers. No ties."""
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.tensor(shape).prod())
+    roles = torch.randperm(n, generator=gen).tolist()
+    top, alarms = roles[:10], roles[10:16]
+    level = 20.0 - torch.arange(16.0) + 0.4 * torch.rand(16, generator=gen)  # 5 to 20.4
+    for _ in range(100):
+        exact = _heavy(gen, n, 1.7)
+        estimate = exact + _heavy(gen, n, 1.5)
+        for i, cell in enumerate(top):
+            sign = -1.0 if i in (0, 4) else 1.0
+            exact[cell] = sign * (14.0 - i + 0.4 * torch.rand((), generator=gen))
+            estimate[cell] = sign * level[FIND_RANKS[i] - 1]
+        for cell, rank in zip(alarms, FIND_ALARMS, strict=True):
+            exact[cell] = -0.2 * torch.rand((), generator=gen)
+            estimate[cell] = (-1.0 if rank == 1 else 1.0) * level[rank - 1]
+        if tie_free(exact) and tie_free(estimate):
+            break
+    return estimate.view(shape), exact.view(shape)
+
+
+def attention_scores(
+    seed: int, lead: tuple[int, ...], n_queries: int, n_keys: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Saturated attention scores (..., queries, keys) of a clean and a corrupted run, and a
+    gradient with respect to the pattern. The queries are the last ``n_queries`` positions, so
+    each may attend to the keys up to its own position; the others are -inf."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (*lead, n_queries, n_keys)
+    corrupted = 12.0 * torch.randn(shape, generator=gen)  # a saturated softmax
+    clean = corrupted + 6.0 * torch.randn(shape, generator=gen)
+    grad = torch.randn(shape, generator=gen)
+    masked = ~torch.ones(n_queries, n_keys, dtype=torch.bool).tril(n_keys - n_queries)
+    return (
+        clean.masked_fill(masked, float("-inf")),
+        corrupted.masked_fill(masked, float("-inf")),
+        grad.masked_fill(masked, 0.0),
+    )

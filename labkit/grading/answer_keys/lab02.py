@@ -96,8 +96,11 @@ def final_resid_probs(sol, lm: LabModel, vector: Tensor) -> Tensor:
         return lm.unembed(lm.final_norm(vector[None, None]))[0, 0].double().softmax(-1)
 
 
-@KEY.mistake("final_resid_probs", "Your result skips the final norm: the model applies it to the "
-             "last block's output before the unembedding.")  # fmt: skip
+@KEY.mistake(
+    "final_resid_probs",
+    "Your result skips the final norm: the model applies it to the "
+    "last block's output before the unembedding.",
+)
 def final_resid_unnormed(sol, lm, vector):
     with torch.no_grad():
         return lm.unembed(vector).double().softmax(-1)
@@ -129,9 +132,12 @@ def _module_inputs(lm, tokens, modules) -> Tensor:
     return torch.stack(found)[:, 0]
 
 
-@KEY.mistake("collect_activations", "Your last layer has the final norm applied: "
-             "output_hidden_states' last entry is norm(resid_post), not resid_post. Take the "
-             "blocks' outputs (hooks).")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "Your last layer has the final norm applied: "
+    "output_hidden_states' last entry is norm(resid_post), not resid_post. Take the "
+    "blocks' outputs (hooks).",
+)
 def collect_final_norm(sol, lm, tokens, site="resid_post"):
     _only(site, "resid_post")
     with torch.no_grad():
@@ -139,43 +145,59 @@ def collect_final_norm(sol, lm, tokens, site="resid_post"):
     return torch.stack(hidden[1:])[:, 0]
 
 
-@KEY.mistake("collect_activations", "These are the blocks' inputs (resid_pre): hidden_states[0] "
-             "is the embedding, so hidden_states[i + 1] is the output of block i.")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "These are the blocks' inputs (resid_pre): hidden_states[0] "
+    "is the embedding, so hidden_states[i + 1] is the output of block i.",
+)
 def collect_resid_pre(sol, lm, tokens, site="resid_post"):
     _only(site, "resid_post")
     return _stacked(lm, tokens, "resid_pre")
 
 
-@KEY.mistake("collect_activations", "You returned the residual stream (resid_post) for another "
-             "site: use the `site` argument.")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "You returned the residual stream (resid_post) for another site: use the `site` argument.",
+)
 def collect_ignores_site(sol, lm, tokens, site="resid_post"):
     _only(site, "mlp_out", "attn_out")
     return _stacked(lm, tokens, "resid_post")
 
 
-@KEY.mistake("collect_activations", "You swapped the two modules: this is attn_out for "
-             "site='mlp_out', or mlp_out for site='attn_out'.")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "You swapped the two modules: this is attn_out for "
+    "site='mlp_out', or mlp_out for site='attn_out'.",
+)
 def collect_swapped(sol, lm, tokens, site="resid_post"):
     _only(site, "mlp_out", "attn_out")
     return _stacked(lm, tokens, {"mlp_out": "attn_out", "attn_out": "mlp_out"}[site])
 
 
-@KEY.mistake("collect_activations", "These are the MLPs' inputs (after the norm); record what the "
-             "MLP module returns.")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "These are the MLPs' inputs (after the norm); record what the MLP module returns.",
+)
 def collect_mlp_inputs(sol, lm, tokens, site="resid_post"):
     _only(site, "mlp_out")
     return _module_inputs(lm, tokens, [lm.mlp(i) for i in range(lm.n_layers)])
 
 
-@KEY.mistake("collect_activations", "These are the heads' outputs before the output projection "
-             "W_O; attn_out is what the attention module returns (after W_O).")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "These are the heads' outputs before the output projection "
+    "W_O; attn_out is what the attention module returns (after W_O).",
+)
 def collect_head_outputs(sol, lm, tokens, site="resid_post"):
     _only(site, "attn_out")
     return _module_inputs(lm, tokens, [lm.attn_out_proj(i) for i in range(lm.n_layers)])
 
 
-@KEY.mistake("collect_activations", "This is the residual stream after attention (resid_pre + "
-             "attn_out), not the attention output alone.")  # fmt: skip
+@KEY.mistake(
+    "collect_activations",
+    "This is the residual stream after attention (resid_pre + "
+    "attn_out), not the attention output alone.",
+)
 def collect_resid_mid(sol, lm, tokens, site="resid_post"):
     _only(site, "attn_out")
     cache = _acts(lm, ["resid_pre", "attn_out"], input_ids=tokens)
@@ -206,8 +228,10 @@ def patch_log_probs(sol, lm, tokens, layer, position, vector):
     return logits[0].log_softmax(-1).float()
 
 
-@_patch_mistake("You patched the block's input (resid_pre); the site is resid_post, the output "
-                "of block `layer`.")  # fmt: skip
+@_patch_mistake(
+    "You patched the block's input (resid_pre); the site is resid_post, the output "
+    "of block `layer`."
+)
 def patch_resid_pre(sol, lm, tokens, layer, position, vector):
     return _patched_probs(lm, tokens, [("resid_pre", layer, position, vector, False)])
 
@@ -217,15 +241,19 @@ def patch_every_position(sol, lm, tokens, layer, position, vector):
     return _patched_probs(lm, tokens, [("resid_post", layer, None, vector, False)])
 
 
-@_patch_mistake("You overwrote every position from `position` to the end (a slice "
-                "[position:]); put the vector at `position` only.")  # fmt: skip
+@_patch_mistake(
+    "You overwrote every position from `position` to the end (a slice "
+    "[position:]); put the vector at `position` only."
+)
 def patch_from_position_on(sol, lm, tokens, layer, position, vector):
     rest = list(range(position, tokens.shape[1]))
     return _patched_probs(lm, tokens, [("resid_post", layer, rest, vector, False)])
 
 
-@_patch_mistake("You overwrote every position that holds the same token as `position`; a "
-                "position is an index, not a token.")  # fmt: skip
+@_patch_mistake(
+    "You overwrote every position that holds the same token as `position`; a "
+    "position is an index, not a token."
+)
 def patch_same_token(sol, lm, tokens, layer, position, vector):
     same = (tokens[0] == tokens[0, position]).nonzero().flatten().tolist()
     if same == [position]:
@@ -238,16 +266,20 @@ def patch_adds(sol, lm, tokens, layer, position, vector):
     return _patched_probs(lm, tokens, [("resid_post", layer, position, vector, True)])
 
 
-@_patch_mistake("You patched the next position (position + 1): positions count from 0, the "
-                "anchor token included.")  # fmt: skip
+@_patch_mistake(
+    "You patched the next position (position + 1): positions count from 0, the "
+    "anchor token included."
+)
 def patch_next_position(sol, lm, tokens, layer, position, vector):
     if position + 1 >= tokens.shape[1]:
         raise NotHere("no next position")
     return _patched_probs(lm, tokens, [("resid_post", layer, position + 1, vector, False)])
 
 
-@_patch_mistake("You patched the previous position (position - 1): positions count from 0, the "
-                "anchor token included.")  # fmt: skip
+@_patch_mistake(
+    "You patched the previous position (position - 1): positions count from 0, the "
+    "anchor token included."
+)
 def patch_previous_position(sol, lm, tokens, layer, position, vector):
     if position == 0:
         raise NotHere("no previous position")
@@ -261,8 +293,10 @@ def patch_next_block(sol, lm, tokens, layer, position, vector):
     return _patched_probs(lm, tokens, [("resid_pre", layer + 1, position, vector, False)])
 
 
-@_patch_mistake("Your result skips the final norm: the model applies it to the last block's "
-                "output before the unembedding.")  # fmt: skip
+@_patch_mistake(
+    "Your result skips the final norm: the model applies it to the last block's "
+    "output before the unembedding."
+)
 def patch_unnormed(sol, lm, tokens, layer, position, vector):
     edits = [("resid_post", layer, position, vector, False)]
     return _patched_probs(lm, tokens, edits, unnormed=True)
@@ -334,33 +368,47 @@ def _embedding(lm) -> Tensor:
     return lm.embed.weight.double()
 
 
-@KEY.mistake("noise_std", "Your noise has std noise_scale: multiply standard normal noise by "
-             "noise_scale * lm.embed.weight.std().")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "Your noise has std noise_scale: multiply standard normal noise by "
+    "noise_scale * lm.embed.weight.std().",
+)
 def std_unit(sol, lm, tokens, noise_scale):
     return float(noise_scale)
 
 
-@KEY.mistake("noise_std", "You used the std of this prompt's embeddings; use the std of the whole "
-             "embedding matrix, lm.embed.weight.std().")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "You used the std of this prompt's embeddings; use the std of the whole "
+    "embedding matrix, lm.embed.weight.std().",
+)
 def std_of_prompt(sol, lm, tokens, noise_scale):
     with torch.no_grad():
         return float(noise_scale * lm.embed(tokens).double().std())
 
 
-@KEY.mistake("noise_std", "You averaged the std per dimension (column); use the std of all "
-             "entries of the embedding matrix, lm.embed.weight.std().")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "You averaged the std per dimension (column); use the std of all "
+    "entries of the embedding matrix, lm.embed.weight.std().",
+)
 def std_per_column(sol, lm, tokens, noise_scale):
     return float(noise_scale * _embedding(lm).std(0).mean())
 
 
-@KEY.mistake("noise_std", "You averaged the std per token (row); use the std of all entries of "
-             "the embedding matrix, lm.embed.weight.std().")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "You averaged the std per token (row); use the std of all entries of "
+    "the embedding matrix, lm.embed.weight.std().",
+)
 def std_per_row(sol, lm, tokens, noise_scale):
     return float(noise_scale * _embedding(lm).std(1).mean())
 
 
-@KEY.mistake("noise_std", "Your noise is scaled by the variance; use the standard deviation "
-             "lm.embed.weight.std().")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "Your noise is scaled by the variance; use the standard deviation lm.embed.weight.std().",
+)
 def std_variance(sol, lm, tokens, noise_scale):
     return float(noise_scale * _embedding(lm).var())
 
@@ -370,8 +418,11 @@ def std_unscaled(sol, lm, tokens, noise_scale):
     return float(_embedding(lm).std())
 
 
-@KEY.mistake("noise_std", "Your noise ignores noise_scale (it has std 3 x the embedding std): "
-             "use the argument, not a hard-coded 3.")  # fmt: skip
+@KEY.mistake(
+    "noise_std",
+    "Your noise ignores noise_scale (it has std 3 x the embedding std): "
+    "use the argument, not a hard-coded 3.",
+)
 def std_hard_coded(sol, lm, tokens, noise_scale):
     if noise_scale == 3.0:
         raise NotHere("the default")
@@ -468,8 +519,7 @@ _GRID_MISTAKES = {  # mistake -> (the sites where it differs, hint)
     ),
     "mean logits": (
         ("resid", "mlp", "attn"),
-        "Your grid averages the logits over samples before the softmax: average the "
-        "probabilities.",
+        "Your grid averages the logits over samples before the softmax: average the probabilities.",
     ),
     "normalised": (
         ("resid", "mlp", "attn"),
@@ -532,8 +582,10 @@ def _fraction(probs, high, low) -> Tensor:
     return (probs.double() - low) / (high - low)
 
 
-@_recovery_mistake("You divided the raw probability by the total effect: subtract p_corrupted "
-                   "first, then divide by p_clean - p_corrupted.")  # fmt: skip
+@_recovery_mistake(
+    "You divided the raw probability by the total effect: subtract p_corrupted "
+    "first, then divide by p_clean - p_corrupted."
+)
 def recovery_no_subtraction(sol, probs, high, low):
     return probs.double() / (high - low)
 
@@ -543,33 +595,42 @@ def recovery_over_clean(sol, probs, high, low):
     return (probs.double() - low) / high
 
 
-@_recovery_mistake("You returned probs / p_clean: recovery measures the part of the lost "
-                   "probability that came back, relative to p_corrupted.")  # fmt: skip
+@_recovery_mistake(
+    "You returned probs / p_clean: recovery measures the part of the lost "
+    "probability that came back, relative to p_corrupted."
+)
 def recovery_ratio(sol, probs, high, low):
     return probs.double() / high
 
 
-@_recovery_mistake("Your values are 1 - recovery: the clean probability must map to 1 and the "
-                   "corrupted one to 0.")  # fmt: skip
+@_recovery_mistake(
+    "Your values are 1 - recovery: the clean probability must map to 1 and the corrupted one to 0."
+)
 def recovery_reversed(sol, probs, high, low):
     return 1 - _fraction(probs, high, low)
 
 
-@_recovery_mistake("You clipped to 0..1; keep values outside it: above 1 means the restored run "
-                   "beats the clean run, below 0 that the restoration hurts.")  # fmt: skip
+@_recovery_mistake(
+    "You clipped to 0..1; keep values outside it: above 1 means the restored run "
+    "beats the clean run, below 0 that the restoration hurts."
+)
 def recovery_clipped(sol, probs, high, low):
     return _fraction(probs, high, low).clamp(0, 1)
 
 
-@_recovery_mistake("You normalised by the grid's own minimum and maximum; use the clean and "
-                   "corrupted runs' probabilities as the two ends of the scale.")  # fmt: skip
+@_recovery_mistake(
+    "You normalised by the grid's own minimum and maximum; use the clean and "
+    "corrupted runs' probabilities as the two ends of the scale."
+)
 def recovery_min_max(sol, probs, high, low):
     probs = probs.double()
     return (probs - probs.min()) / (probs.max() - probs.min())
 
 
-@_recovery_mistake("You took the absolute value of the total effect; keep its sign (when the "
-                   "corruption raises p(target), p_clean - p_corrupted is negative).")  # fmt: skip
+@_recovery_mistake(
+    "You took the absolute value of the total effect; keep its sign (when the "
+    "corruption raises p(target), p_clean - p_corrupted is negative)."
+)
 def recovery_abs(sol, probs, high, low):
     if high >= low:
         raise NotHere("a positive total effect")
@@ -658,8 +719,11 @@ for _name in _AIE_MISTAKES:
 
 # ----- 2.8 average_recovery ----------------------------------------------------------------------
 def _kept(highs, lows, min_effect, rule) -> list[int]:
-    return [i for i, (high, low) in enumerate(zip(highs, lows, strict=True))
-            if rule(high, low) >= min_effect]  # fmt: skip
+    return [
+        i
+        for i, (high, low) in enumerate(zip(highs, lows, strict=True))
+        if rule(high, low) >= min_effect
+    ]
 
 
 def _average_of(sol, grids, subjects, keep, normalise) -> Tensor:
@@ -711,8 +775,9 @@ def _average_recovery(sol, grids, highs, lows, subjects, min_effect=0.05, mistak
 
     if mistake == "zeroed":
         everyone = list(range(len(grids)))
-        recoveries = [recovery(i) if i in keep else torch.zeros_like(grids[i].double())
-                      for i in everyone]  # fmt: skip
+        recoveries = [
+            recovery(i) if i in keep else torch.zeros_like(grids[i].double()) for i in everyone
+        ]
         return sol.average_indirect_effect(recoveries, [0.0] * len(grids), subjects)
     if mistake == "subjects not filtered":
         if keep == list(range(len(keep))):

@@ -64,8 +64,16 @@ def _loop_grid(lm, source: Tensor, target: Tensor, metric, site: str, cells) -> 
     return grid
 
 
-def _loop_heads(lm, clean: Tensor, corrupted: Tensor, metric, *, heads=None, positions=None,
-                site: str = "head_out") -> Tensor:  # fmt: skip
+def _loop_heads(
+    lm,
+    clean: Tensor,
+    corrupted: Tensor,
+    metric,
+    *,
+    heads=None,
+    positions=None,
+    site: str = "head_out",
+) -> Tensor:
     """Exact patching per (layer, head): ``heads(h)`` are the heads patched for column h (at
     the head_out site), or, for the split-a-vector mistakes, chunk h of ``site``."""
     with torch.no_grad(), capture(lm, site) as cache:
@@ -76,8 +84,9 @@ def _loop_heads(lm, clean: Tensor, corrupted: Tensor, metric, *, heads=None, pos
         source = cache[site, layer]
         for h in range(lm.n_heads):
             if site == "head_out":
-                context = patch(lm, site, layer, source, positions=positions,
-                                heads=heads(h) if heads else [h])  # fmt: skip
+                context = patch(
+                    lm, site, layer, source, positions=positions, heads=heads(h) if heads else [h]
+                )
             else:
 
                 def put(act, source=source, h=h):
@@ -113,8 +122,19 @@ def metric_of_logits(sol, lm, clean, corrupted, targets, foils, logits):
     return sol.normalised_metric(lm, clean, corrupted, targets, foils)(logits).detach()
 
 
-def _normalised(lm, clean, corrupted, targets, foils, logits, *, per_row=False, transform=None,
-                position=-1, diff=_rows_diff):  # fmt: skip
+def _normalised(
+    lm,
+    clean,
+    corrupted,
+    targets,
+    foils,
+    logits,
+    *,
+    per_row=False,
+    transform=None,
+    position=-1,
+    diff=_rows_diff,
+):
     """(diff(x) - diff(corrupted)) / (diff(clean) - diff(corrupted)), the wrong ways."""
     transform = transform or (lambda x: x)
     high = diff(transform(_last(lm, clean, position)), targets, foils)
@@ -159,7 +179,9 @@ def metric_per_prompt(sol, lm, clean, corrupted, targets, foils, logits):
     "You used probabilities (softmax) instead of logits: the metric is a logit difference.",
 )
 def metric_probabilities(sol, lm, clean, corrupted, targets, foils, logits):
-    return _normalised(lm, clean, corrupted, targets, foils, logits, transform=lambda x: x.softmax(-1))
+    return _normalised(
+        lm, clean, corrupted, targets, foils, logits, transform=lambda x: x.softmax(-1)
+    )
 
 
 @KEY.mistake(
@@ -169,7 +191,10 @@ def metric_probabilities(sol, lm, clean, corrupted, targets, foils, logits):
 )
 def metric_first_ids(sol, lm, clean, corrupted, targets, foils, logits):
     batch = clean.shape[0]
-    first_t, first_f = [int(torch.as_tensor(targets)[0])] * batch, [int(torch.as_tensor(foils)[0])] * batch
+    first_t, first_f = (
+        [int(torch.as_tensor(targets)[0])] * batch,
+        [int(torch.as_tensor(foils)[0])] * batch,
+    )
     return _normalised(lm, clean, corrupted, first_t, first_f, logits)
 
 
@@ -387,8 +412,13 @@ def heads_kv_group(sol, lm, clean, corrupted, metric):
     if kv == lm.n_heads:
         raise NotThisProblem
     size = lm.n_heads // kv
-    return _loop_heads(lm, clean, corrupted, metric,
-                       heads=lambda h: list(range(h // size * size, (h // size + 1) * size)))  # fmt: skip
+    return _loop_heads(
+        lm,
+        clean,
+        corrupted,
+        metric,
+        heads=lambda h: list(range(h // size * size, (h // size + 1) * size)),
+    )
 
 
 @KEY.mistake(
@@ -451,8 +481,7 @@ def grads_of_logits(sol, lm, tokens, metric, site):
 
 @KEY.mistake(
     "activations_and_grads",
-    "The metric read the first position's logits. It reads the last position: "
-    "logits[:, -1].",
+    "The metric read the first position's logits. It reads the last position: logits[:, -1].",
 )
 def grads_first_position(sol, lm, tokens, metric, site):
     return _acts_grads(lm, tokens, metric, site, position=0)
@@ -492,15 +521,19 @@ def grads_batch_sum(sol, lm, tokens, metric, site):
 
 
 # ----- 3.5 attribution_patching ------------------------------------------------------------------
-def _estimate(lm, clean, corrupted, metric, site, *, grad_at="corrupted", sign=1.0,
-              delta="difference") -> Tensor:  # fmt: skip
+def _estimate(
+    lm, clean, corrupted, metric, site, *, grad_at="corrupted", sign=1.0, delta="difference"
+) -> Tensor:
     """Attribution patching and its wrong versions, (n_layers, pos) (head_out: (L, H, pos))."""
     clean_acts = _acts(lm, clean, site)
     corrupted_acts, grads = _acts_grads(lm, corrupted, metric, site)
     if grad_at == "clean":
         grads = _acts_grads(lm, clean, metric, site)[1]
-    step = {"difference": clean_acts - corrupted_acts, "gradient": torch.ones_like(grads),
-            "input": corrupted_acts}[delta]  # fmt: skip
+    step = {
+        "difference": clean_acts - corrupted_acts,
+        "gradient": torch.ones_like(grads),
+        "input": corrupted_acts,
+    }[delta]
     per = (sign * step * grads).sum(-1).sum(1)
     return per.transpose(1, 2) if site == "head_out" else per
 
@@ -716,8 +749,9 @@ def agreement_slope_swapped(sol, estimate, exact, k=10):
     "intercept: cov(x, y) / var(x).",
 )
 def agreement_slope_origin(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k,
-                           slope=lambda x, y: float((x * y).sum() / (x * x).sum()))  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, slope=lambda x, y: float((x * y).sum() / (x * x).sum())
+    )
 
 
 @KEY.mistake(
@@ -744,32 +778,45 @@ def agreement_spearman_abs(sol, estimate, exact, k=10):
     "That is the cosine similarity: Pearson's r subtracts each tensor's mean first.",
 )
 def agreement_cosine(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k,
-                           pearson=lambda x, y: float((x * y).sum() / (x.norm() * y.norm())))  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, pearson=lambda x, y: float((x * y).sum() / (x.norm() * y.norm()))
+    )
 
 
 @KEY.mistake("agreement", _BY_SIZE)
 def agreement_signed_topk(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "top-k recall": lambda x, y: _topk_recall(x, y, k, True, True)})  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, **{"top-k recall": lambda x, y: _topk_recall(x, y, k, True, True)}
+    )
 
 
 @KEY.mistake("agreement", _BY_SIZE)
 def agreement_signed_topk_exact(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "top-k recall": lambda x, y: _topk_recall(x, y, k, signed_x=True)})  # fmt: skip
+    return _agreement_with(
+        sol,
+        estimate,
+        exact,
+        k,
+        **{"top-k recall": lambda x, y: _topk_recall(x, y, k, signed_x=True)},
+    )
 
 
 @KEY.mistake("agreement", _BY_SIZE)
 def agreement_signed_topk_estimate(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "top-k recall": lambda x, y: _topk_recall(x, y, k, signed_y=True)})  # fmt: skip
+    return _agreement_with(
+        sol,
+        estimate,
+        exact,
+        k,
+        **{"top-k recall": lambda x, y: _topk_recall(x, y, k, signed_y=True)},
+    )
 
 
 @KEY.mistake("agreement", "Return top-k recall as a fraction of k (0 to 1), not a count.")
 def agreement_recall_count(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "top-k recall": lambda x, y: k * _topk_recall(x, y, k)})  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, **{"top-k recall": lambda x, y: k * _topk_recall(x, y, k)}
+    )
 
 
 @KEY.mistake(
@@ -779,14 +826,20 @@ def agreement_recall_count(sol, estimate, exact, k=10):
 def agreement_recall_k10(sol, estimate, exact, k=10):
     if k == 10 or exact.numel() < 10:
         raise NotThisProblem
-    return _agreement_with(sol, estimate, exact, k, **{
-        "top-k recall": lambda x, y: _topk_recall(x, y, 10)})  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, **{"top-k recall": lambda x, y: _topk_recall(x, y, 10)}
+    )
 
 
 @KEY.mistake("agreement", "Return sign agreement as a fraction (0 to 1), not a count.")
 def agreement_sign_count(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "sign agreement": lambda x, y: float((x.sign() == y.sign()).sum())})  # fmt: skip
+    return _agreement_with(
+        sol,
+        estimate,
+        exact,
+        k,
+        **{"sign agreement": lambda x, y: float((x.sign() == y.sign()).sum())},
+    )
 
 
 @KEY.mistake(
@@ -795,13 +848,15 @@ def agreement_sign_count(sol, estimate, exact, k=10):
     "same sign, not the fraction of positive estimates.",
 )
 def agreement_sign_positive(sol, estimate, exact, k=10):
-    return _agreement_with(sol, estimate, exact, k, **{
-        "sign agreement": lambda x, y: float((y > 0).double().mean())})  # fmt: skip
+    return _agreement_with(
+        sol, estimate, exact, k, **{"sign agreement": lambda x, y: float((y > 0).double().mean())}
+    )
 
 
 # ----- 3.8 patches_to_find_top_k -----------------------------------------------------------------
-def _needed(estimate, exact, k, *, signed_exact=False, signed_estimate=False, ascending=False,
-            last=True) -> int:  # fmt: skip
+def _needed(
+    estimate, exact, k, *, signed_exact=False, signed_estimate=False, ascending=False, last=True
+) -> int:
     x, y = exact.flatten(), estimate.flatten()
     top = (x if signed_exact else x.abs()).topk(k).indices
     key = y if signed_estimate else y.abs()
@@ -910,8 +965,16 @@ def qk_unmasked(sol, scores_clean, scores_corrupted, pattern_grad):
 
 
 # ----- 3.10 integrated_patching ------------------------------------------------------------------
-def _integrated(lm, clean, corrupted, metric, n_steps: int, offset: float = 0.5,
-                baseline: str = "corrupted", spacing: int | None = None) -> Tensor:  # fmt: skip
+def _integrated(
+    lm,
+    clean,
+    corrupted,
+    metric,
+    n_steps: int,
+    offset: float = 0.5,
+    baseline: str = "corrupted",
+    spacing: int | None = None,
+) -> Tensor:
     with torch.no_grad():
         x = lm.embed(clean)
         b = lm.embed(corrupted) if baseline == "corrupted" else torch.zeros_like(x)
@@ -933,9 +996,7 @@ def ig_left(sol, lm, clean, corrupted, metric, n_steps=16):
     return _integrated(lm, clean, corrupted, metric, n_steps, offset=0.0)
 
 
-@KEY.mistake(
-    "integrated_patching", "Right Riemann sum (alpha_k = (k + 1) / n_steps): " + _MIDPOINT
-)
+@KEY.mistake("integrated_patching", "Right Riemann sum (alpha_k = (k + 1) / n_steps): " + _MIDPOINT)
 def ig_right(sol, lm, clean, corrupted, metric, n_steps=16):
     return _integrated(lm, clean, corrupted, metric, n_steps, offset=1.0)
 
