@@ -31,7 +31,9 @@ _BADGE = re.compile(
     r"\([^)]*\)"
 )
 _BADGE_NOT_SET = re.compile(r"<!-- Open in Colab: [^>]*-->")
-_GITHUB = re.compile(r"^https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$")
+_GITHUB = re.compile(
+    r"^(?:https://|ssh://git@)github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$"
+)
 class ReleaseError(RuntimeError):
     """The release cannot be written (or would leak solutions)."""
 
@@ -72,22 +74,57 @@ class ReleaseSettings:
         )
 
 
+ACCEPTED_URLS = (
+    "https://HOST/PATH (e.g. https://github.com/ORG/REPO)",
+    "git+ssh://git@HOST/PATH or ssh://git@HOST/PATH",
+    "git@HOST:PATH (converted to ssh://git@HOST/PATH)",
+    "file:///ABSOLUTE/PATH (a local clone, for testing)",
+)
+_SCP_LIKE = re.compile(r"^(?P<user>[\w.-]+)@(?P<host>[\w.-]+):(?!//)(?P<path>[^\s]+)$")
+_URL = re.compile(r"^(?P<scheme>https|http|ssh|file)://(?P<rest>[^\s\"'@]*(@[^\s\"'@]+)?)$")
+
+
+def normalise_url(url: str, where: str = "release_url") -> str:
+    """``url`` as pip takes it after ``git+`` (https://, ssh:// or file://), or a
+    :class:`ReleaseError` that names the accepted forms. An scp-like ``git@host:org/repo``
+    becomes ``ssh://git@host/org/repo``; a ``git+`` prefix is dropped (the install line adds
+    it)."""
+    url = url.strip().rstrip("/").removeprefix("git+")
+    scp = _SCP_LIKE.match(url)
+    if scp:
+        url = f"ssh://{scp['user']}@{scp['host']}/{scp['path'].lstrip('/')}"
+    match = _URL.match(url)
+    if not match or match["scheme"] == "http" or not match["rest"].strip("/"):
+        raise ReleaseError(
+            f"{where} = {url!r} is not a git URL that pip can install from. Use one of: "
+            + "; ".join(ACCEPTED_URLS)
+            + "."
+        )
+    if match["scheme"] == "file" and not match["rest"].startswith("/"):
+        raise ReleaseError(f"{where} = {url!r}: a file:// URL needs an absolute path (file:///...).")
+    return url
+
+
 def release_settings(root: Path) -> ReleaseSettings:
     """The settings in ``root/pyproject.toml`` (empty when unset)."""
     path = Path(root) / "pyproject.toml"
     if not path.exists():
         return ReleaseSettings()
-    table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("labkit", {})
-    url = str(table.get("release_url", "")).strip().rstrip("/")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ReleaseError(f"{path} is not valid TOML: {err}.") from None
+    table = data.get("tool", {}).get("labkit", {})
+    url = str(table.get("release_url", "")).strip()
     ref = str(table.get("release_ref", "")).strip()
     if url and not ref:
         raise ReleaseError(
             f"{path}: release_url is set but release_ref is empty. Set release_ref to the tag "
             "students install (e.g. v1.0), so every student gets the same labkit."
         )
-    if url and not re.match(r"^(https://|git@|ssh://)", url):
-        raise ReleaseError(f"{path}: release_url must be a git URL (https://...), not {url!r}.")
-    return ReleaseSettings(url, ref)
+    if ref and not re.match(r"^[\w][\w.+/-]*$", ref):
+        raise ReleaseError(f"{path}: release_ref = {ref!r} is not a git tag or branch name.")
+    return ReleaseSettings(normalise_url(url, f"{path}: release_url") if url else "", ref)
 
 
 def stamp_release(notebook: nbformat.NotebookNode, name: str, settings: ReleaseSettings) -> None:

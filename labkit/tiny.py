@@ -125,15 +125,15 @@ def tiny_model(
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    generator = torch.Generator().manual_seed(seed)
+    draws = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             if param.dim() >= 2:
-                param.copy_(INIT_STD * torch.randn(param.shape, generator=generator))
+                param.copy_(INIT_STD * torch.randn(param.shape, generator=draws))
             elif _is_norm(name) and name.endswith("weight"):
                 param.fill_(1.0)
             else:  # biases: small, so that every family computes something of its own
-                param.copy_(INIT_STD * torch.randn(param.shape, generator=generator))
+                param.copy_(INIT_STD * torch.randn(param.shape, generator=draws))
     model.requires_grad_(False)
     return LabModel(model, tokenizer, name=f"tiny-{family}")
 

@@ -243,7 +243,7 @@ def input_changes(given: tuple, originals: tuple) -> list[str]:
             if tensor.requires_grad and not old.requires_grad:
                 found.append(
                     f"it turned on requires_grad on its input ({where}); work on a copy: "
-                    "x = embeddings.detach().clone().requires_grad_(True)"
+                    "detach it, clone it, then call requires_grad_() on the clone"
                 )
             elif tensor.grad is not None:
                 found.append(

@@ -52,11 +52,12 @@ class LinearMetric(nn.Module):
     def __init__(self, weights: Tensor, offset: float | Tensor = 0.0) -> None:
         super().__init__()
         weights = torch.as_tensor(weights).detach().clone()
+        offset = torch.as_tensor(offset, dtype=weights.dtype).detach().reshape(1).clone()
         self.register_buffer("weights", weights)
-        self.register_buffer("offset", torch.as_tensor(offset, dtype=weights.dtype).clone())
+        self.register_buffer("offset", offset)  # (1,): the grader's fingerprints skip 0-d tensors
 
     def forward(self, logits: Tensor) -> Tensor:
-        return (logits * self.weights).sum() + self.offset
+        return (logits * self.weights).sum() + self.offset[0]
 
     def extra_repr(self) -> str:
         batch, vocab = self.weights.shape

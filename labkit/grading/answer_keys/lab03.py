@@ -113,7 +113,7 @@ def metric_coefficients(sol, lm, clean, corrupted, targets, foils):
     logits = torch.zeros(clean.shape[0], lm.vocab_size, requires_grad=True)
     value = metric(logits)
     (weights,) = torch.autograd.grad(value, logits)
-    return weights.detach(), float(value)
+    return weights.detach(), float(value.detach())
 
 
 @KEY.reference("normalised_metric@logits")
