@@ -71,6 +71,7 @@ mutation: setup
 	$(OFFLINE) $(BIN)/python benchmarks/mutation.py $(MUTATION_ARGS)
 
 lint: setup
+	$(BIN)/lint-imports
 	$(BIN)/ruff check labkit tests benchmarks
 	$(BIN)/ruff format --check labkit tests benchmarks
 

@@ -1,14 +1,19 @@
-"""Lab 02 checks accept correct implementations and reject plausible mistakes, by name.
+"""Lab 02's checks (activation patching, causal tracing): one table of correct and wrong answers.
 
-The solution functions come from solutions/02_causal_tracing.ipynb itself. The alternative
-correct implementations (looped, batched, float64, nnsight) and the plausible wrong ones live
-here, not in the notebook or in labkit. Every wrong one must fail with a message that names its
-mistake; every check also runs on hidden variants (other model families, prompts and seeds).
+Every correct implementation passes the notebook's check (recorded answers) and hidden variants
+(answers computed by the solution and the answer key); every wrong one fails both, with a
+message that names its mistake (``hint``: words the message must contain). ``new=True`` marks
+wrong answers of kinds no issue listed: caches keyed on sizes or the model, module paths of one
+family, ignored arguments and defaults, sizes past 9, repeated tokens, state kept between calls.
+
+The solution itself comes from solutions/02_causal_tracing.ipynb; the alternative and the wrong
+implementations live only here.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,38 +21,17 @@ import pytest
 import torch
 
 import labkit
-from labkit.build import solution_functions
-from labkit.checks import lab02
-from labkit.checks.core import run_check
 from labkit.hooks import capture, hooked, patch
+from support.checks import Correct, LabHarness, Wrong, stub, table_counts
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLUTION = solution_functions(ROOT / "solutions" / "02_causal_tracing.ipynb")
+H = LabHarness("02")
+ROLES = H.module.ROLES
 SITE_OF = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
-VARIANTS = (1, 2, 3)
+VARIANTS = H.variants(3)
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError("Exercise: replace this line with your code.")
-
-
-def run(check, fn, variant: int = 0):
-    return run_check(
-        check.body, check.check_name, check.points, fn, variant=variant, timeout=check.timeout
-    )
-
-
-def assert_passes(check, fn, variant: int = 0) -> None:
-    result = run(check, fn, variant)
-    assert result.attempted and result.passed, result.report()
-
-
-def assert_rejects(check, fn, needle: str, variant: int = 0) -> None:
-    result = run(check, fn, variant)
-    text = result.report()
-    assert result.attempted and not result.passed, text
-    assert needle in text, text
-    assert "def " not in text and "check itself stopped" not in text, text
+def sol(name: str):
+    return H.solution[name]
 
 
 def float64(lm: labkit.LabModel) -> labkit.LabModel:
@@ -73,16 +57,8 @@ def nnsight_model(lm: labkit.LabModel):
     return TransformersModel(lm.model, tokenizer=lm.tokenizer)
 
 
-def test_stubs_are_not_attempted() -> None:
-    for check in lab02.EXERCISES.values():
-        result = check(stub, quiet=True)
-        assert not result.attempted and result.status == "not attempted", check.check_name
-
-
-def test_check_names_follow_the_exercise_format() -> None:
-    for name, check in lab02.EXERCISES.items():
-        assert check.check_name.startswith("Exercise 2."), name
-        assert ": " in check.check_name, name
+def first(output):
+    return output[0] if isinstance(output, tuple) else output
 
 
 # ----- 2.1 collect_activations -------------------------------------------------------------------
@@ -96,7 +72,7 @@ def collect_per_layer(lm, tokens, site="resid_post"):
 
 
 def collect_float64(lm, tokens, site="resid_post"):
-    return SOLUTION["collect_activations"](float64(lm), tokens, site)
+    return sol("collect_activations")(float64(lm), tokens, site)
 
 
 def collect_nnsight(lm, tokens, site="resid_post"):
@@ -109,14 +85,23 @@ def collect_nnsight(lm, tokens, site="resid_post"):
     return torch.stack(saved)[:, 0]
 
 
-def collect_hidden_states_plus_hook(lm, tokens, site="resid_post"):
-    """hidden_states for all but the last block, whose output comes from a hook."""
-    if site != "resid_post":
-        return SOLUTION["collect_activations"](lm, tokens, site)
-    last = lm.n_layers - 1
-    with torch.no_grad(), capture(lm, "resid_post", last) as cache:
-        hidden = lm.model(tokens, output_hidden_states=True).hidden_states
-    return torch.cat([torch.stack(hidden[1 : last + 1])[:, 0], cache["resid_post", last]])
+def collect_plain_hooks(lm, tokens, site="resid_post"):
+    """torch's own forward hooks on lm.block / lm.mlp / lm.attn, removed in a finally."""
+    module_of = {"resid_post": lm.block, "mlp_out": lm.mlp, "attn_out": lm.attn}[site]
+    saved = {}
+    handles = [
+        module_of(layer).register_forward_hook(
+            lambda m, args, out, layer=layer: saved.__setitem__(layer, first(out).detach())
+        )
+        for layer in range(lm.n_layers)
+    ]
+    try:
+        with torch.no_grad():
+            lm.model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([saved[layer][0] for layer in range(lm.n_layers)])
 
 
 def collect_final_norm(lm, tokens, site="resid_post"):
@@ -130,17 +115,17 @@ def collect_resid_pre(lm, tokens, site="resid_post"):
 
 
 def collect_ignores_site(lm, tokens, site="resid_post"):
-    return SOLUTION["collect_activations"](lm, tokens, "resid_post")
+    return sol("collect_activations")(lm, tokens, "resid_post")
 
 
 def collect_with_batch_dim(lm, tokens, site="resid_post"):
-    return SOLUTION["collect_activations"](lm, tokens, site)[:, None]
+    return sol("collect_activations")(lm, tokens, site)[:, None]
 
 
 def collect_module_inputs(lm, tokens, site="resid_post"):
     """Records what goes *into* the MLP or the output projection."""
     if site == "resid_post":
-        return SOLUTION["collect_activations"](lm, tokens, site)
+        return sol("collect_activations")(lm, tokens, site)
     saved = []
     modules = [lm.mlp(i) if site == "mlp_out" else lm.attn_out_proj(i) for i in range(lm.n_layers)]
     handles = [m.register_forward_pre_hook(lambda m, args: saved.append(args[0])) for m in modules]
@@ -152,85 +137,131 @@ def collect_module_inputs(lm, tokens, site="resid_post"):
     return torch.stack(saved)[:, 0]
 
 
+def collect_head_outputs(lm, tokens, site="resid_post"):
+    """The attention output projection's input for attn_out (the right MLP output otherwise)."""
+    if site != "attn_out":
+        return sol("collect_activations")(lm, tokens, site)
+    return collect_module_inputs(lm, tokens, site)
+
+
 def collect_resid_mid(lm, tokens, site="resid_post"):
     if site != "attn_out":
-        return SOLUTION["collect_activations"](lm, tokens, site)
+        return sol("collect_activations")(lm, tokens, site)
     with torch.no_grad(), capture(lm, ["resid_pre", "attn_out"]) as cache:
         lm.model(tokens)
     return (cache.stack("resid_pre") + cache.stack("attn_out"))[:, 0]
 
 
-_KEPT: list[torch.Tensor] = []
+_SAVED: list[torch.Tensor] = []  # created outside the function: it outlives every call
 
 
-def collect_accumulates(lm, tokens, site="resid_post"):
-    """Appends to a list that outlives the call."""
-    with torch.no_grad(), capture(lm, site) as cache:
+def collect_list_outside(lm, tokens, site="resid_post"):
+    handles = [
+        module_at(lm.model, lm, layer, site).register_forward_hook(
+            lambda m, a, out: _SAVED.append(first(out).detach())
+        )
+        for layer in range(lm.n_layers)
+    ]
+    try:
         lm.model(tokens)
-    _KEPT.extend(cache[site, layer][0] for layer in range(lm.n_layers))
-    return torch.stack(_KEPT[-lm.n_layers :]) * (len(_KEPT) // lm.n_layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(_SAVED[: lm.n_layers])[:, 0]
 
 
 def collect_leaves_hooks(lm, tokens, site="resid_post"):
     saved = []
     for layer in range(lm.n_layers):
         module = {"resid_post": lm.block, "mlp_out": lm.mlp, "attn_out": lm.attn}[site](layer)
-        module.register_forward_hook(
-            lambda m, a, out: saved.append(out[0] if isinstance(out, tuple) else out)
-        )
+        module.register_forward_hook(lambda m, a, out: saved.append(first(out)))
     lm.model(tokens)
     return torch.stack(saved)[:, 0]
 
 
 def collect_half(lm, tokens, site="resid_post"):
-    return SOLUTION["collect_activations"](lm, tokens, site).half()
+    return sol("collect_activations")(lm, tokens, site).half()
 
 
-COLLECT_CORRECT = [
-    SOLUTION["collect_activations"],
-    collect_per_layer,
-    collect_float64,
-    collect_nnsight,
-    collect_hidden_states_plus_hook,
+def collect_sorted_by_name(lm, tokens, site="resid_post"):
+    """Keyed by module name, stacked in sorted name order: layers 0, 1, 10, 11, 2, ..."""
+    names = {m: n for n, m in lm.model.named_modules()}
+    saved = {}
+    handles = [
+        module_at(lm.model, lm, layer, site).register_forward_hook(
+            lambda m, a, out: saved.__setitem__(names[m], first(out).detach())
+        )
+        for layer in range(lm.n_layers)
+    ]
+    try:
+        lm.model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([saved[name][0] for name in sorted(saved)])
+
+
+def collect_llama_paths(lm, tokens, site="resid_post"):
+    """Module paths of Llama-like models only (model.layers, .mlp, .self_attn)."""
+    saved = []
+    blocks = lm.model.model.layers
+    modules = {"resid_post": blocks, "mlp_out": [b.mlp for b in blocks],
+               "attn_out": [b.self_attn for b in blocks]}[site]  # fmt: skip
+    handles = [m.register_forward_hook(lambda m, a, out: saved.append(first(out))) for m in modules]
+    try:
+        lm.model(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(saved)[:, 0]
+
+
+_BY_SIZE: dict = {}
+
+
+def collect_cached_by_sizes(lm, tokens, site="resid_post"):
+    key = (lm.n_layers, tokens.shape[1], site)
+    if key not in _BY_SIZE:
+        _BY_SIZE[key] = sol("collect_activations")(lm, tokens, site)
+    return _BY_SIZE[key]
+
+
+_BY_MODEL: dict = {}
+
+
+def collect_cached_by_model(lm, tokens, site="resid_post"):
+    key = (id(lm.model), tokens.shape[1], site)
+    if key not in _BY_MODEL:
+        _BY_MODEL[key] = sol("collect_activations")(lm, tokens, site)
+    return _BY_MODEL[key]
+
+
+def collect_default_mlp(lm, tokens, site="mlp_out"):
+    return sol("collect_activations")(lm, tokens, site)
+
+
+COLLECT = "collect_activations"
+CASES = [
+    Correct(COLLECT, collect_per_layer, "one forward per layer"),
+    Correct(COLLECT, collect_float64, "a float64 copy of the model"),
+    Correct(COLLECT, collect_nnsight, "nnsight"),
+    Correct(COLLECT, collect_plain_hooks, "torch hooks on labkit's module names"),
+    Wrong(COLLECT, collect_final_norm, hint="final norm"),
+    Wrong(COLLECT, collect_resid_pre, hint="blocks' inputs (resid_pre)"),
+    Wrong(COLLECT, collect_ignores_site, hint="use the `site` argument"),
+    Wrong(COLLECT, collect_with_batch_dim, hint="Expected shape"),
+    Wrong(COLLECT, collect_module_inputs, hint="MLPs' inputs"),
+    Wrong(COLLECT, collect_head_outputs, hint="before the output projection"),
+    Wrong(COLLECT, collect_resid_mid, hint="residual stream after attention"),
+    Wrong(COLLECT, collect_leaves_hooks, hint="hook(s) registered"),
+    Wrong(COLLECT, collect_half, hint="float16"),
+    Wrong(COLLECT, collect_list_outside, hint="XXX", new=True),
+    Wrong(COLLECT, collect_sorted_by_name, hint="XXX", new=True),
+    Wrong(COLLECT, collect_llama_paths, hint="AttributeError", new=True),
+    Wrong(COLLECT, collect_cached_by_sizes, hint="other weights", new=True),
+    Wrong(COLLECT, collect_cached_by_model, hint="another prompt", new=True),
+    Wrong(COLLECT, collect_default_mlp, hint="collect_activations(lm, tokens) on", new=True),
 ]
-COLLECT_WRONG = [
-    (collect_final_norm, "final norm"),
-    (collect_resid_pre, "blocks' inputs (resid_pre)"),
-    (collect_ignores_site, "use the `site` argument"),
-    (collect_with_batch_dim, "Expected shape"),
-    (collect_module_inputs, "MLPs' inputs"),
-    (collect_resid_mid, "residual stream after attention"),
-    (collect_accumulates, "second call"),
-    (collect_leaves_hooks, "hook(s) registered"),
-    (collect_half, "float16"),
-]
-
-
-@pytest.mark.parametrize("fn", COLLECT_CORRECT, ids=lambda f: f.__name__)
-def test_collect_activations_accepts(fn) -> None:
-    assert_passes(lab02.check_collect_activations, fn)
-
-
-@pytest.mark.parametrize("fn, needle", COLLECT_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_collect_activations_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_collect_activations, fn, needle)
-
-
-def test_collect_activations_rejects_the_attention_output_projection_input() -> None:
-    def attn_inputs(lm, tokens, site="resid_post"):
-        return collect_module_inputs(lm, tokens, site if site != "mlp_out" else "resid_post")
-
-    result = run(lab02.check_collect_activations, attn_inputs)
-    assert not result.passed and "output projection" in result.parts[2].message
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_collect_activations_hidden_variants(variant) -> None:
-    check = lab02.check_collect_activations
-    assert_passes(check, SOLUTION["collect_activations"], variant)
-    assert_passes(check, collect_nnsight, variant)
-    assert_rejects(check, collect_final_norm, "final norm", variant)
-    assert_rejects(check, collect_module_inputs, "MLPs' inputs", variant)
 
 
 # ----- 2.2 patch_position ------------------------------------------------------------------------
@@ -247,7 +278,7 @@ def patch_nnsight(lm, tokens, layer, position, vector):
     model = nnsight_model(lm)
     with torch.no_grad(), model.trace(tokens):
         module_at(model, lm, layer, "resid_post").output[:, position, :] = vector
-        logits = model.lm_head.output.save()
+        logits = model.output.logits.save()
     return logits[0, -1].softmax(-1)
 
 
@@ -255,7 +286,7 @@ def patch_in_place(lm, tokens, layer, position, vector):
     """Writes into the block's output tensor and returns None from the hook."""
 
     def write(module, args, output):
-        output[:, position] = vector
+        first(output)[:, position] = vector
 
     handle = lm.block(layer).register_forward_hook(write)
     try:
@@ -268,13 +299,15 @@ def patch_in_place(lm, tokens, layer, position, vector):
 def patch_next_block_input(lm, tokens, layer, position, vector):
     """resid_post[layer] is resid_pre[layer + 1], or the final norm's input after the last."""
 
-    def put(module, args):
-        hidden = args[0].clone()
+    def put(module, args, kwargs):
+        hidden = (args[0] if args else kwargs["hidden_states"]).clone()
         hidden[:, position] = vector
-        return (hidden, *args[1:])
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 
     module = lm.final_norm if layer == lm.n_layers - 1 else lm.block(layer + 1)
-    handle = module.register_forward_pre_hook(put)
+    handle = module.register_forward_pre_hook(put, with_kwargs=True)
     try:
         with torch.no_grad():
             return torch.softmax(lm.model(tokens).logits[0, -1], dim=0)
@@ -282,33 +315,35 @@ def patch_next_block_input(lm, tokens, layer, position, vector):
         handle.remove()
 
 
+def _patched(lm, tokens, site, layer, value, positions, add=False, logits=False):
+    with torch.no_grad(), patch(lm, site, layer, value, positions=positions, add=add):
+        out = lm.model(tokens).logits[0, -1]
+    return out if logits else out.softmax(-1)
+
+
 def patch_off_by_one(lm, tokens, layer, position, vector):
     return patch_with_labkit(lm, tokens, layer, min(position + 1, tokens.shape[1] - 1), vector)
 
 
 def patch_resid_pre(lm, tokens, layer, position, vector):
-    with torch.no_grad(), patch(lm, "resid_pre", layer, vector, positions=[position]):
-        return lm.model(tokens).logits[0, -1].softmax(-1)
+    return _patched(lm, tokens, "resid_pre", layer, vector, [position])
 
 
 def patch_every_position(lm, tokens, layer, position, vector):
-    with torch.no_grad(), patch(lm, "resid_post", layer, vector):
-        return lm.model(tokens).logits[0, -1].softmax(-1)
+    return _patched(lm, tokens, "resid_post", layer, vector, None)
 
 
 def patch_adds(lm, tokens, layer, position, vector):
-    with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position], add=True):
-        return lm.model(tokens).logits[0, -1].softmax(-1)
+    return _patched(lm, tokens, "resid_post", layer, vector, [position], add=True)
 
 
 def patch_returns_logits(lm, tokens, layer, position, vector):
-    with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
-        return lm.model(tokens).logits[0, -1]
+    return _patched(lm, tokens, "resid_post", layer, vector, [position], logits=True)
 
 
 def patch_log_softmax(lm, tokens, layer, position, vector):
-    with torch.no_grad(), patch(lm, "resid_post", layer, vector, positions=[position]):
-        return lm.model(tokens).logits[0, -1].log_softmax(-1)
+    logits = _patched(lm, tokens, "resid_post", layer, vector, [position], logits=True)
+    return logits.log_softmax(-1)
 
 
 def patch_no_final_norm(lm, tokens, layer, position, vector):
@@ -322,7 +357,7 @@ def patch_no_final_norm(lm, tokens, layer, position, vector):
 
 def patch_leaves_hook(lm, tokens, layer, position, vector):
     def put(module, args, output):
-        output = output.clone()
+        output = first(output).clone()
         output[:, position] = vector
         return output
 
@@ -334,68 +369,236 @@ def patch_next_block_only(lm, tokens, layer, position, vector):
     """Patches the input of block layer + 1, forgetting the case of the last block."""
     if layer + 1 == lm.n_layers:
         return lm.model(tokens).logits[0, -1].softmax(-1)
-    with torch.no_grad(), patch(lm, "resid_pre", layer + 1, vector, positions=[position]):
+    return _patched(lm, tokens, "resid_pre", layer + 1, vector, [position])
+
+
+def patch_llama_paths(lm, tokens, layer, position, vector):
+    def put(module, args, output):
+        output = first(output).clone()
+        output[:, position] = vector
+        return output
+
+    handle = lm.model.model.layers[layer].register_forward_hook(put)
+    try:
+        return lm.model(tokens).logits[0, -1].softmax(-1)
+    finally:
+        handle.remove()
+
+
+def patch_same_token(lm, tokens, layer, position, vector):
+    """Finds the position by its token: every occurrence of that token is patched."""
+    where = (tokens[0] == tokens[0, position]).nonzero().flatten()
+    return _patched(lm, tokens, "resid_post", layer, vector, where)
+
+
+def patch_from_position_on(lm, tokens, layer, position, vector):
+    with torch.no_grad(), hooked(lm, "resid_post", layer, lambda a: torch.cat(
+        [a[:, :position], vector.expand_as(a[:, position:])], dim=1
+    )):  # fmt: skip
         return lm.model(tokens).logits[0, -1].softmax(-1)
 
 
-PATCH_CORRECT = [
-    SOLUTION["patch_position"],
-    patch_with_labkit,
-    patch_float64,
-    patch_nnsight,
-    patch_in_place,
-    patch_next_block_input,
+_BY_CELL: dict = {}
+
+
+def patch_cached_by_cell(lm, tokens, layer, position, vector):
+    key = (lm.n_layers, layer, position)
+    if key not in _BY_CELL:
+        _BY_CELL[key] = patch_with_labkit(lm, tokens, layer, position, vector)
+    return _BY_CELL[key]
+
+
+PATCH = "patch_position"
+CASES += [
+    Correct(PATCH, patch_with_labkit, "labkit.hooks.patch"),
+    Correct(PATCH, patch_float64, "a float64 copy of the model"),
+    Correct(PATCH, patch_nnsight, "nnsight"),
+    Correct(PATCH, patch_in_place, "writes into the block's output in a hook"),
+    Correct(PATCH, patch_next_block_input, "the next block's input, or the final norm's"),
+    Wrong(PATCH, patch_off_by_one, hint="next position"),
+    Wrong(PATCH, patch_resid_pre, hint="block's input (resid_pre)"),
+    Wrong(PATCH, patch_every_position, hint="every position;"),
+    Wrong(PATCH, patch_adds, hint="added the vector"),
+    Wrong(PATCH, patch_returns_logits, hint="logits"),
+    Wrong(PATCH, patch_log_softmax, hint="log-probabilities"),
+    Wrong(PATCH, patch_no_final_norm, hint="final norm"),
+    Wrong(PATCH, patch_leaves_hook, hint="hook(s) registered"),
+    Wrong(PATCH, patch_next_block_only, hint="input of block layer + 1"),
+    Wrong(PATCH, patch_llama_paths, hint="AttributeError", new=True),
+    Wrong(PATCH, patch_same_token, hint="holds the same token", new=True),
+    Wrong(PATCH, patch_from_position_on, hint="to the end", new=True),
+    Wrong(PATCH, patch_cached_by_cell, hint="XXX", new=True),
 ]
-PATCH_WRONG = [
-    (patch_off_by_one, "next position"),
-    (patch_resid_pre, "block's input (resid_pre)"),
-    (patch_every_position, "every position"),
-    (patch_adds, "added the vector"),
-    (patch_returns_logits, "logits"),
-    (patch_log_softmax, "log-probabilities"),
-    (patch_no_final_norm, "final norm"),
-    (patch_leaves_hook, "hook(s) registered"),
-    (patch_next_block_only, "input of block layer + 1"),
+
+
+# ----- 2.3 cross_context_curve -------------------------------------------------------------------
+def _last_resid(lm, tokens, site="resid_post"):
+    with torch.no_grad(), capture(lm, site) as cache:
+        lm.model(tokens)
+    return cache.stack(site)[:, 0, -1]  # (n_layers, d_model)
+
+
+def cross_looped(lm, recipient, donor, target_id):
+    """One forward per layer, with labkit.hooks.patch at position -1."""
+    vectors = _last_resid(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+    return torch.stack(probs)
+
+
+def cross_float64(lm, recipient, donor, target_id):
+    return sol("cross_context_curve")(float64(lm), recipient, donor, target_id)
+
+
+def cross_nnsight(lm, recipient, donor, target_id):
+    model = nnsight_model(lm)
+    vectors = _last_resid(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), model.trace(recipient):
+            module_at(model, lm, layer, "resid_post").output[:, -1, :] = vectors[layer]
+            logits = model.output.logits.save()
+        probs.append(logits[0, -1].softmax(-1)[target_id])
+    return torch.stack(probs)
+
+
+def _cross_with(vectors_of, *, site="resid_post", positions=(-1,), swap=False, every=False):
+    def cross(lm, recipient, donor, target_id):
+        if swap:
+            recipient, donor = donor, recipient
+        vectors = vectors_of(lm, donor, recipient)
+        probs = []
+        for layer in range(lm.n_layers):
+            with ExitStack() as stack, torch.no_grad():
+                for other in range(lm.n_layers) if every else [layer]:
+                    stack.enter_context(patch(lm, site, other, vectors[other], positions=positions))
+                probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+        return torch.stack(probs)
+
+    return cross
+
+
+def _hidden_states_last(lm, donor, recipient):
+    with torch.no_grad():
+        hidden = lm.model(donor, output_hidden_states=True).hidden_states
+    return torch.stack(hidden[:-1])[:, 0, -1]  # hidden_states[L]: the input of block L
+
+
+def _same_index(lm, donor, recipient):
+    with torch.no_grad(), capture(lm, "resid_post") as cache:
+        lm.model(donor)
+    return cache.stack("resid_post")[:, 0, recipient.shape[1] - 1]
+
+
+def _donor(lm, donor, recipient):
+    return _last_resid(lm, donor)
+
+
+def cross_every_position(lm, recipient, donor, target_id):
+    return _cross_with(_donor, positions=None)(lm, recipient, donor, target_id)
+
+
+def cross_swapped(lm, recipient, donor, target_id):
+    return _cross_with(_donor, swap=True)(lm, recipient, donor, target_id)
+
+
+def cross_resid_pre(lm, recipient, donor, target_id):
+    pre = _cross_with(lambda lm, d, r: _last_resid(lm, d, "resid_pre"), site="resid_pre")
+    return pre(lm, recipient, donor, target_id)
+
+
+def cross_hidden_states(lm, recipient, donor, target_id):
+    return _cross_with(_hidden_states_last)(lm, recipient, donor, target_id)
+
+
+def cross_same_index(lm, recipient, donor, target_id):
+    return _cross_with(_same_index)(lm, recipient, donor, target_id)
+
+
+def cross_every_row(lm, recipient, donor, target_id):
+    return _cross_with(_donor, every=True)(lm, recipient, donor, target_id)
+
+
+def cross_logits(lm, recipient, donor, target_id):
+    vectors = _last_resid(lm, donor)
+    out = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            out.append(lm.model(recipient).logits[0, -1, target_id])
+    return torch.stack(out)
+
+
+def cross_top_token(lm, recipient, donor, target_id):
+    """Ignores target_id: the probability of each row's most likely token."""
+    vectors = _last_resid(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            probs.append(lm.model(recipient).logits[0, -1].softmax(-1).max())
+    return torch.stack(probs)
+
+
+def cross_llama_paths(lm, recipient, donor, target_id):
+    vectors = _last_resid(lm, donor)
+    probs = []
+    for layer in range(lm.n_layers):
+
+        def put(module, args, output, layer=layer):
+            output = first(output).clone()
+            output[:, -1] = vectors[layer]
+            return output
+
+        handle = lm.model.model.layers[layer].register_forward_hook(put)
+        try:
+            with torch.no_grad():
+                probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+        finally:
+            handle.remove()
+    return torch.stack(probs)
+
+
+def cross_three_layers(lm, recipient, donor, target_id):
+    """The tiny models' usual depth, hard-coded."""
+    vectors = _last_resid(lm, donor)
+    probs = []
+    for layer in range(3):
+        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
+            probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
+    return torch.stack(probs)
+
+
+_BY_TARGET: dict = {}
+
+
+def cross_cached_by_target(lm, recipient, donor, target_id):
+    if target_id not in _BY_TARGET:
+        _BY_TARGET[target_id] = cross_looped(lm, recipient, donor, target_id)
+    return _BY_TARGET[target_id]
+
+
+CROSS = "cross_context_curve"
+CASES += [
+    Correct(CROSS, cross_looped, "one forward per layer"),
+    Correct(CROSS, cross_float64, "a float64 copy of the model"),
+    Correct(CROSS, cross_nnsight, "nnsight"),
+    Wrong(CROSS, cross_every_position, hint="every position"),
+    Wrong(CROSS, cross_swapped, hint="recipient's vector into the donor's run"),
+    Wrong(CROSS, cross_resid_pre, hint="shifted by one layer"),
+    Wrong(CROSS, cross_hidden_states, hint="hidden_states[L]"),
+    Wrong(CROSS, cross_same_index, hint="recipient's last index"),
+    Wrong(CROSS, cross_every_row, hint="row L must patch layer L only"),
+    Wrong(CROSS, cross_logits, hint="You returned logits"),
+    Wrong(CROSS, cross_top_token, hint="top token", new=True),
+    Wrong(CROSS, cross_llama_paths, hint="AttributeError", new=True),
+    Wrong(CROSS, cross_three_layers, hint="Expected shape", new=True),
+    Wrong(CROSS, cross_cached_by_target, hint="XXX", new=True),
 ]
-
-
-@pytest.mark.parametrize("fn", PATCH_CORRECT, ids=lambda f: f.__name__)
-def test_patch_position_accepts(fn) -> None:
-    assert_passes(lab02.check_patch_position, fn)
-
-
-@pytest.mark.parametrize("fn, needle", PATCH_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_patch_position_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_patch_position, fn, needle)
-
-
-def test_patch_position_expected_values_ignore_hooks_the_student_left() -> None:
-    """A leaked hook fails that call, is removed, and later parts still grade correctly."""
-    result = run(lab02.check_patch_position, patch_leaves_hook)
-    assert [p.passed for p in result.parts] == [False, False, False]
-    calls = []
-
-    def leak_once(lm, tokens, layer, position, vector):
-        if not calls:
-            calls.append(1)
-            return patch_leaves_hook(lm, tokens, layer, position, vector)
-        return SOLUTION["patch_position"](lm, tokens, layer, position, vector)
-
-    result = run(lab02.check_patch_position, leak_once)
-    assert [p.passed for p in result.parts] == [False, True, True], result.report()
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_patch_position_hidden_variants(variant) -> None:
-    check = lab02.check_patch_position
-    assert_passes(check, SOLUTION["patch_position"], variant)
-    assert_passes(check, patch_next_block_input, variant)
-    assert_rejects(check, patch_resid_pre, "resid_pre", variant)
-    assert_rejects(check, patch_no_final_norm, "final norm", variant)
 
 
 # ----- 2.4 corrupt_subject -----------------------------------------------------------------------
-def corrupt_full_noise_then_mask(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+def corrupt_noise_then_mask(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     clean = lm.embed(tokens).detach()
     noise = torch.randn(n_samples, *clean.shape[1:], generator=generator)
@@ -421,9 +624,7 @@ def corrupt_float64(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     clean = lm.embed(tokens).detach().double()
     sigma = lm.embed.weight.double().std()
-    noise = torch.randn(
-        lm.d_model, len(subject), n_samples, generator=generator, dtype=torch.float64
-    )
+    noise = torch.randn(lm.d_model, len(subject), n_samples, generator=generator, dtype=torch.float64)
     out = clean.repeat(n_samples, 1, 1)
     out[:, subject] += noise_scale * sigma * noise.permute(2, 1, 0)  # another draw order
     return out
@@ -435,23 +636,20 @@ def corrupt_generator_per_sample(lm, tokens, subject, n_samples=10, noise_scale=
     for i in range(n_samples):
         generator = torch.Generator().manual_seed(seed * 10_007 + i)
         row = clean.clone()
-        row[subject] += (
-            noise_scale
-            * lm.embed.weight.std()
-            * torch.randn(len(subject), lm.d_model, generator=generator)
-        )
+        noise = torch.randn(len(subject), lm.d_model, generator=generator)
+        row[subject] += noise_scale * lm.embed.weight.std() * noise
         rows.append(row)
     return torch.stack(rows)
 
 
 def corrupt_every_position(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     every = list(range(tokens.shape[1]))
-    return SOLUTION["corrupt_subject"](lm, tokens, every, n_samples, noise_scale, seed)
+    return sol("corrupt_subject")(lm, tokens, every, n_samples, noise_scale, seed)
 
 
 def corrupt_shifted(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    shifted = [p + 1 for p in subject]
-    return SOLUTION["corrupt_subject"](lm, tokens, shifted, n_samples, noise_scale, seed)
+    shifted = [min(p + 1, tokens.shape[1] - 1) for p in subject]
+    return sol("corrupt_subject")(lm, tokens, shifted, n_samples, noise_scale, seed)
 
 
 def _with_sigma(sigma_of):
@@ -465,14 +663,27 @@ def _with_sigma(sigma_of):
     return corrupt
 
 
-corrupt_unit_std = _with_sigma(lambda lm, tokens: 1.0)
-corrupt_prompt_std = _with_sigma(lambda lm, tokens: lm.embed(tokens).std())
-corrupt_column_std = _with_sigma(lambda lm, tokens: lm.embed.weight.std(0).mean())
-corrupt_variance = _with_sigma(lambda lm, tokens: lm.embed.weight.var())
+def corrupt_unit_std(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    return _with_sigma(lambda lm, ids: 1.0)(lm, tokens, subject, n_samples, noise_scale, seed)
+
+
+def corrupt_prompt_std(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    sigma = _with_sigma(lambda lm, ids: lm.embed(ids).std())
+    return sigma(lm, tokens, subject, n_samples, noise_scale, seed)
+
+
+def corrupt_column_std(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    sigma = _with_sigma(lambda lm, ids: lm.embed.weight.std(0).mean())
+    return sigma(lm, tokens, subject, n_samples, noise_scale, seed)
+
+
+def corrupt_variance(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    sigma = _with_sigma(lambda lm, ids: lm.embed.weight.var())
+    return sigma(lm, tokens, subject, n_samples, noise_scale, seed)
 
 
 def corrupt_hard_coded_three(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    return SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, 3.0, seed)
+    return sol("corrupt_subject")(lm, tokens, subject, n_samples, 3.0, seed)
 
 
 def corrupt_uniform(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
@@ -492,7 +703,7 @@ def corrupt_uniform_same_std(lm, tokens, subject, n_samples=10, noise_scale=3.0,
 
 
 def corrupt_same_noise_every_sample(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    one = SOLUTION["corrupt_subject"](lm, tokens, subject, 1, noise_scale, seed)
+    one = sol("corrupt_subject")(lm, tokens, subject, 1, noise_scale, seed)
     return one.repeat(n_samples, 1, 1)
 
 
@@ -513,7 +724,8 @@ def corrupt_one_number_per_token(lm, tokens, subject, n_samples=10, noise_scale=
     return out
 
 
-def corrupt_redrawn(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+def corrupt_global_generator(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    """Draws from the global generator, unseeded."""
     out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
     sigma = lm.embed.weight.std()
     out[:, subject] += noise_scale * sigma * torch.randn(n_samples, len(subject), lm.d_model)
@@ -523,9 +735,7 @@ def corrupt_redrawn(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
 _ONE_GENERATOR = torch.Generator().manual_seed(0)
 
 
-def corrupt_generator_kept_between_calls(
-    lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0
-):
+def corrupt_generator_kept(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
     noise = torch.randn(n_samples, len(subject), lm.d_model, generator=_ONE_GENERATOR)
     out[:, subject] += noise_scale * lm.embed.weight.std() * noise
@@ -533,127 +743,102 @@ def corrupt_generator_kept_between_calls(
 
 
 def corrupt_ignores_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    return SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, noise_scale, 0)
+    return sol("corrupt_subject")(lm, tokens, subject, n_samples, noise_scale, 0)
 
 
-def corrupt_adds_positions(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
-    """Adds GPT-2's position embeddings, which the model adds again to inputs_embeds."""
-    out = SOLUTION["corrupt_subject"](lm, tokens, subject, n_samples, noise_scale, seed)
-    wpe = getattr(getattr(lm.model, "transformer", None), "wpe", None)
-    if wpe is not None:
-        out = out + wpe.weight[: tokens.shape[1]]
+def corrupt_same_token(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    """Finds the subject by its tokens: every occurrence of a subject token gets noise."""
+    where = torch.isin(tokens[0], tokens[0, subject]).nonzero().flatten().tolist()
+    return sol("corrupt_subject")(lm, tokens, where, n_samples, noise_scale, seed)
+
+
+def corrupt_llama_paths(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    embed = lm.model.model.embed_tokens
+    generator = torch.Generator().manual_seed(seed)
+    out = embed(tokens).detach().repeat(n_samples, 1, 1)
+    noise = torch.randn(n_samples, len(subject), lm.d_model, generator=generator)
+    out[:, subject] += noise_scale * embed.weight.std() * noise
     return out
 
 
-CORRUPT_CORRECT = [
-    SOLUTION["corrupt_subject"],
-    corrupt_full_noise_then_mask,
-    corrupt_global_seed_loop,
-    corrupt_float64,
-    corrupt_generator_per_sample,
+def corrupt_default_one_sample(lm, tokens, subject, n_samples=1, noise_scale=3.0, seed=0):
+    return sol("corrupt_subject")(lm, tokens, subject, n_samples, noise_scale, seed)
+
+
+_BY_OPTIONS: dict = {}
+
+
+def corrupt_cached_by_options(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    key = (n_samples, noise_scale, seed)
+    if key not in _BY_OPTIONS:
+        _BY_OPTIONS[key] = sol("corrupt_subject")(lm, tokens, subject, *key)
+    return _BY_OPTIONS[key]
+
+
+def corrupt_slice_end(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
+    """subject[0]:subject[-1], the end left out."""
+    span = list(range(subject[0], subject[-1]))
+    generator = torch.Generator().manual_seed(seed)
+    out = lm.embed(tokens).detach().repeat(n_samples, 1, 1)
+    noise = torch.randn(n_samples, len(span), lm.d_model, generator=generator)
+    out[:, span] += noise_scale * lm.embed.weight.std() * noise
+    return out
+
+
+CORRUPT = "corrupt_subject"
+CASES += [
+    Correct(CORRUPT, corrupt_noise_then_mask, "noise everywhere, masked"),
+    Correct(CORRUPT, corrupt_global_seed_loop, "the seeded global generator, in loops"),
+    Correct(CORRUPT, corrupt_float64, "float64, another draw order"),
+    Correct(CORRUPT, corrupt_generator_per_sample, "one seeded generator per sample"),
+    Wrong(CORRUPT, corrupt_every_position, hint="outside the subject"),
+    Wrong(CORRUPT, corrupt_shifted, hint="outside the subject"),
+    Wrong(CORRUPT, corrupt_unit_std, hint="std noise_scale"),
+    Wrong(CORRUPT, corrupt_prompt_std, hint="this prompt's embeddings"),
+    Wrong(CORRUPT, corrupt_column_std, hint="std per dimension"),
+    Wrong(CORRUPT, corrupt_variance, hint="variance"),
+    Wrong(CORRUPT, corrupt_hard_coded_three, hint="ignores noise_scale"),
+    Wrong(CORRUPT, corrupt_uniform, hint="mean zero"),
+    Wrong(CORRUPT, corrupt_uniform_same_std, hint="Gaussian"),
+    Wrong(CORRUPT, corrupt_same_noise_every_sample, hint="consecutive samples"),
+    Wrong(CORRUPT, corrupt_reseeded_per_position, hint="consecutive subject positions"),
+    Wrong(CORRUPT, corrupt_one_number_per_token, hint="consecutive dimensions"),
+    Wrong(CORRUPT, corrupt_generator_kept, hint="twice"),
+    Wrong(CORRUPT, corrupt_ignores_seed, hint="`seed` argument"),
+    Wrong(CORRUPT, corrupt_global_generator, hint="XXX", new=True),
+    Wrong(CORRUPT, corrupt_same_token, hint="outside the subject", new=True),
+    Wrong(CORRUPT, corrupt_llama_paths, hint="AttributeError", new=True),
+    Wrong(CORRUPT, corrupt_default_one_sample, hint="Expected shape", new=True),
+    Wrong(CORRUPT, corrupt_cached_by_options, hint="XXX", new=True),
+    Wrong(CORRUPT, corrupt_slice_end, hint="every subject position", new=True),
 ]
-CORRUPT_WRONG = [
-    (corrupt_every_position, "outside the subject"),
-    (corrupt_shifted, "outside the subject"),
-    (corrupt_adds_positions, "outside the subject"),
-    (corrupt_unit_std, "std noise_scale"),
-    (corrupt_prompt_std, "this prompt's embeddings"),
-    (corrupt_column_std, "std per dimension"),
-    (corrupt_variance, "variance"),
-    (corrupt_hard_coded_three, "ignores noise_scale"),
-    (corrupt_uniform, "mean zero"),
-    (corrupt_uniform_same_std, "Gaussian"),
-    (corrupt_same_noise_every_sample, "consecutive samples"),
-    (corrupt_reseeded_per_position, "consecutive subject positions"),
-    (corrupt_one_number_per_token, "consecutive dimensions"),
-    (corrupt_redrawn, "twice gives exactly the same"),
-    (corrupt_generator_kept_between_calls, "twice gives exactly the same"),
-    (corrupt_ignores_seed, "`seed` argument"),
-]
 
 
-@pytest.mark.parametrize("fn", CORRUPT_CORRECT, ids=lambda f: f.__name__)
-def test_corrupt_subject_accepts(fn) -> None:
-    assert_passes(lab02.check_corrupt_subject, fn)
-
-
-@pytest.mark.parametrize("fn, needle", CORRUPT_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_corrupt_subject_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_corrupt_subject, fn, needle)
-
-
-def test_corrupt_subject_accepts_many_valid_noise_streams() -> None:
-    """The statistical tests use 5 standard errors: valid noise fails about once in a million."""
-    for offset in range(40):
-
-        def shifted_seed(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0, k=offset):
-            return corrupt_full_noise_then_mask(
-                lm, tokens, subject, n_samples, noise_scale, seed + 7919 * k
-            )
-
-        assert_passes(lab02.check_corrupt_subject, shifted_seed)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_corrupt_subject_hidden_variants(variant) -> None:
-    check = lab02.check_corrupt_subject
-    assert_passes(check, SOLUTION["corrupt_subject"], variant)
-    assert_passes(check, corrupt_global_seed_loop, variant)
-    assert_rejects(check, corrupt_prompt_std, "prompt's embeddings", variant)
-    assert_rejects(check, corrupt_reseeded_per_position, "subject positions", variant)
-
-
-# ----- 2.6 restoration_grid ----------------------------------------------------------------------
+# ----- 2.5 restoration_grid ----------------------------------------------------------------------
 def _window(layer, window, n_layers):
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def grid_looped(
-    lm,
-    tokens,
-    corrupted_embeds,
-    target_id,
-    site="resid",
-    window=1,
-    *,
-    shift=0,
-    layers_of=None,
-    every_position=False,
-    fresh_noise=False,
-    first_sample_only=False,
-    name=None,
-):
-    """One forward pass per cell (the seed's loop), with switches for plausible mistakes."""
-    name = name or SITE_OF[site]
+def grid_looped(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    """One forward pass per cell."""
+    name = SITE_OF[site]
     n_pos = tokens.shape[1]
     with torch.no_grad(), capture(lm, name) as clean:
         lm.model(tokens)
     grid = torch.zeros(lm.n_layers, n_pos)
     for layer in range(lm.n_layers):
         layers = [layer] if site == "resid" else list(_window(layer, window, lm.n_layers))
-        if layers_of is not None and site != "resid":  # a mistake in the window's formula
-            layers = layers_of(layer, window, lm.n_layers)
         for position in range(n_pos):
-            embeds = corrupted_embeds
-            if fresh_noise:
-                embeds = embeds + 0.1 * torch.randn_like(embeds)
-            if first_sample_only:
-                embeds = embeds[:1]
-            target = None if every_position else [min(position + shift, n_pos - 1)]
             with ExitStack() as stack, torch.no_grad():
                 for restored in layers:
-                    value = clean[name, restored % lm.n_layers]
-                    stack.enter_context(patch(lm, name, restored, value, positions=target))
-                probs = lm.model(inputs_embeds=embeds).logits[:, -1].softmax(-1)
+                    value = clean[name, restored]
+                    stack.enter_context(patch(lm, name, restored, value, positions=[position]))
+                probs = lm.model(inputs_embeds=corrupted_embeds).logits[:, -1].softmax(-1)
             grid[layer, position] = probs[:, target_id].mean()
     return grid
 
 
-def grid_float64(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    return grid_looped(float64(lm), tokens, corrupted_embeds.double(), target_id, site, window)
-
-
-def grid_batched_by_layer(
+def grid_by_layer(
     lm,
     tokens,
     corrupted_embeds,
@@ -661,38 +846,59 @@ def grid_batched_by_layer(
     site="resid",
     window=1,
     *,
+    name=None,
+    layers_of=_window,
+    shift=0,
+    every_position=False,
+    mean_logits=False,
+    samples=None,
     mixed_rows=False,
     only_layers=None,
+    target_of=None,
 ):
-    """One forward per layer: batch row (position, sample) restores its own position.
-    ``only_layers``: compute only these layers' rows (the others stay 0)."""
-    name = SITE_OF[site]
-    n_samples, n_pos, _ = corrupted_embeds.shape
+    """One forward per layer: batch row (position, sample) restores its own position. The
+    keyword arguments switch on plausible mistakes."""
+    name = name or SITE_OF[site]
+    embeds = corrupted_embeds if samples is None else corrupted_embeds[:samples]
+    n_samples, n_pos, _ = embeds.shape
     with torch.no_grad(), capture(lm, name) as clean:
-        lm.model(tokens)
+        clean_logits = lm.model(tokens).logits[0, -1]
+    target_id = target_id if target_of is None else target_of(clean_logits)
     positions = torch.arange(n_pos).repeat_interleave(n_samples)
+    sources = (positions + shift).clamp(max=n_pos - 1)
     rows = torch.arange(len(positions))
-    batch = corrupted_embeds.repeat(n_pos, 1, 1)  # row p * n_samples + s: position p, sample s
+    batch = embeds.repeat(n_pos, 1, 1)  # row p * n_samples + s: position p, sample s
     grid = torch.zeros(lm.n_layers, n_pos)
     for layer in range(lm.n_layers) if only_layers is None else only_layers:
-        layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
+        layers = [layer] if site == "resid" else list(layers_of(layer, window, lm.n_layers))
         with ExitStack() as stack, torch.no_grad():
             for restored in layers:
 
                 def fn(act, restored=restored):
                     act = act.clone()
-                    act[rows, positions] = clean[name, restored][0, positions]
+                    if every_position:
+                        act[:] = clean[name, restored][0]
+                    else:
+                        act[rows, sources] = clean[name, restored][0, sources]
                     return act
 
                 stack.enter_context(hooked(lm, name, restored, fn))
-            # only the last position's logits: the unembedding of every position costs most
-            logits = lm.model(inputs_embeds=batch, logits_to_keep=1).logits
-            probs = logits[:, -1].softmax(-1)[:, target_id]
+            logits = lm.model(inputs_embeds=batch).logits[:, -1]
+        if mean_logits:
+            grid[layer] = logits.view(n_pos, n_samples, -1).mean(1).softmax(-1)[:, target_id]
+            continue
+        probs = logits.softmax(-1)[:, target_id]
         if mixed_rows:  # rows are position-major: this averages the wrong rows together
             grid[layer] = probs.view(n_samples, n_pos).mean(0)
         else:
             grid[layer] = probs.view(n_pos, n_samples).mean(1)
     return grid
+
+
+def grid_float64(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    return sol("restoration_grid")(
+        float64(lm), tokens, corrupted_embeds.double(), target_id, site, window
+    )
 
 
 def grid_nnsight(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
@@ -718,43 +924,26 @@ def grid_nnsight(lm, tokens, corrupted_embeds, target_id, site="resid", window=1
         with torch.no_grad(), model.trace(inputs_embeds=batch):
             for restored in layers:
                 output(restored)[rows, positions] = saved[restored][0, positions]
-            logits = model.lm_head.output.save()
+            logits = model.output.logits.save()
         grid[layer] = logits[:, -1].softmax(-1)[:, target_id].view(n_pos, n_samples).mean(1)
     return grid
 
 
-def _looped_with(**options):
+def _grid_with(**mistake):
     def grid(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-        return grid_looped(lm, tokens, corrupted_embeds, target_id, site, window, **options)
+        return grid_by_layer(lm, tokens, corrupted_embeds, target_id, site, window, **mistake)
 
+    grid.__name__ = "grid_" + "_".join(mistake)
     return grid
 
 
 def grid_swapped_site(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
     swapped = {"resid": "resid", "mlp": "attn", "attn": "mlp"}[site]
-    return grid_looped(lm, tokens, corrupted_embeds, target_id, swapped, window)
-
-
-def grid_mean_logits(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    """Averages logits over samples before the softmax (ROME averages probabilities)."""
-    name = SITE_OF[site]
-    with torch.no_grad(), capture(lm, name) as clean:
-        lm.model(tokens)
-    grid = torch.zeros(lm.n_layers, tokens.shape[1])
-    for layer in range(lm.n_layers):
-        layers = [layer] if site == "resid" else _window(layer, window, lm.n_layers)
-        for position in range(tokens.shape[1]):
-            with ExitStack() as stack, torch.no_grad():
-                for restored in layers:
-                    value = clean[name, restored]
-                    stack.enter_context(patch(lm, name, restored, value, positions=[position]))
-                logits = lm.model(inputs_embeds=corrupted_embeds).logits[:, -1].mean(0)
-            grid[layer, position] = logits.softmax(-1)[target_id]
-    return grid
+    return grid_by_layer(lm, tokens, corrupted_embeds, target_id, swapped, window)
 
 
 def grid_normalised(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    grid = SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+    grid = sol("restoration_grid")(lm, tokens, corrupted_embeds, target_id, site, window)
     with torch.no_grad():
         high = lm.model(tokens).logits[0, -1].softmax(-1)[target_id]
         low = lm.model(inputs_embeds=corrupted_embeds).logits[:, -1].softmax(-1)[:, target_id]
@@ -781,397 +970,86 @@ def grid_noising(lm, tokens, corrupted_embeds, target_id, site="resid", window=1
     return grid
 
 
-def grid_restores_resid_in_window(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    return grid_looped(lm, tokens, corrupted_embeds, target_id, site, window, name="resid_post")
-
-
-def grid_mixed_rows(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    return grid_batched_by_layer(
-        lm, tokens, corrupted_embeds, target_id, site, window, mixed_rows=True
-    )
+def grid_fresh_noise(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    noisy = corrupted_embeds + 0.1 * torch.randn_like(corrupted_embeds)
+    return sol("restoration_grid")(lm, tokens, noisy, target_id, site, window)
 
 
 def grid_in_place(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    corrupted_embeds[:, :, 0] += 0.0 * corrupted_embeds[:, :, 0] + 1e-3  # "normalising" it
-    return SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+    corrupted_embeds[:, :, 0] += 1e-3  # "normalising" it
+    return sol("restoration_grid")(lm, tokens, corrupted_embeds, target_id, site, window)
 
 
 def grid_leaves_hooks(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
-    grid = SOLUTION["restoration_grid"](lm, tokens, corrupted_embeds, target_id, site, window)
+    grid = sol("restoration_grid")(lm, tokens, corrupted_embeds, target_id, site, window)
     lm.mlp(0).register_forward_hook(lambda module, args, out: None)
     return grid
 
 
-GRID_CORRECT = [
-    SOLUTION["restoration_grid"],
-    grid_looped,
-    grid_float64,
-    grid_batched_by_layer,
-    grid_nnsight,
-]
-GRID_WRONG = [
-    (_looped_with(shift=1), "position p + 1"),
-    (_looped_with(name="resid_pre"), "resid_pre"),
-    (_looped_with(every_position=True), "every position"),
-    (_looped_with(fresh_noise=True), "twice gives the same grid"),
-    (_looped_with(first_sample_only=True), "only the first noise sample"),
-    (_looped_with(layers_of=lambda L, w, n: [L]), "restores only layer L"),
-    (_looped_with(layers_of=lambda L, w, n: range(L, min(n, L + w))), "starts at L"),
-    (
-        _looped_with(layers_of=lambda L, w, n: range(max(0, L - w // 2), min(n, L + w // 2))),
-        "one layer short",
-    ),
-    (
-        _looped_with(layers_of=lambda L, w, n: range(L - w // 2, min(n, L - (-w // 2)))),
-        "wraps around",
-    ),
-    (grid_swapped_site, "the other module"),
-    (grid_mean_logits, "averages the logits"),
-    (grid_normalised, "normalised to 0..1"),
-    (grid_noising, "noising"),
-    (grid_restores_resid_in_window, "restores the residual stream over the window"),
-    (grid_mixed_rows, "every cell"),
-    (grid_in_place, "changed its input"),
-    (grid_leaves_hooks, "hook(s) registered"),
-]
+def grid_first_ten_layers(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    """Batches layers in groups of 10 but fills the first group only (rows 10.. stay at 0)."""
+    only = range(min(10, lm.n_layers))
+    return grid_by_layer(lm, tokens, corrupted_embeds, target_id, site, window, only_layers=only)
 
 
-@pytest.mark.parametrize("fn", GRID_CORRECT, ids=lambda f: f.__name__)
-def test_restoration_grid_accepts(fn) -> None:
-    assert_passes(lab02.check_restoration_grid, fn)
+def grid_llama_paths(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    blocks = lm.model.model.layers
+    return grid_by_layer(lm, tokens, corrupted_embeds, target_id, site, window) + 0 * len(blocks)
 
 
-@pytest.mark.parametrize("fn, needle", GRID_WRONG, ids=lambda x: x if isinstance(x, str) else "")
-def test_restoration_grid_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_restoration_grid, fn, needle)
+def grid_default_mlp(lm, tokens, corrupted_embeds, target_id, site="mlp", window=1):
+    return sol("restoration_grid")(lm, tokens, corrupted_embeds, target_id, site, window)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_restoration_grid_hidden_variants(variant) -> None:
-    check = lab02.check_restoration_grid
-    assert_passes(check, SOLUTION["restoration_grid"], variant)
-    assert_passes(check, grid_batched_by_layer, variant)
-    assert_rejects(check, _looped_with(shift=1), "position p + 1", variant)
-    assert_rejects(check, grid_swapped_site, "the other module", variant)
+_BY_SITE: dict = {}
 
 
-def test_the_reference_grid_equals_a_per_cell_loop() -> None:
-    """The check's batched reference is the plain one-forward-per-cell loop."""
-    for family in ("llama", "gpt_neox"):
-        lm = lab02._model(family)
-        tokens = lab02._ids(lm, "A cat sat.")
-        generator = torch.Generator().manual_seed(3)
-        corrupted = lm.embed(tokens).detach().repeat(2, 1, 1)
-        corrupted[:, 3:6] += 2 * torch.randn(2, 3, lm.d_model, generator=generator)
-        grid_of = lab02._grid_problem(lm, tokens, corrupted, 7)
-        for site, window in [("resid", 1), ("mlp", 2), ("attn", 3)]:
-            loop = grid_looped(lm, tokens, corrupted, 7, site, window).double()
-            assert torch.allclose(grid_of(site, window), loop, atol=1e-6), (family, site)
-
-
-def test_fast_grid_matches_the_loop_on_the_default_model(lm) -> None:
-    """Rows at both ends, the middle, and where the MLP window is cut by the first and last
-    layer (the other rows are compared on tiny models of every family above)."""
-    tokens = lm.to_tokens("The capital of France is", prepend_anchor=True)
-    corrupted = SOLUTION["corrupt_subject"](lm, tokens, [4], n_samples=2)
-    target = lm.token_id(" Paris")
-    rows = [0, 3, 15, lm.n_layers - 2, lm.n_layers - 1]
-    for site, window in [("resid", 1), ("mlp", 10)]:
-        fast = SOLUTION["restoration_grid"](lm, tokens, corrupted, target, site, window)[rows]
-        slow = grid_batched_by_layer(lm, tokens, corrupted, target, site, window, only_layers=rows)
-        slow = slow[rows]
-        assert torch.allclose(fast, slow, atol=1e-6), (fast - slow).abs().max()
-
-
-# ----- 2.7 average_indirect_effect ---------------------------------------------------------------
-ROLES = lab02.ROLES
-
-
-def _roles(subject, n_pos):
-    last_subject, last = subject[-1], n_pos - 1
-    return [subject[:-1], [last_subject], list(range(last_subject + 1, last)), [last]]
-
-
-def aie_loops(grids, corrupted_probs, subjects):
-    n_layers = grids[0].shape[0]
-    out = torch.zeros(n_layers, len(ROLES))
-    for column in range(len(ROLES)):
-        per_prompt = []
-        for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
-            positions = _roles(subject, grid.shape[1])[column]
-            if positions:
-                per_prompt.append(torch.stack([grid[:, p] - corrupted for p in positions]).mean(0))
-        if per_prompt:
-            out[:, column] = torch.stack(per_prompt).mean(0)
-    return out
-
-
-def aie_masks(grids, corrupted_probs, subjects):
-    columns = []
-    for column in range(len(ROLES)):
-        effects = []
-        for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
-            mask = torch.zeros(grid.shape[1], dtype=torch.bool)
-            mask[_roles(subject, grid.shape[1])[column]] = True
-            if mask.any():
-                effects.append(((grid - corrupted) * mask).sum(1) / mask.sum())
-        columns.append(torch.stack(effects).mean(0) if effects else torch.zeros(len(grids[0])))
-    return torch.stack(columns, dim=1)
-
-
-def aie_nanmean(grids, corrupted_probs, subjects):
-    """float64, NaN for a role a prompt lacks, then nanmean over prompts."""
-    per_prompt = []
-    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
-        effect = grid.double() - corrupted
-        per_prompt.append(
-            torch.stack(
-                [
-                    effect[:, p].mean(1) if p else torch.full((grid.shape[0],), torch.nan)
-                    for p in _roles(subject, grid.shape[1])
-                ],
-                dim=1,
-            )
+def grid_cached_by_site(lm, tokens, corrupted_embeds, target_id, site="resid", window=1):
+    key = (id(lm.model), site)
+    if key not in _BY_SITE:
+        _BY_SITE[key] = sol("restoration_grid")(
+            lm, tokens, corrupted_embeds, target_id, site, window
         )
-    return torch.stack(per_prompt).nanmean(0)
+    return _BY_SITE[key]
 
 
-def aie_no_subtraction(grids, corrupted_probs, subjects):
-    return aie_loops(grids, [0.0] * len(grids), subjects)
-
-
-def aie_pooled_tokens(grids, corrupted_probs, subjects):
-    n_layers = grids[0].shape[0]
-    out = torch.zeros(n_layers, len(ROLES))
-    for column in range(len(ROLES)):
-        pooled = [
-            grid[:, p] - corrupted
-            for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True)
-            for p in _roles(subject, grid.shape[1])[column]
-        ]
-        if pooled:
-            out[:, column] = torch.stack(pooled).mean(0)
-    return out
-
-
-def aie_last_subject_off_by_one(grids, corrupted_probs, subjects):
-    out = aie_loops(grids, corrupted_probs, subjects)
-    effects = [
-        g[:, s[-1] + 1] - c for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
-    ]
-    out[:, 1] = torch.stack(effects).mean(0)
-    return out
-
-
-def aie_includes_prefix(grids, corrupted_probs, subjects):
-    return aie_loops(grids, corrupted_probs, [list(range(0, s[-1] + 1)) for s in subjects])
-
-
-def aie_counts_every_prompt(grids, corrupted_probs, subjects):
-    n_layers = grids[0].shape[0]
-    out = torch.zeros(n_layers, len(ROLES))
-    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
-        for column, positions in enumerate(_roles(subject, grid.shape[1])):
-            if positions:
-                out[:, column] += (grid[:, positions] - corrupted).mean(1)
-    return out / len(grids)
-
-
-def aie_whole_subject(grids, corrupted_probs, subjects):
-    out = aie_loops(grids, corrupted_probs, subjects)
-    whole = [
-        (g[:, s] - c).mean(1) for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
-    ]
-    out[:, 0] = torch.stack(whole).mean(0)
-    return out
-
-
-def aie_after_includes_last(grids, corrupted_probs, subjects):
-    out = aie_loops(grids, corrupted_probs, subjects)
-    after = [
-        (g[:, s[-1] + 1 :] - c).mean(1)
-        for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
-    ]
-    out[:, 2] = torch.stack(after).mean(0)
-    return out
-
-
-def aie_in_place(grids, corrupted_probs, subjects):
-    for grid, corrupted in zip(grids, corrupted_probs, strict=True):
-        grid -= corrupted  # changes the caller's grids
-    return aie_loops(grids, [0.0] * len(grids), subjects)
-
-
-def aie_transposed(grids, corrupted_probs, subjects):
-    return aie_loops(grids, corrupted_probs, subjects).T
-
-
-AIE_CORRECT = [SOLUTION["average_indirect_effect"], aie_loops, aie_masks, aie_nanmean]
-AIE_WRONG = [
-    (aie_no_subtraction, "minus that prompt's corrupted probability"),
-    (aie_pooled_tokens, "weigh more"),
-    (aie_last_subject_off_by_one, "token after the subject"),
-    (aie_includes_prefix, "tokens before the subject"),
-    (aie_counts_every_prompt, "number of all prompts"),
-    (aie_whole_subject, "includes the last subject token"),
-    (aie_after_includes_last, "includes the last token"),
-    (aie_in_place, "changed its input"),
-    (aie_transposed, "One row per layer"),
+GRID = "restoration_grid"
+CASES += [
+    Correct(GRID, grid_looped, "one forward per cell"),
+    Correct(GRID, grid_by_layer, "one forward per layer"),
+    Correct(GRID, grid_float64, "the solution on a float64 copy"),
+    Correct(GRID, grid_nnsight, "nnsight"),
+    Wrong(GRID, _grid_with(shift=1), hint="position p + 1"),
+    Wrong(GRID, _grid_with(name="resid_pre"), hint="resid_pre"),
+    Wrong(GRID, _grid_with(every_position=True), hint="every position"),
+    Wrong(GRID, _grid_with(samples=1), hint="only the first noise sample"),
+    Wrong(GRID, _grid_with(mean_logits=True), hint="averages the logits"),
+    Wrong(GRID, _grid_with(layers_of=lambda L, w, n: [L]), hint="restores only layer L"),
+    Wrong(GRID, _grid_with(layers_of=lambda L, w, n: range(L, min(n, L + w))), hint="starts at L"),
+    Wrong(
+        GRID,
+        _grid_with(layers_of=lambda L, w, n: range(max(0, L - w // 2), min(n, L + w // 2))),
+        hint="one layer short",
+    ),
+    Wrong(
+        GRID,
+        _grid_with(layers_of=lambda L, w, n: range(L - w // 2, min(n, L - (-w // 2)))),
+        hint="wraps around",
+    ),
+    Wrong(GRID, _grid_with(name="resid_post"), hint="restores the residual stream over"),
+    Wrong(GRID, _grid_with(mixed_rows=True), hint="XXX"),
+    Wrong(GRID, grid_swapped_site, hint="the other module"),
+    Wrong(GRID, grid_normalised, hint="normalised to 0..1"),
+    Wrong(GRID, grid_noising, hint="noising"),
+    Wrong(GRID, grid_fresh_noise, hint="XXX"),
+    Wrong(GRID, grid_in_place, hint="changed its input"),
+    Wrong(GRID, grid_leaves_hooks, hint="hook(s) registered"),
+    Wrong(GRID, grid_first_ten_layers, hint="XXX", new=True),
+    Wrong(GRID, grid_llama_paths, hint="AttributeError", new=True),
+    Wrong(GRID, _grid_with(target_of=lambda logits: int(logits.argmax())), hint="XXX", new=True),
+    Wrong(GRID, grid_default_mlp, hint="XXX", new=True),
+    Wrong(GRID, grid_cached_by_site, hint="XXX", new=True),
 ]
-
-
-@pytest.mark.parametrize("fn", AIE_CORRECT, ids=lambda f: f.__name__)
-def test_average_indirect_effect_accepts(fn) -> None:
-    assert_passes(lab02.check_average_indirect_effect, fn)
-
-
-@pytest.mark.parametrize("fn, needle", AIE_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_average_indirect_effect_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_average_indirect_effect, fn, needle)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_average_indirect_effect_hidden_variants(variant) -> None:
-    check = lab02.check_average_indirect_effect
-    assert_passes(check, SOLUTION["average_indirect_effect"], variant)
-    assert_passes(check, aie_nanmean, variant)
-    for wrong, needle in AIE_WRONG[:5]:
-        assert_rejects(check, wrong, needle, variant)
-
-
-# ----- 2.3 cross_context_curve -------------------------------------------------------------------
-def _donor_last(lm, donor):
-    with torch.no_grad(), capture(lm, "resid_post") as cache:
-        lm.model(donor)
-    return cache.stack("resid_post")[:, 0, -1]  # (n_layers, d_model)
-
-
-def cross_looped(lm, recipient, donor, target_id):
-    """One forward per layer, with labkit.hooks.patch at position -1."""
-    vectors = _donor_last(lm, donor)
-    probs = []
-    for layer in range(lm.n_layers):
-        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
-            probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
-    return torch.stack(probs)
-
-
-def cross_float64(lm, recipient, donor, target_id):
-    return SOLUTION["cross_context_curve"](float64(lm), recipient, donor, target_id)
-
-
-def cross_nnsight(lm, recipient, donor, target_id):
-    model = nnsight_model(lm)
-    vectors = _donor_last(lm, donor)
-    probs = []
-    for layer in range(lm.n_layers):
-        with torch.no_grad(), model.trace(recipient):
-            module_at(model, lm, layer, "resid_post").output[:, -1, :] = vectors[layer]
-            logits = model.lm_head.output.save()
-        probs.append(logits[0, -1].softmax(-1)[target_id])
-    return torch.stack(probs)
-
-
-def _cross_with(vectors_of, *, site="resid_post", positions=(-1,), run_donor=False, every=False):
-    def cross(lm, recipient, donor, target_id):
-        if run_donor:
-            recipient, donor = donor, recipient
-        vectors = vectors_of(lm, donor, recipient)
-        probs = []
-        for layer in range(lm.n_layers):
-            with ExitStack() as stack, torch.no_grad():
-                for other in range(lm.n_layers) if every else [layer]:
-                    stack.enter_context(patch(lm, site, other, vectors[other], positions=positions))
-                probs.append(lm.model(recipient).logits[0, -1].softmax(-1)[target_id])
-        return torch.stack(probs)
-
-    return cross
-
-
-def _pre_last(lm, donor, recipient):
-    with torch.no_grad(), capture(lm, "resid_pre") as cache:
-        lm.model(donor)
-    return cache.stack("resid_pre")[:, 0, -1]
-
-
-def _hidden_states_last(lm, donor, recipient):
-    with torch.no_grad():
-        hidden = lm.model(donor, output_hidden_states=True).hidden_states
-    return torch.stack(hidden[:-1])[:, 0, -1]  # hidden_states[L]: the input of block L
-
-
-def _same_index(lm, donor, recipient):
-    with torch.no_grad(), capture(lm, "resid_post") as cache:
-        lm.model(donor)
-    return cache.stack("resid_post")[:, 0, recipient.shape[1] - 1]
-
-
-cross_every_position = _cross_with(lambda lm, d, r: _donor_last(lm, d), positions=None)
-cross_swapped = _cross_with(lambda lm, d, r: _donor_last(lm, d), run_donor=True)
-cross_resid_pre = _cross_with(_pre_last, site="resid_pre")
-cross_hidden_states = _cross_with(_hidden_states_last)
-cross_same_index = _cross_with(_same_index)
-cross_every_row = _cross_with(lambda lm, d, r: _donor_last(lm, d), every=True)
-
-
-def cross_logits(lm, recipient, donor, target_id):
-    vectors = _donor_last(lm, donor)
-    out = []
-    for layer in range(lm.n_layers):
-        with torch.no_grad(), patch(lm, "resid_post", layer, vectors[layer], positions=[-1]):
-            out.append(lm.model(recipient).logits[0, -1, target_id])
-    return torch.stack(out)
-
-
-CROSS_CORRECT = [SOLUTION["cross_context_curve"], cross_looped, cross_float64, cross_nnsight]
-CROSS_WRONG = [
-    (cross_every_position, "every position"),
-    (cross_swapped, "recipient's vector into the donor's run"),
-    (cross_resid_pre, "shifted by one layer"),
-    (cross_hidden_states, "hidden_states[L]"),
-    (cross_same_index, "recipient's last index"),
-    (cross_every_row, "row L must patch layer L only"),
-    (cross_logits, "You returned logits"),
-]
-
-
-@pytest.mark.parametrize("fn", CROSS_CORRECT, ids=lambda f: f.__name__)
-def test_cross_context_curve_accepts(fn) -> None:
-    assert_passes(lab02.check_cross_context_curve, fn)
-
-
-@pytest.mark.parametrize("fn, needle", CROSS_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_cross_context_curve_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_cross_context_curve, fn, needle)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_cross_context_curve_hidden_variants(variant) -> None:
-    check = lab02.check_cross_context_curve
-    assert_passes(check, SOLUTION["cross_context_curve"], variant)
-    assert_passes(check, cross_looped, variant)
-    for wrong, needle in CROSS_WRONG[:4]:
-        assert_rejects(check, wrong, needle, variant)
-
-
-def test_cross_context_mistakes_differ_from_the_answer() -> None:
-    """Every shortcut gives another curve on the notebook's problem (so each can be named)."""
-    lm = lab02._model("llama")
-    recipient, donor = (lab02._ids(lm, text) for text in lab02._CROSS[0])
-    with torch.no_grad():
-        donor_probs, own_probs = (
-            lm.model(ids).logits[0, -1].softmax(-1) for ids in (donor, recipient)
-        )
-    target = lab02._cross_target(donor_probs, own_probs)
-    curve = lab02._cross_problem(lm, recipient, donor, target)
-    right = curve()
-    wrong = {m: curve(m) for m in lab02._CROSS_MISTAKES}
-    for name, values in wrong.items():
-        assert not torch.allclose(values.log(), right.log(), atol=1e-3), name
-    names = [m for m in wrong if m != "logits"]  # logits are compared as they are
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            assert not torch.allclose(wrong[a].log(), wrong[b].log(), atol=1e-3), (a, b)
 
 
 # ----- 2.6 recovery ------------------------------------------------------------------------------
@@ -1228,8 +1106,6 @@ def recovery_percent(probs, p_clean, p_corrupted):
 
 
 def recovery_log(probs, p_clean, p_corrupted):
-    import math
-
     return (probs.log() - math.log(p_corrupted)) / (math.log(p_clean) - math.log(p_corrupted))
 
 
@@ -1239,43 +1115,212 @@ def recovery_in_place(probs, p_clean, p_corrupted):
     return probs
 
 
-RECOVERY_CORRECT = [
-    SOLUTION["recovery"],
-    recovery_float64,
-    recovery_lerp_inverse,
-    recovery_looped,
+_BY_SHAPE: dict = {}
+
+
+def recovery_cached_by_shape(probs, p_clean, p_corrupted):
+    key = tuple(probs.shape)
+    if key not in _BY_SHAPE:
+        _BY_SHAPE[key] = recovery_float64(probs, p_clean, p_corrupted)
+    return _BY_SHAPE[key]
+
+
+def recovery_assumes_2d(probs, p_clean, p_corrupted):
+    grid = probs.reshape(probs.shape[0], -1)  # (n_layers, pos), the notebook's grids
+    return (grid - p_corrupted) / (p_clean - p_corrupted)
+
+
+def recovery_floored_effect(probs, p_clean, p_corrupted):
+    """Guards the division with a floor on the total effect, which also drops its sign."""
+    return (probs - p_corrupted) / max(p_clean - p_corrupted, 1e-6)
+
+
+_ENDS: list = []
+
+
+def recovery_first_ends(probs, p_clean, p_corrupted):
+    """Keeps the first call's p_clean and p_corrupted."""
+    if not _ENDS:
+        _ENDS.append((p_clean, p_corrupted))
+    high, low = _ENDS[0]
+    return (probs - low) / (high - low)
+
+
+RECOVERY = "recovery"
+CASES += [
+    Correct(RECOVERY, recovery_float64, "float64"),
+    Correct(RECOVERY, recovery_lerp_inverse, "numpy, as the inverse of lerp"),
+    Correct(RECOVERY, recovery_looped, "element by element"),
+    Wrong(RECOVERY, recovery_no_subtraction, hint="subtract p_corrupted"),
+    Wrong(RECOVERY, recovery_over_clean, hint="You divided by p_clean"),
+    Wrong(RECOVERY, recovery_ratio, hint="probs / p_clean"),
+    Wrong(RECOVERY, recovery_reversed, hint="1 - recovery"),
+    Wrong(RECOVERY, recovery_clipped, hint="You clipped"),
+    Wrong(RECOVERY, recovery_min_max, hint="grid's own minimum"),
+    Wrong(RECOVERY, recovery_abs, hint="absolute value of the total effect"),
+    Wrong(RECOVERY, recovery_percent, hint="percentages"),
+    Wrong(RECOVERY, recovery_log, hint="log-probabilities"),
+    Wrong(RECOVERY, recovery_in_place, hint="changed its input"),
+    Wrong(RECOVERY, recovery_cached_by_shape, hint="XXX", new=True),
+    Wrong(RECOVERY, recovery_assumes_2d, hint="Expected shape", new=True),
+    Wrong(RECOVERY, recovery_floored_effect, hint="XXX", new=True),
+    Wrong(RECOVERY, recovery_first_ends, hint="XXX", new=True),
 ]
-RECOVERY_WRONG = [
-    (recovery_no_subtraction, "subtract p_corrupted first"),
-    (recovery_over_clean, "You divided by p_clean"),
-    (recovery_ratio, "probs / p_clean"),
-    (recovery_reversed, "1 - recovery"),
-    (recovery_clipped, "You clipped"),
-    (recovery_min_max, "grid's own minimum"),
-    (recovery_abs, "absolute value of the total effect"),
-    (recovery_percent, "percentages"),
-    (recovery_log, "log-probabilities"),
-    (recovery_in_place, "changed its input"),
+
+
+# ----- 2.7 average_indirect_effect ---------------------------------------------------------------
+def _roles(subject, n_pos):
+    last_subject, last = subject[-1], n_pos - 1
+    return [subject[:-1], [last_subject], list(range(last_subject + 1, last)), [last]]
+
+
+def aie_loops(grids, corrupted_probs, subjects):
+    n_layers = grids[0].shape[0]
+    out = torch.zeros(n_layers, len(ROLES))
+    for column in range(len(ROLES)):
+        per_prompt = []
+        for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+            positions = _roles(subject, grid.shape[1])[column]
+            if positions:
+                per_prompt.append(torch.stack([grid[:, p] - corrupted for p in positions]).mean(0))
+        if per_prompt:
+            out[:, column] = torch.stack(per_prompt).mean(0)
+    return out
+
+
+def aie_masks(grids, corrupted_probs, subjects):
+    columns = []
+    for column in range(len(ROLES)):
+        effects = []
+        for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+            mask = torch.zeros(grid.shape[1], dtype=torch.bool)
+            mask[_roles(subject, grid.shape[1])[column]] = True
+            if mask.any():
+                effects.append(((grid - corrupted) * mask).sum(1) / mask.sum())
+        columns.append(torch.stack(effects).mean(0) if effects else torch.zeros(len(grids[0])))
+    return torch.stack(columns, dim=1)
+
+
+def aie_nanmean(grids, corrupted_probs, subjects):
+    """float64, NaN for a role a prompt lacks, then nanmean over prompts."""
+    per_prompt = []
+    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+        effect = grid.double() - corrupted
+        nan = torch.full((grid.shape[0],), torch.nan, dtype=torch.float64)
+        per_prompt.append(
+            torch.stack(
+                [effect[:, p].mean(1) if p else nan for p in _roles(subject, grid.shape[1])], dim=1
+            )
+        )
+    return torch.stack(per_prompt).nanmean(0)
+
+
+def aie_no_subtraction(grids, corrupted_probs, subjects):
+    return aie_loops(grids, [0.0] * len(grids), subjects)
+
+
+def aie_pooled_tokens(grids, corrupted_probs, subjects):
+    n_layers = grids[0].shape[0]
+    out = torch.zeros(n_layers, len(ROLES))
+    for column in range(len(ROLES)):
+        pooled = [
+            grid[:, p] - corrupted
+            for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True)
+            for p in _roles(subject, grid.shape[1])[column]
+        ]
+        if pooled:
+            out[:, column] = torch.stack(pooled).mean(0)
+    return out
+
+
+def aie_last_subject_off_by_one(grids, corrupted_probs, subjects):
+    out = aie_loops(grids, corrupted_probs, subjects)
+    effects = [g[:, s[-1] + 1] - c for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)]
+    out[:, 1] = torch.stack(effects).mean(0)
+    return out
+
+
+def aie_includes_prefix(grids, corrupted_probs, subjects):
+    return aie_loops(grids, corrupted_probs, [list(range(0, s[-1] + 1)) for s in subjects])
+
+
+def aie_counts_every_prompt(grids, corrupted_probs, subjects):
+    n_layers = grids[0].shape[0]
+    out = torch.zeros(n_layers, len(ROLES))
+    for grid, corrupted, subject in zip(grids, corrupted_probs, subjects, strict=True):
+        for column, positions in enumerate(_roles(subject, grid.shape[1])):
+            if positions:
+                out[:, column] += (grid[:, positions] - corrupted).mean(1)
+    return out / len(grids)
+
+
+def aie_whole_subject(grids, corrupted_probs, subjects):
+    out = aie_loops(grids, corrupted_probs, subjects)
+    whole = [(g[:, s] - c).mean(1) for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)]
+    out[:, 0] = torch.stack(whole).mean(0)
+    return out
+
+
+def aie_after_includes_last(grids, corrupted_probs, subjects):
+    out = aie_loops(grids, corrupted_probs, subjects)
+    after = [
+        (g[:, s[-1] + 1 :] - c).mean(1)
+        for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
+    out[:, 2] = torch.stack(after).mean(0)
+    return out
+
+
+def aie_in_place(grids, corrupted_probs, subjects):
+    for grid, corrupted in zip(grids, corrupted_probs, strict=True):
+        grid -= corrupted  # changes the caller's grids
+    return aie_loops(grids, [0.0] * len(grids), subjects)
+
+
+def aie_transposed(grids, corrupted_probs, subjects):
+    return aie_loops(grids, corrupted_probs, subjects).T
+
+
+def aie_stacked(grids, corrupted_probs, subjects):
+    """Stacks the grids: every prompt must have the same length."""
+    stacked = torch.stack(grids) - torch.tensor(corrupted_probs)[:, None, None]
+    return aie_loops(list(stacked), [0.0] * len(grids), subjects)
+
+
+def aie_first_subject(grids, corrupted_probs, subjects):
+    return aie_loops(grids, corrupted_probs, [subjects[0]] * len(grids))
+
+
+def aie_three_layers(grids, corrupted_probs, subjects):
+    out = torch.zeros(3, len(ROLES))
+    out[: grids[0].shape[0]] = aie_loops(grids, corrupted_probs, subjects)[:3]
+    return out
+
+
+def aie_mean_corrupted(grids, corrupted_probs, subjects):
+    low = sum(corrupted_probs) / len(corrupted_probs)
+    return aie_loops(grids, [low] * len(grids), subjects)
+
+
+AIE = "average_indirect_effect"
+CASES += [
+    Correct(AIE, aie_loops, "loops"),
+    Correct(AIE, aie_masks, "masks"),
+    Correct(AIE, aie_nanmean, "float64, nanmean"),
+    Wrong(AIE, aie_no_subtraction, hint="minus that prompt's corrupted probability"),
+    Wrong(AIE, aie_pooled_tokens, hint="weigh more"),
+    Wrong(AIE, aie_last_subject_off_by_one, hint="token after the subject"),
+    Wrong(AIE, aie_includes_prefix, hint="tokens before the subject"),
+    Wrong(AIE, aie_counts_every_prompt, hint="number of all prompts"),
+    Wrong(AIE, aie_whole_subject, hint="includes the last subject token"),
+    Wrong(AIE, aie_after_includes_last, hint="includes the last token"),
+    Wrong(AIE, aie_in_place, hint="changed its input"),
+    Wrong(AIE, aie_transposed, hint="One row per layer"),
+    Wrong(AIE, aie_stacked, hint="raised RuntimeError", new=True),
+    Wrong(AIE, aie_first_subject, hint="XXX", new=True),
+    Wrong(AIE, aie_three_layers, hint="Expected shape", new=True),
+    Wrong(AIE, aie_mean_corrupted, hint="averaged over all prompts", new=True),
 ]
-
-
-@pytest.mark.parametrize("fn", RECOVERY_CORRECT, ids=lambda f: f.__name__)
-def test_recovery_accepts(fn) -> None:
-    assert_passes(lab02.check_recovery, fn)
-
-
-@pytest.mark.parametrize("fn, needle", RECOVERY_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_recovery_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_recovery, fn, needle)
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_recovery_hidden_variants(variant) -> None:
-    check = lab02.check_recovery
-    assert_passes(check, SOLUTION["recovery"], variant)
-    assert_passes(check, recovery_looped, variant)
-    for wrong, needle in RECOVERY_WRONG:
-        assert_rejects(check, wrong, needle, variant)
 
 
 # ----- 2.8 average_recovery ----------------------------------------------------------------------
@@ -1293,28 +1338,22 @@ def avg_recovery_loops(grids, clean, corrupted, subjects, min_effect=0.05):
     return aie_loops(normalised, [0.0] * len(kept), [s for *_, s in kept])
 
 
-def avg_recovery_float64_nanmean(grids, clean, corrupted, subjects, min_effect=0.05):
+def avg_recovery_nanmean(grids, clean, corrupted, subjects, min_effect=0.05):
     """Normalise every prompt, NaN out the ones below the threshold, nanmean per role."""
     per_prompt = []
     for g, hi, lo, s in zip(grids, clean, corrupted, subjects, strict=True):
         rec = (g.double() - lo) / (hi - lo)
         if hi - lo < min_effect:
             rec = torch.full_like(rec, torch.nan)
+        nan = torch.full((g.shape[0],), torch.nan, dtype=torch.float64)
         per_prompt.append(
-            torch.stack(
-                [
-                    rec[:, p].mean(1) if p else torch.full((g.shape[0],), torch.nan)
-                    for p in _roles(s, g.shape[1])
-                ],
-                dim=1,
-            )
+            torch.stack([rec[:, p].mean(1) if p else nan for p in _roles(s, g.shape[1])], dim=1)
         )
     return torch.stack(per_prompt).nanmean(0)
 
 
-def _avg_recovery_wrong(
-    rule=lambda hi, lo: hi - lo, normalise=None, zero_dropped=False, fixed=None, after=None
-):
+def _avg_recovery_with(rule=lambda hi, lo: hi - lo, normalise=None, zero_dropped=False,
+                       fixed=None, after=None):  # fmt: skip
     def fn(grids, clean, corrupted, subjects, min_effect=0.05):
         threshold = fixed if fixed is not None else min_effect
         recs, subs, totals = [], [], []
@@ -1333,76 +1372,175 @@ def _avg_recovery_wrong(
     return fn
 
 
-avg_recovery_no_threshold = _avg_recovery_wrong(rule=lambda hi, lo: 1.0)
-avg_recovery_zeroed = _avg_recovery_wrong(zero_dropped=True)
-avg_recovery_abs = _avg_recovery_wrong(rule=lambda hi, lo: abs(hi - lo))
-avg_recovery_clean_threshold = _avg_recovery_wrong(rule=lambda hi, lo: hi)
-avg_recovery_raw = _avg_recovery_wrong(normalise=lambda g, hi, lo: g.double() - lo)
-avg_recovery_ratio_of_means = _avg_recovery_wrong(
-    normalise=lambda g, hi, lo: g.double() - lo,
-    after=lambda out, totals: out / (sum(totals) / len(totals)),
-)
-avg_recovery_clipped = _avg_recovery_wrong(
-    normalise=lambda g, hi, lo: recovery_float64(g, hi, lo).clamp(0, 1)
-)
-avg_recovery_fixed_threshold = _avg_recovery_wrong(fixed=0.05)
+def avg_recovery_no_threshold(grids, clean, corrupted, subjects, min_effect=0.05):
+    return _avg_recovery_with(rule=lambda hi, lo: 1.0)(grids, clean, corrupted, subjects, -1.0)
+
+
+def avg_recovery_zeroed(grids, clean, corrupted, subjects, min_effect=0.05):
+    return _avg_recovery_with(zero_dropped=True)(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_abs(grids, clean, corrupted, subjects, min_effect=0.05):
+    fn = _avg_recovery_with(rule=lambda hi, lo: abs(hi - lo))
+    return fn(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_clean_threshold(grids, clean, corrupted, subjects, min_effect=0.05):
+    fn = _avg_recovery_with(rule=lambda hi, lo: hi)
+    return fn(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_raw(grids, clean, corrupted, subjects, min_effect=0.05):
+    fn = _avg_recovery_with(normalise=lambda g, hi, lo: g.double() - lo)
+    return fn(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_ratio_of_means(grids, clean, corrupted, subjects, min_effect=0.05):
+    fn = _avg_recovery_with(
+        normalise=lambda g, hi, lo: g.double() - lo,
+        after=lambda out, totals: out / (sum(totals) / len(totals)),
+    )
+    return fn(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_clipped(grids, clean, corrupted, subjects, min_effect=0.05):
+    fn = _avg_recovery_with(normalise=lambda g, hi, lo: recovery_float64(g, hi, lo).clamp(0, 1))
+    return fn(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_fixed_threshold(grids, clean, corrupted, subjects, min_effect=0.05):
+    return _avg_recovery_with(fixed=0.05)(grids, clean, corrupted, subjects, min_effect)
 
 
 def avg_recovery_transposed(grids, clean, corrupted, subjects, min_effect=0.05):
     return avg_recovery_loops(grids, clean, corrupted, subjects, min_effect).T
 
 
-AVG_RECOVERY_CORRECT = [
-    SOLUTION["average_recovery"],
-    avg_recovery_loops,
-    avg_recovery_float64_nanmean,
+def avg_recovery_default_zero(grids, clean, corrupted, subjects, min_effect=0.0):
+    return avg_recovery_loops(grids, clean, corrupted, subjects, min_effect)
+
+
+def avg_recovery_subjects_unfiltered(grids, clean, corrupted, subjects, min_effect=0.05):
+    kept = _kept(grids, clean, corrupted, subjects, min_effect)
+    normalised = [recovery_float64(g, hi, lo) for g, hi, lo, _ in kept]
+    return aie_loops(normalised, [0.0] * len(kept), subjects[: len(kept)])
+
+
+def avg_recovery_pooled_ends(grids, clean, corrupted, subjects, min_effect=0.05):
+    kept = _kept(grids, clean, corrupted, subjects, min_effect)
+    high = sum(hi for _, hi, _, _ in kept) / len(kept)
+    low = sum(lo for _, _, lo, _ in kept) / len(kept)
+    normalised = [recovery_float64(g, high, low) for g, *_ in kept]
+    return aie_loops(normalised, [0.0] * len(kept), [s for *_, s in kept])
+
+
+_THRESHOLD: list = []
+
+
+def avg_recovery_first_threshold(grids, clean, corrupted, subjects, min_effect=0.05):
+    """Remembers the first call's min_effect."""
+    if not _THRESHOLD:
+        _THRESHOLD.append(min_effect)
+    return avg_recovery_loops(grids, clean, corrupted, subjects, _THRESHOLD[0])
+
+
+AVG = "average_recovery"
+CASES += [
+    Correct(AVG, avg_recovery_loops, "loops"),
+    Correct(AVG, avg_recovery_nanmean, "float64, NaN for the prompts left out, nanmean"),
+    Wrong(AVG, avg_recovery_no_threshold, hint="below min_effect"),
+    Wrong(AVG, avg_recovery_zeroed, hint="as zero recovery"),
+    Wrong(AVG, avg_recovery_abs, hint="negative total effect"),
+    Wrong(AVG, avg_recovery_clean_threshold, hint="filtered on the clean probability"),
+    Wrong(AVG, avg_recovery_raw, hint="averaged raw indirect effects"),
+    Wrong(AVG, avg_recovery_ratio_of_means, hint="average total effect"),
+    Wrong(AVG, avg_recovery_clipped, hint="You clipped"),
+    Wrong(AVG, avg_recovery_fixed_threshold, hint="ignored the min_effect argument"),
+    Wrong(AVG, avg_recovery_transposed, hint="One row per layer"),
+    Wrong(AVG, avg_recovery_default_zero, hint="XXX", new=True),
+    Wrong(AVG, avg_recovery_subjects_unfiltered, hint="wrong subjects", new=True),
+    Wrong(AVG, avg_recovery_pooled_ends, hint="averaged over the prompts", new=True),
+    Wrong(AVG, avg_recovery_first_threshold, hint="XXX", new=True),
 ]
-AVG_RECOVERY_WRONG = [
-    (avg_recovery_no_threshold, "below min_effect"),
-    (avg_recovery_zeroed, "counted the prompts below min_effect as zero"),
-    (avg_recovery_abs, "negative total effect"),
-    (avg_recovery_clean_threshold, "filtered on the clean probability"),
-    (avg_recovery_raw, "averaged raw indirect effects"),
-    (avg_recovery_ratio_of_means, "average total effect"),
-    (avg_recovery_clipped, "You clipped"),
-    (avg_recovery_fixed_threshold, "ignored the min_effect argument"),
-    (avg_recovery_transposed, "One row per layer"),
-]
+
+CORRECT = [c for c in CASES if isinstance(c, Correct)]
+WRONG = [c for c in CASES if isinstance(c, Wrong)]
 
 
-@pytest.mark.parametrize("fn", AVG_RECOVERY_CORRECT, ids=lambda f: f.__name__)
-def test_average_recovery_accepts(fn) -> None:
-    assert_passes(lab02.check_average_recovery, fn)
+# ----- the table, run ----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CORRECT, ids=lambda c: c.id)
+def test_correct_answer_passes(case: Correct) -> None:
+    H.assert_passes(case, VARIANTS)
 
 
-@pytest.mark.parametrize("fn, needle", AVG_RECOVERY_WRONG, ids=lambda x: getattr(x, "__name__", ""))
-def test_average_recovery_rejects(fn, needle) -> None:
-    assert_rejects(lab02.check_average_recovery, fn, needle)
+@pytest.mark.parametrize("case", WRONG, ids=lambda c: c.id)
+def test_wrong_answer_fails_and_names_its_mistake(case: Wrong) -> None:
+    H.assert_fails(case, VARIANTS[:2])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_average_recovery_hidden_variants(variant) -> None:
-    check = lab02.check_average_recovery
-    assert_passes(check, SOLUTION["average_recovery"], variant)
-    assert_passes(check, avg_recovery_float64_nanmean, variant)
-    for wrong, needle in AVG_RECOVERY_WRONG:
-        assert_rejects(check, wrong, needle, variant)
+def test_stubs_are_not_attempted() -> None:
+    for name in H.exercises:
+        result = H.notebook(name, stub)
+        assert not result.attempted and result.status == "not attempted", name
 
 
-# ----- the test problems themselves --------------------------------------------------------------
-def test_problem_models_have_norm_weights_other_than_one_and_are_rebuilt_when_damaged() -> None:
-    lm = lab02._model("llama")
-    assert not torch.allclose(lm.final_norm.weight, torch.ones_like(lm.final_norm.weight))
-    with torch.no_grad():
-        lm.model.lm_head.weight.mul_(2.0)  # a student's function writes into the cached model
-    fresh = lab02._model("llama")
-    assert fresh is not lm
-    assert lab02._model("llama") is fresh  # untouched: reused
+def test_the_table_has_enough_answers_of_every_kind() -> None:
+    counts = table_counts(CASES, list(H.exercises))
+    for name, (correct, wrong, new) in counts.items():
+        assert correct >= 2, f"{name}: {correct} correct alternatives"
+        assert wrong >= 6, f"{name}: {wrong} wrong answers"
+        assert new >= 3, f"{name}: {new} wrong answers of new kinds"
 
 
-def test_prompt_pairs_have_equal_lengths() -> None:
-    for text, other in lab02._PAIRS:
-        assert len(text) == len(other), (text, other)
-    for text, span in lab02._SUBJECTS:
-        positions = lab02._positions(text, span)
-        assert positions[0] > 1 and positions[-1] < len(text) - 1, text
+def test_the_solution_passes_every_check_in_the_notebook() -> None:
+    for name in H.exercises:
+        result = H.notebook(name, sol(name))
+        assert result.passed and result.score == result.max_score, result.report()
+
+
+def _assert_every_correct_answer_passes(variants: list[int]) -> None:
+    for name in H.exercises:
+        for fn in [sol(name), *(c.fn for c in CORRECT if c.exercise == name)]:
+            for variant in variants:
+                result = H.hidden(name, fn, variant)
+                assert result.passed, f"{fn.__name__} on variant {variant}:\n{result.report()}"
+
+
+def test_the_solution_and_every_correct_answer_pass_a_few_more_hidden_variants() -> None:
+    _assert_every_correct_answer_passes(H.variants(5, seed="a few more"))
+
+
+@pytest.mark.variants
+def test_the_solution_and_every_correct_answer_pass_200_hidden_variants(request) -> None:
+    if "variants" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("200 hidden variants: run with -m variants")
+    _assert_every_correct_answer_passes(H.variants(200, seed="property"))
+
+
+# ----- the checks' own rules ---------------------------------------------------------------------
+def test_the_checks_hold_no_line_of_the_solution() -> None:
+    """No solution line of 25 characters or more appears in the check package students get."""
+    from labkit.notebooks import code_regions, read_nbformat
+
+    notebook = read_nbformat(Path(H.module.__file__).parents[3] / "solutions" / (
+        "02_causal_tracing.ipynb"))  # fmt: skip
+    lines = {
+        " ".join(line.split())
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for region in code_regions(cell.source)
+        for line in region.splitlines()
+        if len(" ".join(line.split())) >= 25
+    }
+    package = Path(H.module.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        text = " ".join(path.read_text().split())
+        found = sorted(line for line in lines if line in text)
+        assert not found, f"{path.name} holds solution lines: {found}"
+
+
+def test_every_check_asks_for_answers_in_the_same_order_whatever_the_answer() -> None:
+    """A wrong answer reads the same recorded values as the solution: no request is missing."""
+    for case in WRONG:
+        result = H.notebook(case.exercise, case.fn)
+        assert "no recorded answer" not in result.report(), result.report()

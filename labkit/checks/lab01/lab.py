@@ -35,6 +35,12 @@ class Call:
     more: Sequence[tuple[Any, str]] = ()  # mistakes of this call only: (wrong value, hint)
 
 
+def earlier_answers(t: Checker) -> list[Any]:
+    """The answers this check expected so far, in every part: an answer that repeats one of
+    them where another was expected comes from state kept between calls."""
+    return t.__dict__.setdefault("_lab01_earlier", [])
+
+
 def magnitude(value: Any) -> float:
     """The typical size of an answer: absolute tolerances are multiplied by it."""
     return max(float(torch.as_tensor(value).detach().double().abs().max()), 1e-3)
@@ -56,7 +62,7 @@ def compare_calls(
     wrong answer is named by the answer key's mistakes, by ``call.more``, or as an earlier
     call's answer (state kept between calls). ``on_integer`` is the hint for an integer tensor
     where floats are expected. Returns what ``fn`` returned, as tensors."""
-    earlier: list[Any] = []
+    earlier = earlier_answers(t)
     out = []
     for call in calls:
         want = t.expected(name, *call.args, **call.kwargs)
@@ -68,7 +74,7 @@ def compare_calls(
             t.fail(call.what, f"Expected floats, got an integer tensor ({got.dtype}).", on_integer)
         if call.repeat and not scalar:
             named = named + [(2 * torch.as_tensor(want), PILED)]
-        named = named + [(w, EARLIER) for w in earlier]
+        named = named + [(w, EARLIER) for w in list(earlier)]
         scale = magnitude(want)
         out.append(
             t.close(got, want, call.what, atol=atol, rtol=rtol, scale=scale, hint=hint,

@@ -7,12 +7,19 @@ import torch
 from labkit.checks import kit
 from labkit.checks.core import Checker
 from labkit.checks.lab01 import problems as P
-from labkit.checks.lab01.lab import EARLIER, LAB, PILED, magnitude
+from labkit.checks.lab01.lab import EARLIER, LAB, PILED, earlier_answers, magnitude
 
 NO_GRAD = (
     "Your function's output carries no gradient: do not run the model under torch.no_grad() "
     "(or inference_mode), and do not detach the embeddings. Integrated gradients "
     "differentiates this function."
+)
+
+
+LATEST = (
+    "Your first function now answers with the target and foil of the function made LAST: keep "
+    "each function's own arguments (a closure over them), not globals that the next call of "
+    "logit_difference_fn overwrites."
 )
 
 
@@ -29,20 +36,21 @@ def _batch(lm, gen: torch.Generator, batch: int, n_pos: int, jitter: bool = Fals
     return emb
 
 
-def _compare(t: Checker, made: list, calls: list, hint: str, more=()) -> None:
+def _compare(t: Checker, made: list, calls: list, hint: str) -> None:
     """``made``: the student's functions with the (lm, target, foil) they were made from;
-    ``calls``: (index into made, embeddings, what, repeat)."""
-    earlier = []
-    for index, emb, what, repeat in calls:
+    ``calls``: (index into made, embeddings, what, repeat, more): ``more`` names mistakes of
+    this call only, as (value, hint) pairs, or as a function of the expected value that
+    gives them."""
+    earlier = earlier_answers(t)
+    for index, emb, what, repeat, more in calls:
         fn, (lm, target, foil) = made[index]
         want = t.expected("logit_difference", lm, target, foil, emb)
-        named = t.mistakes("logit_difference", lm, target, foil, emb) + [
-            (m(want, target, foil), h) for m, h in more
-        ]
+        more = more(want) if callable(more) else more
+        named = t.mistakes("logit_difference", lm, target, foil, emb) + list(more)
         got = t.call(fn, emb)
         if repeat:
             named = named + [(2 * torch.as_tensor(want), PILED)]
-        named = named + [(w, EARLIER) for w in earlier]
+        named = named + [(w, EARLIER) for w in list(earlier)]
         t.close(got, want, what, scale=magnitude(want), hint=hint, mistakes=named)
         earlier.append(want)
 
@@ -76,27 +84,30 @@ def check_logit_difference_fn(logit_difference_fn, t: Checker) -> None:
         n_pos = t.choice([7, 6])
         emb = _batch(lms[0], gen, 3, n_pos)
         calls = [
-            (0, emb, f"a tiny {first} model, a batch of 3 prompts of {n_pos} tokens", False),
+            (0, emb, f"a tiny {first} model, a batch of 3 prompts of {n_pos} tokens", False, ()),
             (1, _batch(lms[1], gen, 1, t.choice([11, 12])), f"a tiny {second} model, 1 prompt "
-             "past 9 tokens, target id above the foil's", False),  # fmt: skip
-            (2, _batch(lms[2], gen, 2, 1), f"a tiny {third} model, 2 prompts of 1 token", False),
+             "past 9 tokens, target id above the foil's", False, ()),  # fmt: skip
+            (2, _batch(lms[2], gen, 2, 1), f"a tiny {third} model, 2 prompts of 1 token", False,
+             ()),  # fmt: skip
             (0, _batch(lms[0], gen, 5, 4, jitter=True), f"the {first} model's function on 5 rows "
-             "of embeddings that are no token's", False),  # fmt: skip
-            (0, emb, f"the {first} model's function on its first batch again", True),
+             "of embeddings that are no token's", False, ()),  # fmt: skip
+            (0, emb, f"the {first} model's function on its first batch again", True, ()),
         ]
         _compare(t, made, calls, hint)
     with t.part("functions made earlier keep their own model, target and foil", points=1):
         lm, other = P.tiny(t, second), P.tiny(t, first)
         target, foil = _pair(lm, gen, True)
+        third_id = next(i for i in range(3, lm.vocab_size) if i not in (target, foil))
         made = [_make(t, logit_difference_fn, lm, target, foil),
                 _make(t, logit_difference_fn, other, foil, target),
-                _make(t, logit_difference_fn, lm, foil, target)]  # fmt: skip
+                _make(t, logit_difference_fn, lm, third_id, target)]  # fmt: skip
         emb, emb2 = _batch(lm, gen, 2, 5), _batch(other, gen, 3, 8)
+        latest = [(t.expected("logit_difference", lm, third_id, target, emb), LATEST)]
         calls = [(0, emb, f"the first function ({second}, target {target}, foil {foil}), made "
-                  "before two others", False),  # fmt: skip
-                 (1, emb2, f"the second ({first}, target {foil}, foil {target})", False),
-                 (2, emb, f"the third ({second}, target {foil}, foil {target})", False),
-                 (0, emb, "the first function again", True)]  # fmt: skip
+                  "before two others", False, latest),  # fmt: skip
+                 (1, emb2, f"the second ({first}, target {foil}, foil {target})", False, ()),
+                 (2, emb, f"the third ({second}, target {third_id}, foil {target})", False, ()),
+                 (0, emb, "the first function again", True, latest)]  # fmt: skip
         _compare(t, made, calls, hint)
     with t.part("gradients flow through it (integrated gradients needs them)", points=1):
         lm, offset = P.signalling_tiny(t, third, gen)
@@ -104,5 +115,6 @@ def check_logit_difference_fn(logit_difference_fn, t: Checker) -> None:
         made = [_make(t, logit_difference_fn, lm, target, foil)]
         emb = _batch(lm, gen, 2, 6).requires_grad_(True)
         shift = float(offset[target] - offset[foil])
-        calls = [(0, emb, "the function on embeddings that require gradients", False)]
-        _compare(t, made, calls, hint, more=[(lambda w, *_: w + shift, NO_GRAD)])
+        calls = [(0, emb, "the function on embeddings that require gradients", False,
+                  lambda want: [(want + shift, NO_GRAD)])]  # fmt: skip
+        _compare(t, made, calls, hint)

@@ -35,15 +35,21 @@ def check_collect_activations(collect_activations: Callable, t: Checker) -> None
     c = problems.model(t, first, deep, seed + 1)  # the sizes of `a`, other weights
     tokens = problems.prompt(a, gen, long, repeats=[(long // 2, 2)])
     other = problems.prompt(a, gen, long)  # the length of `tokens`, other tokens
-    runs = [(a, tokens), (b, problems.prompt(b, gen, short)), (c, tokens), (a, other), (a, tokens)]
+    runs = [
+        (a, tokens, ""),
+        (b, problems.prompt(b, gen, short), ""),
+        (c, tokens, " (the sizes and prompt of the first model, other weights)"),
+        (a, other, " (the first model, another prompt of the same length)"),
+        (a, tokens, " (the first call again, after others)"),
+    ]
 
     for site in SITES:
         with t.part(f"{site} of every layer", points=1):
-            for i, (lm, ids) in enumerate(runs):
+            for i, (lm, ids, note) in enumerate(runs):
                 default = site == "resid_post" and i == 0  # the default site, not named
                 args = (lm, ids) if default else (lm, ids, site)
                 call = f"collect_activations(lm, tokens{'' if default else f', {site!r}'})"
-                what = f"{call} on {_shown(lm, ids)}" + (" (again, after others)" if i else "")
+                what = f"{call} on {_shown(lm, ids)}{note}"
                 want = t.expected("collect_activations", *args)
                 wrong = t.mistakes("collect_activations", *args)
                 got = t.tensor(
@@ -66,7 +72,7 @@ def check_collect_activations(collect_activations: Callable, t: Checker) -> None
                 )
 
     with t.part("the sites add up, and the last layer's resid_post gives the logits", points=1):
-        for lm, ids in runs[:2]:
+        for lm, ids, _ in runs[:2]:
             got = {}
             for site in SITES:
                 what = f"collect_activations(lm, tokens, {site!r}) on {_shown(lm, ids)}"

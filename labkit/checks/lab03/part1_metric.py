@@ -38,14 +38,14 @@ def check_normalised_metric(normalised_metric: Callable, t: Checker) -> None:
     """The metric is 1 on the clean run and 0 on the corrupted run (its definition), and the
     normalised mean logit difference of other logits, on two families, batches of 1 and 3,
     target and foil ids in either order (targets are not the top token), ids as lists and as
-    tensors. Two problems share a model and their sizes; metrics made earlier must still answer
-    for their own prompts after later calls."""
+    tensors. Two problems share their prompts but not their targets and foils; metrics made
+    earlier must still answer for their own problem after later calls."""
     first, second = P.families(t, ["llama", "gpt2"])
     lm_a = P.model(t, first, 1)
     lm_b = P.model(t, second, 2, n_layers=t.choice([2, 1, 4]))
     a = P.pair(t, lm_a, 11, batch=3, n_pos=t.choice([7, 5, 9]))
     b = P.pair(t, lm_b, 12, batch=1, n_pos=t.choice([11, 12, 3]), as_tensor=True)
-    c = P.pair(t, lm_a, 13, batch=3, n_pos=a.n_pos, as_tensor=True)  # a's model and sizes
+    c = P.retarget(t, a, 13, as_tensor=True)  # a's prompts, other targets and foils
     gen = kit.generator(t, 14)
 
     with t.part("metric(clean logits) is 1 and metric(corrupted logits) is 0", points=1):

@@ -39,8 +39,8 @@ def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | 
     wrong = t.mistakes("patch_grid", *p.args, metric, where)
     base = float(metric(P.last_logits(p.lm, p.corrupted)))
     full = float(metric(P.last_logits(p.lm, p.clean)))
-    shown = "" if site is None else f", {site!r}"
-    what = f"patch_grid(lm, clean, corrupted, metric{shown}) on {p.describe()}"
+    shown = " (no site: the default, 'resid_pre')" if site is None else f", {site!r})"
+    what = f"patch_grid(lm, clean, corrupted, metric{shown} on {p.describe()}, {metric.label}"
     args = (*p.args, metric) if site is None else (*p.args, metric, site)
     got = t.call(patch_grid, *args)
     got = t.tensor(
@@ -75,11 +75,11 @@ def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | 
 
 @LAB.exercise("3.2", "exact patching grid", points=3)
 def check_patch_grid(patch_grid: Callable, t: Checker) -> None:
-    """Every site, the default site, two families (one with more than 9 layers and
+    """Every site, the default site, two families (one with more than 10 layers and 9
     positions), batches of 1 and 2 whose prompts change at different positions, the
-    normalised metric and a metric that is not normalised; calls in no sorted order, and the
-    first call repeated at the end. Where the runs agree, a cell is the corrupted run's
-    metric (the definition)."""
+    normalised metric and a metric that is not normalised (also on the same prompts and site);
+    calls in no sorted order, and the first call repeated at the end. Where the runs agree, a
+    cell is the corrupted run's metric (the definition)."""
     first, second = P.families(t, ["gpt2", "llama"])
     small = P.pair(
         t, P.model(t, first, 1, n_layers=t.choice([3, 2])), 21, batch=2, n_pos=t.choice([6, 4, 7])
@@ -99,9 +99,13 @@ def check_patch_grid(patch_grid: Callable, t: Checker) -> None:
             (small, m_small, None),
             (big, m_big, "resid_pre"),
         ],
-        "site 'attn_out'": [(big, m_big, "attn_out"), (small, other, "attn_out")],
+        "site 'attn_out'": [
+            (big, m_big, "attn_out"),
+            (small, m_small, "attn_out"),
+            (small, other, "attn_out"),  # the same prompts and site, another metric
+        ],
         "site 'mlp_out', and the first call again": [
-            (small, m_small, "mlp_out"),
+            (small, other, "mlp_out"),
             (big, m_big, "mlp_out"),
             (small, m_small, None),
         ],
@@ -132,7 +136,9 @@ def check_patch_heads(patch_heads: Callable, t: Checker) -> None:
             for p, metric in calls:
                 want = t.expected("patch_heads", *p.args, metric)
                 wrong = t.mistakes("patch_heads", *p.args, metric)
-                what = f"patch_heads(lm, clean, corrupted, metric) on {p.describe()}"
+                what = (
+                    f"patch_heads(lm, clean, corrupted, metric) on {p.describe()}, {metric.label}"
+                )
                 got = t.call(patch_heads, *p.args, metric)
                 n_layers, n_heads, kv = p.lm.n_layers, p.lm.n_heads, P.kv_heads(p.lm)
                 if kv != n_heads and isinstance(got, torch.Tensor) and got.shape == (n_layers, kv):

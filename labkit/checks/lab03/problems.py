@@ -55,6 +55,7 @@ class LinearMetric(nn.Module):
         offset = torch.as_tensor(offset, dtype=weights.dtype).detach().reshape(1).clone()
         self.register_buffer("weights", weights)
         self.register_buffer("offset", offset)  # (1,): the grader's fingerprints skip 0-d tensors
+        self.label = "a linear metric"
 
     def forward(self, logits: Tensor) -> Tensor:
         return (logits * self.weights).sum() + self.offset[0]
@@ -68,7 +69,9 @@ def random_metric(gen: torch.Generator, batch: int, vocab: int) -> LinearMetric:
     """A metric the spec allows but that is not normalised: dense weights, an offset."""
     weights = torch.randn(batch, vocab, generator=gen) / vocab**0.5
     offset = 0.5 + torch.rand((), generator=gen)
-    return LinearMetric(weights, offset)
+    metric = LinearMetric(weights, offset)
+    metric.label = "a metric that is not normalised"
+    return metric
 
 
 # ----- models ------------------------------------------------------------------------------------
@@ -218,26 +221,43 @@ def pair(
     as_tensor: bool = False,
 ) -> Pair:
     """Random clean prompts (an anchor first, a repeated token last) and corrupted ones that
-    differ at up to ``changes`` positions per row, not the same ones in every row. Each row's
-    target rises from the corrupted to the clean run and its foil falls; neither is the clean
-    run's top token, and target ids are below their foils in some rows and above in others."""
+    differ at 1 to ``changes`` positions per row; with several rows, the first row's first
+    change comes after another row's. Each row's target rises from the corrupted to the clean
+    run and its foil falls; neither is the clean run's top token, and target ids are below
+    their foils in some rows and above in others."""
     gen = kit.generator(t, offset)
     clean = kit.token_ids(lm, gen, n_pos, batch=batch)
     corrupted = clean.clone()
-    for row in range(batch):
-        count = 1 + int(torch.randint(changes, (), generator=gen))
-        where = 1 + torch.randperm(n_pos - 1, generator=gen)[:count]
+    earliest = n_pos - 1
+    for row in [*range(1, batch), 0]:  # the first row last: its changes come after the others'
+        low = 1 if row or batch == 1 else earliest + 1
+        high = n_pos - 1 if row == 0 or batch == 1 else n_pos - 2
+        count = min(1 + int(torch.randint(changes, (), generator=gen)), high - low + 1)
+        where = low + torch.randperm(high - low + 1, generator=gen)[:count]
         shift = torch.randint(1, 256, (count,), generator=gen)
         corrupted[row, where] = (clean[row, where] - 3 + shift) % 256 + 3
+        earliest = min(earliest, int(where.min()))
     targets, foils = _contrast(lm, clean, corrupted, gen)
     if as_tensor:
         targets, foils = torch.tensor(targets), torch.tensor(foils)
     return Pair(lm, clean, corrupted, targets, foils)
 
 
-def _contrast(lm: LabModel, clean: Tensor, corrupted: Tensor, gen) -> tuple[list, list]:
+def retarget(t, p: Pair, offset: int, *, as_tensor: bool = False) -> Pair:
+    """The same prompts with other targets and foils (chosen as :func:`pair` chooses them)."""
+    gen = kit.generator(t, offset)
+    ids = torch.as_tensor(p.targets).tolist(), torch.as_tensor(p.foils).tolist()
+    before = list(zip(*ids, strict=True))
+    targets, foils = _contrast(p.lm, p.clean, p.corrupted, gen, avoid=before)
+    if as_tensor:
+        targets, foils = torch.tensor(targets), torch.tensor(foils)
+    return Pair(p.lm, p.clean, p.corrupted, targets, foils)
+
+
+def _contrast(lm: LabModel, clean: Tensor, corrupted: Tensor, gen, avoid=()) -> tuple[list, list]:
     """Per row, a token whose logit rises most from the corrupted to the clean run (the target)
-    and one whose logit falls most (the foil), never the clean run's top token."""
+    and one whose logit falls most (the foil), never the clean run's top token (nor the pair
+    ``avoid[row]``)."""
     high, low = last_logits(lm, clean), last_logits(lm, corrupted)
     rise = high - low
     targets, foils = [], []
@@ -246,54 +266,14 @@ def _contrast(lm: LabModel, clean: Tensor, corrupted: Tensor, gen) -> tuple[list
         top = int(high[row].argmax())
         order = [i for i in rise[row].argsort(descending=True).tolist() if i != top]
         ups, downs = order[:6], order[-6:]
-        options = [(u, d) for u in ups for d in downs if (u < d) == below]
-        options = options or [(u, d) for u in ups for d in downs]
+        taken = avoid[row] if avoid else None
+        options = [(u, d) for u in ups for d in downs if (u < d) == below and (u, d) != taken]
+        options = options or [(u, d) for u in ups for d in downs if (u, d) != taken]
         u, d = options[int(torch.randint(len(options), (), generator=gen))]
         targets.append(u)
         foils.append(d)
         below = not below
     return targets, foils
-
-
-# ----- comparing ---------------------------------------------------------------------------------
-def scale_of(x: Tensor) -> float:
-    """The typical size of ``x``, for tolerances that follow the values' magnitude."""
-    return max(float(torch.as_tensor(x).abs().max()), 1e-3)
-
-
-def pick(mistakes, index) -> Mistakes:
-    """The mistakes of a function that returns a pair or a dict, for one of its items."""
-
-    def make() -> list:
-        found = []
-        for value, hint in mistakes:
-            try:
-                found.append((value[index], hint))
-            except (KeyError, IndexError, TypeError):
-                continue
-        return found
-
-    return Mistakes(make)
-
-
-def normalised(t, p: Pair) -> LinearMetric:
-    """The pair's normalised metric (1 on its clean run, 0 on its corrupted run) as a
-    :class:`LinearMetric`; its coefficients come from ``t.expected``."""
-    weights, offset = t.expected("normalised_metric@coefficients", *p.ids)
-    return LinearMetric(weights, offset)
-
-
-def as_float64(metric: LinearMetric) -> LinearMetric:
-    return LinearMetric(metric.weights.double(), metric.offset.double())
-
-
-def linear_problem(t, offset: int) -> tuple[Pair, LinearMetric, LabModel]:
-    """A pair on a model that is linear in its activations, its normalised metric, and the
-    model in float64 (for exact patching, which float32 would blur)."""
-    family = t.choice(["gpt2", "llama"])
-    lin = t.watch(linear_model(family), f"the linear {family} model")
-    p = pair(t, lin, offset, batch=2, n_pos=t.choice([6, 5, 8]))
-    return p, normalised(t, p), float64(lin)
 
 
 # ----- score tables (exercises 3.7 to 3.9) -------------------------------------------------------
@@ -402,3 +382,48 @@ def attention_scores(
         corrupted.masked_fill(masked, float("-inf")),
         grad.masked_fill(masked, 0.0),
     )
+
+
+# ----- metrics of pairs, and comparing -----------------------------------------------------------
+def normalised(t, p: Pair) -> LinearMetric:
+    """The pair's normalised metric (1 on its clean run, 0 on its corrupted run) as a
+    :class:`LinearMetric`; its coefficients come from ``t.expected``."""
+    weights, offset = t.expected("normalised_metric@coefficients", *p.ids)
+    metric = LinearMetric(weights, offset)
+    metric.label = "the normalised metric"
+    return metric
+
+
+def as_float64(metric: LinearMetric) -> LinearMetric:
+    double = LinearMetric(metric.weights.double(), metric.offset.double())
+    double.label = metric.label
+    return double
+
+
+def linear_problem(t, offset: int) -> tuple[Pair, LinearMetric, LabModel]:
+    """A pair on a model that is linear in its activations, its normalised metric, and the
+    model in float64 (for exact patching, which float32 would blur)."""
+    family = t.choice(["gpt2", "llama"])
+    lin = t.watch(linear_model(family), f"the linear {family} model")
+    p = pair(t, lin, offset, batch=2, n_pos=t.choice([6, 5, 8]))
+    return p, normalised(t, p), float64(lin)
+
+
+def scale_of(x: Tensor) -> float:
+    """The typical size of ``x``, for tolerances that follow the values' magnitude."""
+    return max(float(torch.as_tensor(x).abs().max()), 1e-3)
+
+
+def pick(mistakes, index) -> Mistakes:
+    """The mistakes of a function that returns a pair or a dict, for one of its items."""
+
+    def make() -> list:
+        found = []
+        for value, hint in mistakes:
+            try:
+                found.append((value[index], hint))
+            except (KeyError, IndexError, TypeError):
+                continue
+        return found
+
+    return Mistakes(make)
