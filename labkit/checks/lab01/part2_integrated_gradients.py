@@ -88,7 +88,8 @@ def check_completeness_gap(completeness_gap, t: Checker) -> None:
         f1, x1 = P.smooth(gen, t.choice([12, 10]), 3)
         t.watch(f1, "the test function")
         b1 = 0.5 * torch.randn(x1.shape, generator=gen)
-        f2, x2, b2 = P.token_logit(t, first, gen, t.choice([5, 3]))
+        n_pos = t.choice([5, 3])
+        f2, x2, b2 = P.token_logit(t, first, gen, n_pos)
         f3, x3, b3 = P.token_logit(t, second, gen, 1)
         calls = []
         for f, x, b, excess, what in [(f1, x1, b1, 0.8, "a smooth f"),
@@ -102,7 +103,7 @@ def check_completeness_gap(completeness_gap, t: Checker) -> None:
         calls.append(Call(calls[0].args, calls[0].what + ", again after the others", repeat=True))
         compare_calls(t, completeness_gap, "completeness_gap", calls, hint=hint, scalar=True)
     with t.part("shifting the scores by d shifts the gap by sum(d)", points=1):
-        f, x, b = P.token_logit(t, second, gen, t.choice([7, 4]))
+        f, x, b = P.token_logit(t, second, gen, n_pos)  # the size of an earlier problem
         scores = torch.randn(x.shape[1], generator=gen)
         shift = torch.randn(x.shape[1], generator=gen)
         calls = [Call((f, x, b, scores), f"a tiny {second} model, {x.shape[1]} positions"),

@@ -37,11 +37,14 @@ def check_layer_weighted_attention(layer_weighted_attention, t: Checker) -> None
         a4 = P.random_patterns(gen, 4, 3, t.choice([12, 9, 10]))
         w4 = torch.zeros(4)
         w4[t.choice([2, 1, 3])] = 1.0
+        a5 = P.random_patterns(gen, *a4.shape[:3])
+        w5 = torch.rand(4, generator=gen) + 0.1
         calls = [
             Call((a1, w1), f"{first} patterns ({_shape(a1)}), weights {w1.tolist()}"),
             Call((a2, w2), f"{second} patterns ({_shape(a2)}), weights 0.01 .. 0.02"),
             Call((a3, torch.tensor([2.5])), f"random patterns ({_shape(a3)}), weight [2.5]"),
             Call((a4, w4), f"random patterns ({_shape(a4)}), one-hot weights {w4.tolist()}"),
+            Call((a5, w5), f"other random patterns of that shape, weights {w5.tolist()}"),
             Call((a1, w1), f"the {first} patterns and weights again", repeat=True),
         ]
         compare_calls(t, layer_weighted_attention, "layer_weighted_attention", calls, hint=hint)
@@ -68,14 +71,15 @@ def check_attention_rollout(attention_rollout, t: Checker) -> None:
     )
     gen = kit.generator(t, 10)
     with t.part("random patterns with heads that differ, 1 to 11 layers", points=1):
-        shapes = [(3, 4, t.choice([6, 5])), (t.choice([11, 10]), 2, 4), (1, 1, 3),
+        first_shape = (3, 4, t.choice([6, 5]))
+        shapes = [first_shape, (t.choice([11, 10]), 2, 4), (1, 1, 3),
                   (2, 3, t.choice([10, 12]))]  # fmt: skip
         patterns = [P.random_patterns(gen, *shape) for shape in shapes]
         calls = [Call((a,), f"random causal patterns, {_shape(a)}") for a in patterns]
         calls.append(Call(calls[0].args, calls[0].what + ", again after the others", repeat=True))
         compare_calls(t, attention_rollout, "attention_rollout", calls, hint=hint)
     with t.part("rows that do not sum to one; float64 patterns", points=1):
-        a = P.without_sink(P.random_patterns(gen, 4, 3, t.choice([5, 7])))
+        a = P.without_sink(P.random_patterns(gen, *first_shape))  # an earlier problem's size
         b = P.without_sink(P.random_patterns(gen, 3, 2, t.choice([11, 9]), dtype=torch.float64))
         calls = [Call((a,), f"patterns whose first column was zeroed ({_shape(a)})"),
                  Call((b,), f"float64 patterns, first column zeroed ({_shape(b)})")]  # fmt: skip

@@ -32,7 +32,8 @@ def check_occlusion(occlusion, t: Checker) -> None:
         score = P.scorer(t, gen)
         ids = P.scorer_ids(gen, t.choice([12, 10, 13]))
         short = P.scorer_ids(gen, t.choice([4, 5]))
-        s1, ids1 = P.tiny_score(t, first, gen, t.choice([5, 6]))
+        n_pos = t.choice([6, 7])
+        s1, ids1 = P.tiny_score(t, first, gen, n_pos)
         s2, ids2 = P.tiny_score(t, second, gen, 1)
         space = P.tiny(t, first).token_id(" ")
         present = int(short[0, 1])
@@ -48,7 +49,7 @@ def check_occlusion(occlusion, t: Checker) -> None:
     with t.part("a token replaced by itself, and positions the score ignores, score 0", points=1):
         dead = [2, 5]
         score = P.scorer(t, gen, dead=tuple(dead))
-        ids = P.scorer_ids(gen, t.choice([8, 7]))
+        ids = P.scorer_ids(gen, n_pos)  # the size of an earlier problem
         same = t.choice([3, 1, 4])
         call = Call((score, ids, int(ids[0, same])),
                     f"a scorer that ignores positions {dead}, tokens {ids[0].tolist()}, "
@@ -99,7 +100,7 @@ def check_shapley_values(shapley_values, t: Checker) -> None:
         dead = t.choice([4, 2])
         score = P.scorer(t, gen, dead=(dead,))
         ids = P.scorer_ids(gen, 7)
-        players = P.unsorted(gen, [1, 2, 3, 4, 5, 6], 5, keep=(dead,))
+        players = P.unsorted(gen, [1, 2, 3, 4, 5, 6], 4, keep=(dead,))  # as many as before
         what = f"a scorer that ignores position {dead}, players {players.tolist()}"
         (got,) = compare_calls(t, shapley_values, "shapley_values",
                                [Call((score, ids, players, 0), what)], hint=hint)  # fmt: skip

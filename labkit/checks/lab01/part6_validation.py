@@ -120,7 +120,8 @@ def check_spearman(spearman, t: Checker) -> None:
     hint = "Spearman's rho is the Pearson correlation of the ranks of a and of b (a float)."
     gen = kit.generator(t, 17)
     with t.part("scores of 2 to 12 values, float32 and float64, without ties", points=1):
-        problems = [_no_ties(gen, t.choice([12, 10, 11]), torch.float32, 1.0),
+        n = t.choice([12, 10, 11])
+        problems = [_no_ties(gen, n, torch.float32, 1.0),
                     _no_ties(gen, 3, torch.float64, -1.0), _no_ties(gen, 2, torch.float32, 1.0),
                     _no_ties(gen, t.choice([9, 7]), torch.float64, -1.0)]  # fmt: skip
         calls = [Call((a, b), f"spearman(a, b) for a = {[round(v, 3) for v in a.tolist()]}, "
@@ -129,7 +130,7 @@ def check_spearman(spearman, t: Checker) -> None:
         calls.append(Call(calls[0].args, "the first pair again, after the others", repeat=True))
         compare_calls(t, spearman, "spearman", calls, hint=hint, scalar=True, atol=1e-5, rtol=1e-4)
     with t.part("rho(a, a) = 1, rho(a, -a) = -1, symmetric, unchanged by exp and cubes", 1):
-        a, b = _no_ties(gen, t.choice([10, 8]), torch.float64, 1.0)
+        a, b = _no_ties(gen, n, torch.float64, 1.0)  # the size of an earlier problem
         calls = [Call((a, b), f"a = {[round(v, 3) for v in a.tolist()]}, "
                       f"b = {[round(v, 3) for v in b.tolist()]}")]  # fmt: skip
         (rho,) = compare_calls(t, spearman, "spearman", calls, hint=hint, scalar=True,

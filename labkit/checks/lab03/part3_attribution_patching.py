@@ -22,7 +22,10 @@ def _acts_grads_case(t: Checker, fn: Callable, p: P.Pair, metric, site: str, rep
     args = (p.lm, p.corrupted, metric, site)
     want_acts, want_grads = t.expected("activations_and_grads", *args)
     wrong = t.mistakes("activations_and_grads", *args)
-    what = f"activations_and_grads(lm, tokens, metric, {site!r}) on {p.describe()}"
+    what = (
+        f"activations_and_grads(lm, tokens, metric, {site!r}) on {p.describe()} (the "
+        f"corrupted prompts), {metric.label}"
+    )
     got = t.call(fn, *args)
     t.true(
         isinstance(got, (tuple, list)) and len(got) == 2,
@@ -75,12 +78,14 @@ def check_activations_and_grads(activations_and_grads: Callable, t: Checker) -> 
     )
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 43), b.batch, b.lm.vocab_size)
+    noise_a = P.random_metric(kit.generator(t, 44), a.batch, a.lm.vocab_size)
     with t.part("sites 'resid_pre' and 'head_out'", points=1):
         _acts_grads_case(t, activations_and_grads, b, m_b, "resid_pre")
         _acts_grads_case(t, activations_and_grads, a, m_a, "head_out")
         _acts_grads_case(t, activations_and_grads, a, m_a, "resid_pre")
     with t.part("sites 'mlp_out' and 'attn_out', and the first call again", points=1):
         _acts_grads_case(t, activations_and_grads, a, m_a, "mlp_out")
+        _acts_grads_case(t, activations_and_grads, a, noise_a, "head_out")  # another metric
         _acts_grads_case(t, activations_and_grads, b, m_b, "attn_out")
         _acts_grads_case(t, activations_and_grads, b, m_b, "resid_pre", repeat=True)
 
@@ -90,8 +95,11 @@ def _estimate_case(t: Checker, fn: Callable, p: P.Pair, metric, site: str | None
     where = site or "resid_pre"
     want = t.expected("attribution_patching", *p.args, metric, where)
     wrong = t.mistakes("attribution_patching", *p.args, metric, where)
-    shown = "" if site is None else f", {site!r}"
-    what = f"attribution_patching(lm, clean, corrupted, metric{shown}) on {p.describe()}"
+    shown = " (no site: the default, 'resid_pre')" if site is None else f", {site!r})"
+    what = (
+        f"attribution_patching(lm, clean, corrupted, metric{shown} on {p.describe()}, "
+        f"{metric.label}"
+    )
     args = (*p.args, metric) if site is None else (*p.args, metric, site)
     got = t.tensor(
         t.call(fn, *args),
@@ -123,6 +131,7 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     )
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 53), b.batch, b.lm.vocab_size)
+    noise_a = P.random_metric(kit.generator(t, 55), a.batch, a.lm.vocab_size)
     with t.part("sites 'resid_pre' (the default) and 'attn_out'", points=1):
         _estimate_case(t, attribution_patching, a, m_a, None)
         _estimate_case(t, attribution_patching, b, m_b, "attn_out")
@@ -130,6 +139,7 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
     with t.part("site 'mlp_out', and the first call again", points=1):
         _estimate_case(t, attribution_patching, b, m_b, "mlp_out")
         _estimate_case(t, attribution_patching, a, m_a, "mlp_out")
+        _estimate_case(t, attribution_patching, a, noise_a, "mlp_out")  # another metric
         _estimate_case(t, attribution_patching, a, m_a, None, repeat=True)
 
     lin, metric, lin64 = P.linear_problem(t, 54)
@@ -159,7 +169,7 @@ def check_attribution_patching(attribution_patching: Callable, t: Checker) -> No
 def _heads_case(t: Checker, fn: Callable, p: P.Pair, metric, repeat=False) -> None:
     want = t.expected("head_attribution", *p.args, metric)
     wrong = t.mistakes("head_attribution", *p.args, metric)
-    what = f"head_attribution(lm, clean, corrupted, metric) on {p.describe()}"
+    what = f"head_attribution(lm, clean, corrupted, metric) on {p.describe()}, {metric.label}"
     got = t.call(fn, *p.args, metric)
     n_layers, n_heads, kv = p.lm.n_layers, p.lm.n_heads, P.kv_heads(p.lm)
     if kv != n_heads and isinstance(got, torch.Tensor) and got.shape == (n_layers, kv, p.n_pos):
@@ -193,6 +203,7 @@ def check_head_attribution(head_attribution: Callable, t: Checker) -> None:
     o = P.pair(t, other, 62, batch=1, n_pos=t.choice([10, 11]))
     m_g = P.normalised(t, g)
     m_o = P.random_metric(kit.generator(t, 63), o.batch, other.vocab_size)
+    noise_g = P.random_metric(kit.generator(t, 65), g.batch, grouped.vocab_size)
     with t.part(f"{P.describe_model(grouped)}, and {P.describe_model(other)}", points=1):
         _heads_case(t, head_attribution, g, m_g)
         _heads_case(t, head_attribution, o, m_o)
@@ -215,4 +226,5 @@ def check_head_attribution(head_attribution: Callable, t: Checker) -> None:
             atol=2e-4,
             scale=P.scale_of(exact),
         )
+        _heads_case(t, head_attribution, g, noise_g)  # the same prompts, another metric
         _heads_case(t, head_attribution, g, m_g, repeat=True)

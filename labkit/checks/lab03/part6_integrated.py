@@ -30,16 +30,26 @@ def check_integrated_patching(integrated_patching: Callable, t: Checker) -> None
     b = P.pair(t, P.model(t, second, 2, n_layers=2), 102, batch=1, n_pos=t.choice([10, 12]))
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 103), b.batch, b.lm.vocab_size)
+    noise_a = P.random_metric(kit.generator(t, 105), a.batch, a.lm.vocab_size)
     steps = t.choice([3, 4, 5])
     with t.part(
         "midpoint-rule integrated gradients from the corrupted to the clean embeddings", points=1
     ):
-        for p, metric, n_steps in [(a, m_a, steps), (b, m_b, None), (a, m_a, 1), (a, m_a, steps)]:
+        for p, metric, n_steps in [
+            (a, m_a, steps),
+            (b, m_b, None),  # the default n_steps
+            (a, m_a, 1),
+            (a, noise_a, steps),  # the same prompts, another metric
+            (a, m_a, steps),  # the first call again
+        ]:
             given = DEFAULT_STEPS if n_steps is None else n_steps
             want = t.expected("integrated_patching", *p.args, metric, given)
             wrong = t.mistakes("integrated_patching", *p.args, metric, given)
-            shown = "" if n_steps is None else f", n_steps={n_steps}"
-            what = f"integrated_patching(lm, clean, corrupted, metric{shown}) on {p.describe()}"
+            shown = " (the default n_steps, 16)" if n_steps is None else f", n_steps={n_steps})"
+            what = (
+                f"integrated_patching(lm, clean, corrupted, metric{shown} on {p.describe()}, "
+                f"{metric.label}"
+            )
             got = _scores(t, integrated_patching, p, metric, n_steps, what)
             t.close(
                 got,
