@@ -20,7 +20,9 @@ from pathlib import Path
 
 import nbformat
 
-_PIP_LINE = re.compile(r'^(?P<indent>\s*)!pip install (?:-q )?"?labkit @ [^\n]*$', re.MULTILINE)
+_PIP_LINE = re.compile(
+    r'^(?P<indent>\s*)!pip install (?:-q )?"?(?:labkit @ |git\+file:)[^\n]*$', re.MULTILINE
+)
 _NOT_SET = "# labkit's release URL is not set"
 _NOT_SET_BLOCK = re.compile(
     r"^(?P<indent>[ \t]*)raise RuntimeError\(  " + re.escape(_NOT_SET) + r"\n.*?^[ \t]*\)$",
@@ -60,7 +62,15 @@ class ReleaseSettings:
                 ")",
             ]
             return "\n".join(indent + line for line in lines)
-        return f'{indent}!pip install -q "labkit @ git+{self.url}@{self.ref}"'
+        return f'{indent}!pip install -q "{self.requirement}"'
+
+    @property
+    def requirement(self) -> str:
+        """What pip installs: ``labkit @ git+URL@REF``. A ``file://`` URL goes without the name
+        (pip before 24 refuses ``name @ git+file:...``, and reads the name from the project)."""
+        if self.url.startswith("file://"):
+            return f"git+{self.url}@{self.ref}"
+        return f"labkit @ git+{self.url}@{self.ref}"
 
     def badge(self, notebook: str) -> str:
         github = _GITHUB.match(self.url)
@@ -101,7 +111,10 @@ def normalise_url(url: str, where: str = "release_url") -> str:
             + "."
         )
     if match["scheme"] == "file" and not match["rest"].startswith("/"):
-        raise ReleaseError(f"{where} = {url!r}: a file:// URL needs an absolute path (file:///...).")
+        raise ReleaseError(
+            f"{where} = {url!r}: a file:// URL needs an absolute path (file:///...). Use one "
+            "of: " + "; ".join(ACCEPTED_URLS) + "."
+        )
     return url
 
 

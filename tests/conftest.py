@@ -39,6 +39,8 @@ def fake_default(monkeypatch, tmp_path: Path) -> SimpleNamespace:
     gguf = tmp_path / "wheel" / "fake.gguf"  # not the wheel's file name: no checksum to compare
     gguf.parent.mkdir()
     gguf.write_bytes(b"not read by the fake conversion")
+    # looked up in two places: by the default model's code, and through labkit.models by doctor
+    monkeypatch.setattr(models.default, "find_default_gguf", lambda: gguf)
     monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)
     calls = []
 
@@ -49,7 +51,7 @@ def fake_default(monkeypatch, tmp_path: Path) -> SimpleNamespace:
         tiny.tokenizer.save_pretrained(out)
         (out / "extra.bin").write_bytes(bytes(range(256)) * (3 << 12))
 
-    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(models.default, "_convert_gguf", convert)
     return SimpleNamespace(calls=calls, folder=models.default_checkpoint_dir(), gguf=gguf)
 
 

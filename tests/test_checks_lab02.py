@@ -152,24 +152,6 @@ def collect_resid_mid(lm, tokens, site="resid_post"):
     return (cache.stack("resid_pre") + cache.stack("attn_out"))[:, 0]
 
 
-_SAVED: list[torch.Tensor] = []  # created outside the function: it outlives every call
-
-
-def collect_list_outside(lm, tokens, site="resid_post"):
-    handles = [
-        module_at(lm.model, lm, layer, site).register_forward_hook(
-            lambda m, a, out: _SAVED.append(first(out).detach())
-        )
-        for layer in range(lm.n_layers)
-    ]
-    try:
-        lm.model(tokens)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.stack(_SAVED[: lm.n_layers])[:, 0]
-
-
 def collect_leaves_hooks(lm, tokens, site="resid_post"):
     saved = []
     for layer in range(lm.n_layers):
@@ -255,8 +237,7 @@ CASES = [
     Wrong(COLLECT, collect_resid_mid, hint="residual stream after attention"),
     Wrong(COLLECT, collect_leaves_hooks, hint="hook(s) registered"),
     Wrong(COLLECT, collect_half, hint="float16"),
-    Wrong(COLLECT, collect_list_outside, hint="XXX", new=True),
-    Wrong(COLLECT, collect_sorted_by_name, hint="XXX", new=True),
+    Wrong(COLLECT, collect_sorted_by_name, hint="is the output of block `layer`", new=True),
     Wrong(COLLECT, collect_llama_paths, hint="AttributeError", new=True),
     Wrong(COLLECT, collect_cached_by_sizes, hint="other weights", new=True),
     Wrong(COLLECT, collect_cached_by_model, hint="another prompt", new=True),
@@ -423,11 +404,11 @@ CASES += [
     Wrong(PATCH, patch_log_softmax, hint="log-probabilities"),
     Wrong(PATCH, patch_no_final_norm, hint="final norm"),
     Wrong(PATCH, patch_leaves_hook, hint="hook(s) registered"),
-    Wrong(PATCH, patch_next_block_only, hint="input of block layer + 1"),
+    Wrong(PATCH, patch_next_block_only, hint="patch the output of block `layer`"),
     Wrong(PATCH, patch_llama_paths, hint="AttributeError", new=True),
     Wrong(PATCH, patch_same_token, hint="holds the same token", new=True),
     Wrong(PATCH, patch_from_position_on, hint="to the end", new=True),
-    Wrong(PATCH, patch_cached_by_cell, hint="XXX", new=True),
+    Wrong(PATCH, patch_cached_by_cell, hint="must change nothing", new=True),
 ]
 
 
@@ -569,13 +550,14 @@ def cross_three_layers(lm, recipient, donor, target_id):
     return torch.stack(probs)
 
 
-_BY_TARGET: dict = {}
+_CURVES: dict = {}
 
 
-def cross_cached_by_target(lm, recipient, donor, target_id):
-    if target_id not in _BY_TARGET:
-        _BY_TARGET[target_id] = cross_looped(lm, recipient, donor, target_id)
-    return _BY_TARGET[target_id]
+def cross_cached_by_sizes(lm, recipient, donor, target_id):
+    key = (lm.n_layers, recipient.shape[1], donor.shape[1])
+    if key not in _CURVES:
+        _CURVES[key] = cross_looped(lm, recipient, donor, target_id)
+    return _CURVES[key]
 
 
 CROSS = "cross_context_curve"
@@ -593,7 +575,7 @@ CASES += [
     Wrong(CROSS, cross_top_token, hint="top token", new=True),
     Wrong(CROSS, cross_llama_paths, hint="AttributeError", new=True),
     Wrong(CROSS, cross_three_layers, hint="Expected shape", new=True),
-    Wrong(CROSS, cross_cached_by_target, hint="XXX", new=True),
+    Wrong(CROSS, cross_cached_by_sizes, hint="must change nothing", new=True),
 ]
 
 
@@ -805,11 +787,11 @@ CASES += [
     Wrong(CORRUPT, corrupt_one_number_per_token, hint="consecutive dimensions"),
     Wrong(CORRUPT, corrupt_generator_kept, hint="twice"),
     Wrong(CORRUPT, corrupt_ignores_seed, hint="`seed` argument"),
-    Wrong(CORRUPT, corrupt_global_generator, hint="XXX", new=True),
+    Wrong(CORRUPT, corrupt_global_generator, hint="twice (with another call between)", new=True),
     Wrong(CORRUPT, corrupt_same_token, hint="outside the subject", new=True),
     Wrong(CORRUPT, corrupt_llama_paths, hint="AttributeError", new=True),
     Wrong(CORRUPT, corrupt_default_one_sample, hint="Expected shape", new=True),
-    Wrong(CORRUPT, corrupt_cached_by_options, hint="XXX", new=True),
+    Wrong(CORRUPT, corrupt_cached_by_options, hint="Expected shape", new=True),
     Wrong(CORRUPT, corrupt_slice_end, hint="every subject position", new=True),
 ]
 
@@ -1037,18 +1019,18 @@ CASES += [
         hint="wraps around",
     ),
     Wrong(GRID, _grid_with(name="resid_post"), hint="restores the residual stream over"),
-    Wrong(GRID, _grid_with(mixed_rows=True), hint="XXX"),
+    Wrong(GRID, _grid_with(mixed_rows=True), hint="average p(target) over the noise samples"),
     Wrong(GRID, grid_swapped_site, hint="the other module"),
     Wrong(GRID, grid_normalised, hint="normalised to 0..1"),
     Wrong(GRID, grid_noising, hint="noising"),
-    Wrong(GRID, grid_fresh_noise, hint="XXX"),
+    Wrong(GRID, grid_fresh_noise, hint="run the corrupted embeddings"),
     Wrong(GRID, grid_in_place, hint="changed its input"),
     Wrong(GRID, grid_leaves_hooks, hint="hook(s) registered"),
-    Wrong(GRID, grid_first_ten_layers, hint="XXX", new=True),
+    Wrong(GRID, grid_first_ten_layers, hint="put back at position p only", new=True),
     Wrong(GRID, grid_llama_paths, hint="AttributeError", new=True),
-    Wrong(GRID, _grid_with(target_of=lambda logits: int(logits.argmax())), hint="XXX", new=True),
-    Wrong(GRID, grid_default_mlp, hint="XXX", new=True),
-    Wrong(GRID, grid_cached_by_site, hint="XXX", new=True),
+    Wrong(GRID, _grid_with(target_of=lambda logits: int(logits.argmax())), hint="top token", new=True),
+    Wrong(GRID, grid_default_mlp, hint="put back at position p only", new=True),
+    Wrong(GRID, grid_cached_by_site, hint="the same model, another window", new=True),
 ]
 
 

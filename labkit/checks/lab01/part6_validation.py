@@ -149,6 +149,11 @@ NOTHING_CHANGED = (
     "with requires_grad=False, so `if p.requires_grad:` skips them all. Returning a new module "
     "does not change the one you were given."
 )
+OWN = (
+    "Draw every value from N(p.mean(), p.std()): THIS parameter's own mean and std, taken "
+    "before you overwrite it."
+)
+STANDARD = "Those look like draws from a standard normal, N(0, 1): use each parameter's own mean and std."
 SEED = (
     "Draw from torch.Generator().manual_seed(seed), created once per call, and pass "
     "generator= to every draw: the same seed must give the same values, another seed others."
@@ -235,14 +240,15 @@ def _fresh_normal(t: Checker, name: str, value: torch.Tensor, old: torch.Tensor)
         t.fail(what, "Its new values are the old ones in another order.",
                "Draw fresh values from a normal distribution; a permutation keeps the values.")  # fmt: skip
     v = value.double()
-    t.close(float(v.mean()), mean, f"{what}: the new values keep about its mean",
-            atol=5 * std / n**0.5, rtol=0.0, hint="Draw from N(p.mean(), p.std()) of THIS "
-            "parameter, computed before you overwrite it.",
-            mistakes=[(0.0, "Use each parameter's own mean (and std), not a standard normal.")])  # fmt: skip
-    t.close(float(v.std()), std, f"{what}: the new values keep about its std",
-            atol=5 * std / (2 * (n - 1)) ** 0.5 + 1e-7, rtol=0.0,
-            hint="Draw from N(p.mean(), p.std()) of THIS parameter.",
-            mistakes=[(1.0, "Use each parameter's own std, not 1.")])  # fmt: skip
+    got_mean, got_std = float(v.mean()), float(v.std()) if n > 1 else 0.0
+    near = abs(got_mean - mean) <= 5 * std / n**0.5 and abs(got_std - std) <= 5 * std / (
+        2 * max(n - 1, 1)
+    ) ** 0.5 + 1e-7
+    if not near:
+        standard = abs(got_mean) <= 5 / n**0.5 and abs(got_std - 1) <= 5 / (2 * max(n - 1, 1)) ** 0.5
+        t.fail(f"{what}: the new values keep about its mean and std",
+               f"They have mean {got_mean:.4g} and std {got_std:.4g}.",
+               STANDARD if standard else OWN)  # fmt: skip
     follow = (
         "Draw fresh values from N(mean, std); do not add noise to the old values (nor scale or "
         "shift them)."

@@ -261,7 +261,7 @@ def check_cross_context_curve(cross_context_curve: Callable, t: Checker) -> None
     recipient_b, donor_b = problems.prompt(b, gen, t.choice((10, 11))), problems.prompt(b, gen, 4)
 
     def problem(lm, run, give):
-        return lm, run, give, problems.pick_target(lm, {"input_ids": run}, {"input_ids": give})
+        return lm, run, give, problems.pick_target(lm, {"input_ids": give}, {"input_ids": run})
 
     cases = [
         ("a donor longer than the recipient", problem(a, recipient, donor)),

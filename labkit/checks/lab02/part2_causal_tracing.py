@@ -74,13 +74,13 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
         runs = [
             (a, tokens, subject, {"n_samples": 7, "noise_scale": 1.5, "seed": seeds[0]}),
             (b, tokens_b, subject_b, {}),
+            (b, tokens_b, subject_b, {"n_samples": 7, "noise_scale": 1.5, "seed": seeds[0]}),
             (a, other, other_subject, {"n_samples": 2, "seed": seeds[0]}),
             (a, tokens, subject, {"n_samples": 7, "noise_scale": 1.5, "seed": seeds[0]}),
         ]
         for i, (lm, ids, positions, options) in enumerate(runs):
-            got, call = corrupt(
-                lm, ids, positions, " (again, after others)" if i == 3 else "", **options
-            )
+            again = " (the first call again, after others)" if i == len(runs) - 1 else ""
+            got, call = corrupt(lm, ids, positions, again, **options)
             outside = [p for p in range(ids.shape[1]) if p not in positions]
             base = clean(lm, ids)
             t.close(
@@ -102,25 +102,24 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
         got, call = corrupt(a, tokens, subject, n_samples=400, seed=seeds[1])
         drawn = noise(got, a, tokens, subject)
         drawn = drawn - drawn.mean()
-        for axis, name, hint in (
+        for axis, name, hint in (  # dimensions first: the others assume independent ones
+            (
+                2,
+                "consecutive dimensions",
+                "Draw one number per dimension: noise of shape (n_samples, n_subject, d_model), "
+                "not one number per token.",
+            ),
             (
                 0,
                 "consecutive samples",
-                "Draw noise of shape (n_samples, n_subject, d_model), "
-                "not one draw repeated for every sample (and do not re-seed the generator inside a "
-                "loop over samples).",
+                "Draw noise of shape (n_samples, n_subject, d_model), not one draw repeated for "
+                "every sample (and do not re-seed the generator inside a loop over samples).",
             ),
             (
                 1,
                 "consecutive subject positions",
-                "Draw different noise for each subject "
-                "position (do not re-seed the generator inside a loop over positions).",
-            ),
-            (
-                2,
-                "consecutive dimensions",
-                "Draw one number per dimension: noise of shape "
-                "(n_samples, n_subject, d_model), not one number per token.",
+                "Draw different noise for each subject position (do not re-seed the generator "
+                "inside a loop over positions).",
             ),
         ):
             n = drawn.shape[axis] - 1
@@ -265,9 +264,9 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             "at position p only, and average p(target) over the noise samples."
         )
         against_reference(p1, hint=hint)  # the default site
-        against_reference(p3, "resid", 1, hint=hint)
+        against_reference(p2, "resid", 1, hint=hint)
         against_reference(
-            p2,
+            p3,
             "resid",
             even,
             what=" (the window is for 'mlp' and 'attn' only)",

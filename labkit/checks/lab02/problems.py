@@ -11,7 +11,8 @@
 * ``model(..., skewed=True)`` -- an embedding matrix whose columns and rows differ in size, so
   that its standard deviation differs from a prompt's and from the mean over its columns
   (:func:`doubled_bytes` puts a prompt in the rows it doubles);
-* :func:`pick_target` -- a token likely in every run given, and the top token of none;
+* :func:`pick_target` -- a token much likelier in one run than in another, and the top token
+  of neither;
 * :func:`random_grids` -- restoration grids and subjects of prompts of different lengths.
 
 Everything here builds inputs; no exercise's answer is computed here (that is ``t.expected``).
@@ -128,15 +129,16 @@ def doubled_bytes(ids: Tensor) -> Tensor:
     return torch.where(byte, (ids - _FIRST_BYTE) % 64 + _FIRST_BYTE, ids)
 
 
-def pick_target(lm: LabModel, *runs: dict[str, Tensor]) -> int:
-    """The token whose smallest probability over every row of every run is largest, among the
-    tokens that are no row's top prediction. ``runs`` are the keyword inputs of forward passes
-    (``{"input_ids": ...}`` or ``{"inputs_embeds": ...}``)."""
+def pick_target(lm: LabModel, high: dict[str, Tensor], low: dict[str, Tensor]) -> int:
+    """The token whose probability drops most from the run ``high`` to the run ``low`` (its
+    smallest probability in the rows of ``high`` minus its largest in the rows of ``low``),
+    among the tokens that are no row's top prediction. ``high`` and ``low`` are the keyword
+    inputs of forward passes (``{"input_ids": ...}`` or ``{"inputs_embeds": ...}``)."""
     with torch.no_grad():
-        rows = torch.cat([lm.model(**run).logits[:, -1].double().log_softmax(-1) for run in runs])
-    worst = rows.min(0).values
-    worst[rows.argmax(-1)] = -torch.inf
-    return int(worst.argmax())
+        up, down = (lm.model(**run).logits[:, -1].double().softmax(-1) for run in (high, low))
+    score = up.min(0).values - down.max(0).values
+    score[torch.cat([up, down]).argmax(-1)] = -torch.inf
+    return int(score.argmax())
 
 
 def random_grids(

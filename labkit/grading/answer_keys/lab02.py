@@ -217,6 +217,14 @@ def _patch_mistake(hint: str):
     return register
 
 
+@_patch_mistake(
+    "Your probabilities are the unpatched run's: nothing was patched. Patch the output of "
+    "block `layer` (resid_post), after the last block too."
+)
+def patch_nothing(sol, lm, tokens, layer, position, vector):
+    return _patched_probs(lm, tokens, [])
+
+
 @_patch_mistake("You returned logits: apply softmax over the vocabulary.")
 def patch_logits(sol, lm, tokens, layer, position, vector):
     return _run(lm, [[("resid_post", layer, position, vector, False)]], input_ids=tokens)[0].float()
@@ -286,7 +294,10 @@ def patch_previous_position(sol, lm, tokens, layer, position, vector):
     return _patched_probs(lm, tokens, [("resid_post", layer, position - 1, vector, False)])
 
 
-@_patch_mistake("You patched the input of block layer + 1 (or nothing after the last block).")
+@_patch_mistake(
+    "You patched the input of block layer + 1, or nothing after the last block: patch the "
+    "output of block `layer` (resid_post)."
+)
 def patch_next_block(sol, lm, tokens, layer, position, vector):
     if layer + 1 >= lm.n_layers:
         return _patched_probs(lm, tokens, [])
@@ -571,6 +582,13 @@ def _grid_mistake(name: str, sites: tuple[str, ...], hint: str) -> None:
 
 for _name, (_sites, _hint) in _GRID_MISTAKES.items():
     _grid_mistake(_name, _sites, _hint)
+
+
+@KEY.mistake("restoration_grid", "Your grid is for the clean run's top token; use target_id.")
+def grid_top_token(sol, lm, tokens, corrupted, target_id, site="resid", window=1):
+    with torch.no_grad():
+        top = int(lm.model(tokens).logits[0, -1].argmax())
+    return sol.restoration_grid(lm, tokens, corrupted, top, site, window)
 
 
 # ----- 2.6 recovery ------------------------------------------------------------------------------
