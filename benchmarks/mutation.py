@@ -50,7 +50,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "build": (["labkit/build.py"], ["tests/test_build.py"]),
     "metrics": (["labkit/metrics.py"], ["tests/test_metrics.py"]),
     "models": (
-        ["labkit/models.py"],
+        ["labkit/models/adapter.py", "labkit/models/default.py", "labkit/models/loading.py"],
         ["tests/test_models.py", "tests/test_models_messages.py", "tests/test_models_parts.py"],
     ),
     "plot": (

@@ -606,7 +606,9 @@ def corrupt_float64(lm, tokens, subject, n_samples=10, noise_scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     clean = lm.embed(tokens).detach().double()
     sigma = lm.embed.weight.double().std()
-    noise = torch.randn(lm.d_model, len(subject), n_samples, generator=generator, dtype=torch.float64)
+    noise = torch.randn(
+        lm.d_model, len(subject), n_samples, generator=generator, dtype=torch.float64
+    )
     out = clean.repeat(n_samples, 1, 1)
     out[:, subject] += noise_scale * sigma * noise.permute(2, 1, 0)  # another draw order
     return out
@@ -1028,7 +1030,9 @@ CASES += [
     Wrong(GRID, grid_leaves_hooks, hint="hook(s) registered"),
     Wrong(GRID, grid_first_ten_layers, hint="put back at position p only", new=True),
     Wrong(GRID, grid_llama_paths, hint="AttributeError", new=True),
-    Wrong(GRID, _grid_with(target_of=lambda logits: int(logits.argmax())), hint="top token", new=True),
+    Wrong(
+        GRID, _grid_with(target_of=lambda logits: int(logits.argmax())), hint="top token", new=True
+    ),
     Wrong(GRID, grid_default_mlp, hint="put back at position p only", new=True),
     Wrong(GRID, grid_cached_by_site, hint="the same model, another window", new=True),
 ]
@@ -1143,10 +1147,10 @@ CASES += [
     Wrong(RECOVERY, recovery_percent, hint="percentages"),
     Wrong(RECOVERY, recovery_log, hint="log-probabilities"),
     Wrong(RECOVERY, recovery_in_place, hint="changed its input"),
-    Wrong(RECOVERY, recovery_cached_by_shape, hint="XXX", new=True),
+    Wrong(RECOVERY, recovery_cached_by_shape, hint="fraction of the lost probability", new=True),
     Wrong(RECOVERY, recovery_assumes_2d, hint="Expected shape", new=True),
-    Wrong(RECOVERY, recovery_floored_effect, hint="XXX", new=True),
-    Wrong(RECOVERY, recovery_first_ends, hint="XXX", new=True),
+    Wrong(RECOVERY, recovery_floored_effect, hint="fraction of the lost probability", new=True),
+    Wrong(RECOVERY, recovery_first_ends, hint="fraction of the lost probability", new=True),
 ]
 
 
@@ -1217,7 +1221,9 @@ def aie_pooled_tokens(grids, corrupted_probs, subjects):
 
 def aie_last_subject_off_by_one(grids, corrupted_probs, subjects):
     out = aie_loops(grids, corrupted_probs, subjects)
-    effects = [g[:, s[-1] + 1] - c for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)]
+    effects = [
+        g[:, s[-1] + 1] - c for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
     out[:, 1] = torch.stack(effects).mean(0)
     return out
 
@@ -1238,7 +1244,9 @@ def aie_counts_every_prompt(grids, corrupted_probs, subjects):
 
 def aie_whole_subject(grids, corrupted_probs, subjects):
     out = aie_loops(grids, corrupted_probs, subjects)
-    whole = [(g[:, s] - c).mean(1) for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)]
+    whole = [
+        (g[:, s] - c).mean(1) for g, c, s in zip(grids, corrupted_probs, subjects, strict=True)
+    ]
     out[:, 0] = torch.stack(whole).mean(0)
     return out
 
@@ -1299,7 +1307,7 @@ CASES += [
     Wrong(AIE, aie_in_place, hint="changed its input"),
     Wrong(AIE, aie_transposed, hint="One row per layer"),
     Wrong(AIE, aie_stacked, hint="raised RuntimeError", new=True),
-    Wrong(AIE, aie_first_subject, hint="XXX", new=True),
+    Wrong(AIE, aie_first_subject, hint="the 'subject' column on two hand-made grids", new=True),
     Wrong(AIE, aie_three_layers, hint="Expected shape", new=True),
     Wrong(AIE, aie_mean_corrupted, hint="averaged over all prompts", new=True),
 ]
@@ -1439,10 +1447,15 @@ CASES += [
     Wrong(AVG, avg_recovery_clipped, hint="You clipped"),
     Wrong(AVG, avg_recovery_fixed_threshold, hint="ignored the min_effect argument"),
     Wrong(AVG, avg_recovery_transposed, hint="One row per layer"),
-    Wrong(AVG, avg_recovery_default_zero, hint="XXX", new=True),
+    Wrong(
+        AVG,
+        avg_recovery_default_zero,
+        hint="Keep the prompts with p_clean - p_corrupted >= min_effect",
+        new=True,
+    ),
     Wrong(AVG, avg_recovery_subjects_unfiltered, hint="wrong subjects", new=True),
     Wrong(AVG, avg_recovery_pooled_ends, hint="averaged over the prompts", new=True),
-    Wrong(AVG, avg_recovery_first_threshold, hint="XXX", new=True),
+    Wrong(AVG, avg_recovery_first_threshold, hint="ignored the min_effect argument", new=True),
 ]
 
 CORRECT = [c for c in CASES if isinstance(c, Correct)]

@@ -242,7 +242,9 @@ def grid_noising(lm, clean, corrupted, metric, site="resid_pre"):
 
 
 def grid_resid_post(lm, clean, corrupted, metric, site="resid_pre"):
-    return sol("patch_grid")(lm, clean, corrupted, metric, "resid_post" if site == "resid_pre" else site)
+    return sol("patch_grid")(
+        lm, clean, corrupted, metric, "resid_post" if site == "resid_pre" else site
+    )
 
 
 def grid_always_resid_pre(lm, clean, corrupted, metric, site="resid_pre"):
@@ -312,7 +314,10 @@ def heads_loop(lm, clean, corrupted, metric, heads_of=None, positions=None):
         for head in range(lm.n_heads):
             heads = [head] if heads_of is None else heads_of(head)
             value = cache["head_out", layer]
-            with torch.no_grad(), patch(lm, "head_out", layer, value, heads=heads, positions=positions):
+            with (
+                torch.no_grad(),
+                patch(lm, "head_out", layer, value, heads=heads, positions=positions),
+            ):
                 grid[layer, head] = metric(lm.model(corrupted).logits[:, -1])
     return grid
 
@@ -360,7 +365,9 @@ def _heads_split(lm, clean, corrupted, metric, site):
 
             def put(act, layer=layer, head=head):
                 act = act.clone()
-                act[..., head * d : (head + 1) * d] = cache[site, layer][..., head * d : (head + 1) * d]
+                act[..., head * d : (head + 1) * d] = cache[site, layer][
+                    ..., head * d : (head + 1) * d
+                ]
                 return act
 
             with torch.no_grad(), patch(lm, site, layer, put):
@@ -396,7 +403,11 @@ def heads_changed_positions(lm, clean, corrupted, metric):
 def heads_kv_group(lm, clean, corrupted, metric):
     size = lm.n_heads // problems.kv_heads(lm)
     return heads_loop(
-        lm, clean, corrupted, metric, heads_of=lambda h: list(range(h // size * size, (h // size + 1) * size))
+        lm,
+        clean,
+        corrupted,
+        metric,
+        heads_of=lambda h: list(range(h // size * size, (h // size + 1) * size)),
     )
 
 
@@ -535,7 +546,9 @@ def grads_first_position(lm, tokens, metric, site):
 
 
 def grads_resid_post(lm, tokens, metric, site):
-    return sol("activations_and_grads")(lm, tokens, metric, "resid_post" if site == "resid_pre" else site)
+    return sol("activations_and_grads")(
+        lm, tokens, metric, "resid_post" if site == "resid_pre" else site
+    )
 
 
 def grads_always_resid_pre(lm, tokens, metric, site):
@@ -794,7 +807,9 @@ def agreement_sorted(estimate, exact, k=10):
         return cov / (va * vb) ** 0.5
 
     mx, my = sum(x) / n, sum(y) / n
-    slope = sum((p - mx) * (q - my) for p, q in zip(x, y, strict=True)) / sum((p - mx) ** 2 for p in x)
+    slope = sum((p - mx) * (q - my) for p, q in zip(x, y, strict=True)) / sum(
+        (p - mx) ** 2 for p in x
+    )
     top_x = set(sorted(range(n), key=lambda i: -abs(x[i]))[:k])
     top_y = set(sorted(range(n), key=lambda i: -abs(y[i]))[:k])
     return {
@@ -809,7 +824,9 @@ def agreement_sorted(estimate, exact, k=10):
 def agreement_torch(estimate, exact, k=10):
     x, y = exact.flatten().double(), estimate.flatten().double()
     r = torch.corrcoef(torch.stack([x, y]))[0, 1]
-    rank = torch.corrcoef(torch.stack([x.argsort().argsort().double(), y.argsort().argsort().double()]))[0, 1]
+    rank = torch.corrcoef(
+        torch.stack([x.argsort().argsort().double(), y.argsort().argsort().double()])
+    )[0, 1]
     slope = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), y[:, None]).solution[0, 0]
     return {
         "pearson": r,
@@ -853,17 +870,29 @@ agreement_slope_swapped = _agreement_with(slope=lambda x, y, k: _ols(y, x))
 agreement_slope_origin = _agreement_with(slope=lambda x, y, k: float((x * y).sum() / (x * x).sum()))
 agreement_spearman_values = _agreement_with(spearman=lambda x, y, k: _corr(x, y))
 agreement_spearman_abs = _agreement_with(
-    spearman=lambda x, y, k: _corr(x.abs().argsort().argsort().double(), y.abs().argsort().argsort().double())
+    spearman=lambda x, y, k: _corr(
+        x.abs().argsort().argsort().double(), y.abs().argsort().argsort().double()
+    )
 )
-agreement_cosine = _agreement_with(pearson=lambda x, y, k: float((x * y).sum() / (x.norm() * y.norm())))
-agreement_signed_topk = _agreement_with(**{"top-k recall": lambda x, y, k: _recall(x, y, k, True, True)})
-agreement_signed_topk_exact = _agreement_with(**{"top-k recall": lambda x, y, k: _recall(x, y, k, signed_x=True)})
+agreement_cosine = _agreement_with(
+    pearson=lambda x, y, k: float((x * y).sum() / (x.norm() * y.norm()))
+)
+agreement_signed_topk = _agreement_with(
+    **{"top-k recall": lambda x, y, k: _recall(x, y, k, True, True)}
+)
+agreement_signed_topk_exact = _agreement_with(
+    **{"top-k recall": lambda x, y, k: _recall(x, y, k, signed_x=True)}
+)
 agreement_signed_topk_estimate = _agreement_with(
     **{"top-k recall": lambda x, y, k: _recall(x, y, k, signed_y=True)}
 )
 agreement_recall_count = _agreement_with(**{"top-k recall": lambda x, y, k: k * _recall(x, y, k)})
-agreement_sign_count = _agreement_with(**{"sign agreement": lambda x, y, k: float((x.sign() == y.sign()).sum())})
-agreement_sign_positive = _agreement_with(**{"sign agreement": lambda x, y, k: float((y > 0).double().mean())})
+agreement_sign_count = _agreement_with(
+    **{"sign agreement": lambda x, y, k: float((x.sign() == y.sign()).sum())}
+)
+agreement_sign_positive = _agreement_with(
+    **{"sign agreement": lambda x, y, k: float((y > 0).double().mean())}
+)
 agreement_recall_k10 = _agreement_with(**{"top-k recall": lambda x, y, k: _recall(x, y, 10)})
 agreement_recall_k5 = _agreement_with(**{"top-k recall": lambda x, y, k: _recall(x, y, 5) * 5 / k})
 
@@ -917,7 +946,9 @@ def find_python(estimate, exact, k=10):
     return len(y)
 
 
-def _needed(estimate, exact, k, signed_exact=False, signed_estimate=False, ascending=False, last=True):
+def _needed(
+    estimate, exact, k, signed_exact=False, signed_estimate=False, ascending=False, last=True
+):
     x, y = exact.flatten(), estimate.flatten()
     top = (x if signed_exact else x.abs()).topk(k).indices
     rank = (y if signed_estimate else y.abs()).argsort(descending=not ascending).argsort()
@@ -1045,10 +1076,9 @@ def qk_square_mask(scores_clean, scores_corrupted, pattern_grad):
     """Masks again with a causal mask that assumes as many queries as keys."""
     n_q, n_k = scores_clean.shape[-2:]
     future = ~torch.ones(n_q, n_k, dtype=torch.bool).tril()
-    change = (
-        scores_clean.masked_fill(future, float("-inf")).softmax(-1)
-        - scores_corrupted.masked_fill(future, float("-inf")).softmax(-1)
-    )
+    change = scores_clean.masked_fill(future, float("-inf")).softmax(
+        -1
+    ) - scores_corrupted.masked_fill(future, float("-inf")).softmax(-1)
     return (change * pattern_grad).sum((-2, -1))
 
 
@@ -1163,7 +1193,9 @@ def ig_per_prompt(lm, clean, corrupted, metric, n_steps=16):
     for alpha in ((torch.arange(n_steps) + 0.5) / n_steps).tolist():
         point = (b + alpha * (x - b)).requires_grad_(True)
         with torch.enable_grad():
-            total += torch.autograd.grad(metric(lm.model(inputs_embeds=point).logits[:, -1]), point)[0]
+            total += torch.autograd.grad(
+                metric(lm.model(inputs_embeds=point).logits[:, -1]), point
+            )[0]
     return ((x - b) * total / n_steps).sum(-1)
 
 
@@ -1212,7 +1244,7 @@ CASES = [
     Wrong(PG, grid_default_attn_out, hint="no site: the default", new=True),
     Wrong(PG, grid_memo_ignores_metric, hint="a metric that is not normalised", new=True),
     Wrong(PG, grid_first_change_of_row_0, hint="in every prompt of the batch", new=True),
-    Wrong(PG, grid_ten_layers, hint="13 layers", where="hidden", new=True),
+    Wrong(PG, grid_ten_layers, hint="cell (L, p) is the metric", new=True),
     # 3.3 patch_heads
     Correct(PH, heads_loop, "one forward pass per head, labkit's patch"),
     Correct(PH, heads_o_proj_hook, "a hand-written pre-hook on W_O"),
@@ -1290,7 +1322,7 @@ CASES = [
     Wrong(AGR, agreement_spearman_abs, hint="absolute values", new=True),
     Wrong(AGR, agreement_cosine, hint="cosine similarity", new=True),
     Wrong(AGR, agreement_sign_positive, hint="fraction of positive estimates", new=True),
-    Wrong(AGR, agreement_memo_ignores_k, hint="the same table as before", new=True),
+    Wrong(AGR, agreement_memo_ignores_k, hint="['top-k recall']", new=True),
     Wrong(AGR, agreement_default_k5, hint="agreement(estimate, exact) on", new=True),
     Wrong(AGR, agreement_recall_k5, hint="top-k recall", new=True),
     # 3.8 patches_to_find_top_k
@@ -1319,7 +1351,7 @@ CASES = [
     Wrong(QK, qk_unmasked, hint="-inf"),
     Wrong(QK, qk_keys_only, hint="last two dimensions"),
     Wrong(QK, qk_sum_all, hint="last two dimensions"),
-    Wrong(QK, qk_three_dims, hint="last two dimensions", new=True),
+    Wrong(QK, qk_three_dims, hint="raised IndexError", new=True),
     Wrong(QK, qk_square_mask, hint="the QK-fix estimate", new=True),
     Wrong(QK, qk_memo_scores, hint="gradient that is the same for every key", new=True),
     # 3.10 integrated_patching
@@ -1397,7 +1429,9 @@ def _property(count: int, skip: int = 0) -> None:
         for fn in [sol(name), *(c.fn for c in CORRECT if c.exercise == name)]:
             for variant in variants:
                 result = H.hidden(name, fn, variant)
-                assert result.passed, f"{name}, {fn.__name__}, variant {variant}:\n{result.report()}"
+                assert result.passed, (
+                    f"{name}, {fn.__name__}, variant {variant}:\n{result.report()}"
+                )
 
 
 def test_right_answers_pass_a_few_more_hidden_variants() -> None:
@@ -1435,7 +1469,9 @@ def test_no_solution_line_is_in_the_checks() -> None:
             elif inside and len(line.strip()) >= 25:
                 lines.add(line.strip())
     package = ROOT / "labkit" / "checks" / "lab03"
-    shipped = {line.strip() for path in package.glob("*.py") for line in path.read_text().splitlines()}
+    shipped = {
+        line.strip() for path in package.glob("*.py") for line in path.read_text().splitlines()
+    }
     assert not lines & shipped, sorted(lines & shipped)
 
 
@@ -1450,9 +1486,9 @@ def test_problems_have_no_ties_and_every_mistake_is_apart() -> None:
         tables = [
             problems.agreement_scores(seed),
             problems.noisy_scores(seed, (2, 3, 4)),
-            problems.noisy_scores(seed, (4, 5)),
-            problems.find_scores(seed, (40,)),
-            problems.find_scores(seed, (2, 4, 6)),
+            problems.ranked_scores(seed, (4, 6), problems.AGREE_RANKS, problems.AGREE_ALARMS),
+            problems.ranked_scores(seed, (40,)),
+            problems.ranked_scores(seed, (2, 4, 6)),
         ]
         for estimate, exact in tables:
             assert problems.tie_free(estimate) and problems.tie_free(exact), seed

@@ -102,7 +102,7 @@ def test_a_damaged_gguf_is_found_by_doctor_and_prepare(monkeypatch, tmp_path, ca
     gguf = tmp_path / models.SMOLLM2_GGUF
     gguf.write_bytes(b"GGUF" + bytes(4096))
     monkeypatch.setattr(models.default, "find_default_gguf", lambda: gguf)  # status, prepare
-    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)  # doctor's own look
+    monkeypatch.setattr(models, "find_default_gguf", lambda: gguf)  # doctor's own call
     finding = model_finding()
     assert finding.fix == models.REINSTALL_DEFAULT_MODEL and "damaged" in finding.value
     assert cli.main(["prepare"]) == 1

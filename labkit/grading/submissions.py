@@ -250,7 +250,7 @@ def unpack(archive: Path, target: Path, seen: list | None = None) -> Path:
             taken: set[str] = set()
             for member in members:
                 text = member.filename if member.flag_bits & 0x800 else _cp437(member)
-                name = shown(text).replace("\\", "/")  # a zip made on Windows
+                name = shown(text.replace("\\", "/"))  # backslashes: a zip made on Windows
                 parts = [p for p in name.split("/") if p not in ("", ".", "..")]
                 mode = member.external_attr >> 16
                 if member.is_dir() or not parts:

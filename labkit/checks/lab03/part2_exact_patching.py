@@ -16,20 +16,10 @@ _NOISING = (
     "activations into the clean run). Patch the clean activation into the corrupted run."
 )
 _CHANGE = (
-    "These cells are 0 but the corrupted run's metric is not: a cell is the metric of the "
-    "patched run itself, not its change from the corrupted run."
+    "These cells are 0, but with this metric the corrupted run's metric is not: a cell holds "
+    "the metric of the patched run itself, not its change from the corrupted run (nor a value "
+    "computed with another metric)."
 )
-
-
-def _agreeing_cells(p: P.Pair, site: str, n_layers: int) -> torch.Tensor:
-    """(n_layers, pos) mask of the cells where the clean and the corrupted run agree: every
-    layer before the first changed position, and, at resid_pre, layer 0 (the embeddings)
-    wherever no prompt changed."""
-    mask = torch.zeros(n_layers, p.n_pos, dtype=torch.bool)
-    mask[:, : p.first_change] = True
-    if site == "resid_pre":
-        mask[0, p.unchanged] = True
-    return mask
 
 
 def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | None) -> None:
@@ -49,17 +39,16 @@ def _grid_case(t: Checker, patch_grid: Callable, p: P.Pair, metric, site: str | 
         shape=(p.lm.n_layers, p.n_pos),
         hint="One cell per (layer, position): (n_layers, pos).",
     )
-    agree = got[_agreeing_cells(p, where, p.lm.n_layers)]
+    agree = got[:, : p.first_change]  # every layer, before the first position that differs
     named = [(torch.full_like(agree, full), _NOISING)]
     if abs(base) > 0.05:
         named.append((torch.zeros_like(agree), _CHANGE))
     t.close(
         agree,
         torch.full_like(agree, base),
-        f"{what}: where the two runs agree (positions before {p.first_change}, the first that "
-        "differs"
-        + (", and layer 0 where no prompt changed)" if where == "resid_pre" else ")")
-        + f", a patch changes nothing: the corrupted run's metric, {base:.4g}",
+        f"{what}: before position {p.first_change}, the first where the prompts differ, both "
+        f"runs agree and a patch changes nothing: every cell is the corrupted run's metric, "
+        f"{base:.4g}",
         scale=max(abs(base), 1.0),
         mistakes=named,
     )

@@ -28,13 +28,15 @@ def _describe(estimate, k: int | None) -> str:
 
 @LAB.exercise("3.7", "agreement with exact patching", points=2)
 def check_agreement(agreement: Callable, t: Checker) -> None:
-    """Five numbers on three tables without ties (2-D and 3-D, 20 to 30 components, large
-    effects of both signs that the estimate gets wrong), with k given and the default k, and
-    the first call repeated; then each number's definition on estimates made from exact
+    """Five numbers on three tables without ties (2-D and 3-D, 24 to 30 components, large
+    effects of both signs that the estimate gets wrong or misses, a top-k recall at the default
+    k that no other k gives), with k given and the default k, a table asked again with another
+    k, and the first call repeated; then each number's definition on estimates made from exact
     patching itself (equal, -3x, 2x + 1, x cubed)."""
     grid, grid_exact = P.agreement_scores(t.seed(71))
     cube, cube_exact = P.noisy_scores(t.seed(72), t.choice([(2, 3, 4), (3, 2, 4), (4, 3, 2)]))
-    wide, wide_exact = P.noisy_scores(t.seed(73), t.choice([(4, 5), (5, 4), (2, 11)]))
+    wide_shape = t.choice([(4, 6), (6, 4), (3, 8)])
+    wide, wide_exact = P.ranked_scores(t.seed(73), wide_shape, P.AGREE_RANKS, P.AGREE_ALARMS)
     k = t.choice([5, 4, 6])
     with t.part("pearson, spearman, slope, sign agreement and top-k recall", points=1):
         for estimate, exact, kk in [
@@ -89,8 +91,8 @@ def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> 
     gives another answer, and the largest effects and false alarms have either sign; k given
     in an unsorted order and the default k; and the definition: an estimate that orders the
     components as exact patching does needs exactly k patches."""
-    flat, flat_exact = P.find_scores(t.seed(81), (40,))
-    cube, cube_exact = P.find_scores(t.seed(82), t.choice([(4, 3, 4), (2, 4, 6), (3, 4, 4)]))
+    flat, flat_exact = P.ranked_scores(t.seed(81), (40,))
+    cube, cube_exact = P.ranked_scores(t.seed(82), t.choice([(4, 3, 4), (2, 4, 6), (3, 4, 4)]))
     with t.part("the rank, in order of |estimate|, of the last exact top-k component", points=1):
         for estimate, exact, k in [
             (flat, flat_exact, 2),

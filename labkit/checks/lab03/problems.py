@@ -338,28 +338,39 @@ def noisy_scores(seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
 # k is the largest of the first k ranks: never k, and different for every k.
 FIND_RANKS = (3, 2, 4, 5, 7, 8, 9, 11, 13, 16)
 FIND_ALARMS = (1, 6, 10, 12, 14, 15)
+# For agreement's default k: 7 of the exact top-10 are in the estimate's top-10, and the top-k
+# recall of every other k from 1 to 9 is another number than 0.7.
+AGREE_RANKS = (1, 3, 4, 6, 8, 9, 10, 12, 15, 17)
+AGREE_ALARMS = (2, 5, 7, 11, 13, 14, 16)
 
 
-def find_scores(seed: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Exact effects and an estimate in which the exact top-10 have the estimate ranks
-    FIND_RANKS. The largest and the fifth largest effects are negative (and so are their
+def ranked_scores(
+    seed: int,
+    shape: tuple[int, ...],
+    ranks: tuple[int, ...] = FIND_RANKS,
+    alarms: tuple[int, ...] = FIND_ALARMS,
+) -> tuple[Tensor, Tensor]:
+    """Exact effects and an estimate in which the exact top components (by size, largest
+    first) have the estimate ranks ``ranks``, and false alarms (small effects) take the ranks
+    ``alarms``. The largest and the fifth largest effects are negative (and so are their
     estimates), and so is the first false alarm: ordering by signed value, or taking the top-k
-    by signed value, gives other answers. No ties."""
+    by signed value, gives other answers. Everything else is small. No ties."""
     gen = torch.Generator().manual_seed(seed)
     n = int(torch.tensor(shape).prod())
+    depth = len(ranks) + len(alarms)
     roles = torch.randperm(n, generator=gen).tolist()
-    top, alarms = roles[:10], roles[10:16]
-    level = 20.0 - torch.arange(16.0) + 0.4 * torch.rand(16, generator=gen)  # 5 to 20.4
+    top, false = roles[: len(ranks)], roles[len(ranks) : depth]
+    level = 4.0 + depth - torch.arange(float(depth)) + 0.4 * torch.rand(depth, generator=gen)
     for _ in range(100):
         exact = _heavy(gen, n, 1.7)
-        estimate = exact + _heavy(gen, n, 1.5)
+        estimate = exact + _heavy(gen, n, 1.5)  # |estimate| < 3.2 < every level
         for i, cell in enumerate(top):
             sign = -1.0 if i in (0, 4) else 1.0
-            exact[cell] = sign * (14.0 - i + 0.4 * torch.rand((), generator=gen))
-            estimate[cell] = sign * level[FIND_RANKS[i] - 1]
-        for cell, rank in zip(alarms, FIND_ALARMS, strict=True):
+            exact[cell] = sign * (4.0 + len(ranks) - i + 0.4 * torch.rand((), generator=gen))
+            estimate[cell] = sign * level[ranks[i] - 1]
+        for j, (cell, rank) in enumerate(zip(false, alarms, strict=True)):
             exact[cell] = -0.2 * torch.rand((), generator=gen)
-            estimate[cell] = (-1.0 if rank == 1 else 1.0) * level[rank - 1]
+            estimate[cell] = (-1.0 if j == 0 else 1.0) * level[rank - 1]
         if tie_free(exact) and tie_free(estimate):
             break
     return estimate.view(shape), exact.view(shape)
