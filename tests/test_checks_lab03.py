@@ -1410,7 +1410,6 @@ def test_the_solution_passes_in_the_notebook(name: str) -> None:
 def test_the_stub_is_not_attempted(name: str) -> None:
     result = H.notebook(name, stub)
     assert not result.attempted and result.status == "not attempted", result.report()
-    assert result.max_score == H.check(name).points
 
 
 @pytest.mark.parametrize("case", CORRECT, ids=lambda c: c.id)
@@ -1492,15 +1491,16 @@ def test_problems_have_no_ties_and_every_mistake_is_apart() -> None:
         ]
         for estimate, exact in tables:
             assert problems.tie_free(estimate) and problems.tie_free(exact), seed
-        estimate, exact = tables[0]
-        for k in (4, 5, 6):
-            want = solution.agreement(estimate, exact, k)
-            for mistake in KEY.mistakes["agreement"]:
+        for mistake in KEY.mistakes["agreement"]:  # each is apart on one of the check's tables
+            apart = False
+            for (estimate, exact), k in zip(tables[:3], (4, 3, 10), strict=True):
+                want = solution.agreement(estimate, exact, k)
                 try:
                     wrong = mistake.compute(solution, estimate, exact, k)
                 except ValueError:
                     continue
-                assert any(abs(wrong[key] - want[key]) > 1e-3 for key in want), (seed, k, mistake)
+                apart |= any(abs(wrong[key] - want[key]) > 1e-3 for key in want)
+            assert apart, (seed, mistake)
         for estimate, exact in tables[3:]:
             answers = {k: solution.patches_to_find_top_k(estimate, exact, k) for k in range(2, 11)}
             assert list(answers.values()) == [3, 4, 5, 7, 8, 9, 11, 13, 16], (seed, answers)

@@ -429,6 +429,19 @@ class Check:
         return f"<check of exercise {self.number} ({self.name})>"
 
 
+LABS: list[Lab] = []  # every lab whose checks are imported, for exercise_number()
+
+
+def exercise_number(function: str) -> str | None:
+    """The exercise number of a notebook function ("corrupt_subject" -> "2.4"), from the
+    registry of the labs imported so far; None if it is not an exercise."""
+    for lab in reversed(LABS):
+        check = lab._checks.get(function)
+        if check is not None:
+            return check.number
+    return None
+
+
 def _number_key(number: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in number.replace(".", " ").split())
 
@@ -444,6 +457,7 @@ class Lab:
     def __init__(self, number: str, notebook: str) -> None:
         self.number, self.notebook = number, notebook
         self._checks: dict[str, Check] = {}
+        LABS.append(self)
 
     def exercise(
         self,
@@ -539,7 +553,7 @@ def run_check(
             name,
             False,
             0.0,
-            _total(t.parts, points),
+            _declared_total(check, answers),
             ["still raises NotImplementedError; fill in the exercise, then run this cell again."],
             attempted=False,
             parts=t.parts,
@@ -548,12 +562,13 @@ def run_check(
         outer = PartResult("", points, False, "The check ran out of time.")
     except BaseException as err:  # the check's own code failed (environment, missing library)
         outer = PartResult("", points if not t.parts else 0.0, False, _internal_error(err))
+    _use_recorded_points(t.parts, check, answers)
     parts = list(t.parts)
     if outer is not None:
         parts.append(outer)
     if not parts:
-        parts = [PartResult("", points, True)]
-    max_score = _total(t.parts, points)
+        parts = [PartResult("", _declared_total(check, answers), True)]
+    max_score = _total(t.parts, _declared_total(check, answers))
     score = sum(p.score for p in parts)
     failed = [p for p in parts if p.passed is not True]
     messages = [p.message for p in failed[:1] if p.message]
@@ -565,7 +580,34 @@ def run_check(
         messages,
         parts=parts,
         seconds=time.perf_counter() - started,
+        notebook=isinstance(answers, RecordedAnswers),
     )
+
+
+def _recorded_points(check: Check, answers: Answers | None) -> list[float] | None:
+    """The part points the grader uses (``grading.toml`` applied), as ``labkit build``
+    recorded them; None where nothing was recorded (hidden variants, tests)."""
+    if not isinstance(answers, RecordedAnswers):
+        return None
+    found = answers.table.get(f"points|{check.name}")
+    if isinstance(found, list) and all(isinstance(p, (int, float)) for p in found):
+        return [float(p) for p in found]
+    return None
+
+
+def _declared_total(check: Check, answers: Answers | None) -> float:
+    recorded = _recorded_points(check, answers)
+    return sum(recorded) if recorded is not None else float(check.points)
+
+
+def _use_recorded_points(parts: list[PartResult], check: Check, answers: Answers | None) -> None:
+    """Give each part the points the grader gives it, so the notebook shows the same maximum
+    before an exercise is attempted, after, and in the gradebook."""
+    recorded = _recorded_points(check, answers)
+    real = [p for p in parts if p.name or p.points]
+    if recorded is not None and len(recorded) == len(real):
+        for part, value in zip(real, recorded, strict=True):
+            part.points = value
 
 
 def _total(parts: list[PartResult], points: float) -> float:
@@ -620,19 +662,40 @@ class Results(dict):
 
 @contextmanager
 def skip_if_unattempted(what: str = "this cell") -> Iterator[None]:
-    """Run a cell that uses exercises; if one is not done yet, say which, and go on."""
+    """Run a cell that uses exercises; if one is not done yet, say which in one line (what the
+    cell printed before it stopped is cleared), and go on."""
     try:
         yield
     except NotImplementedError as err:
-        print(f"(skipped) {what}: {_waiting_for(err)}")
+        waiting = _waiting_for(err)
+        _SKIPPED.append(waiting)
+        _one_line(f"(skipped) {what}: {waiting}")
     except NameError as err:
         frames = traceback.extract_tb(err.__traceback__)
         if len(frames) > 1 and frames[-1].filename != frames[1].filename:
             raise  # a NameError inside a function from another cell: a real bug, show it
-        print(
-            f"(skipped) {what}: {getattr(err, 'name', None) or err} is not defined yet. Run the "
-            "cells above this one first (Run > Run All Above Selected Cell)."
-        )
+        name = getattr(err, "name", None) or err
+        if _SKIPPED:  # the cell that would define it was skipped: say why
+            _one_line(f"(skipped) {what}: it needs {name}, from a cell above that was skipped "
+                      f"because {_SKIPPED[-1]}")  # fmt: skip
+        else:
+            _one_line(
+                f"(skipped) {what}: {name} is not defined yet. Run the cells above this one "
+                "first (Run > Run All Above Selected Cell)."
+            )
+
+
+_SKIPPED: list[str] = []  # why earlier cells were skipped, newest last
+
+
+def _one_line(text: str) -> None:
+    """Clear the cell's output (a table header, a progress bar at 0/8), then print ``text``."""
+    shell = sys.modules.get("IPython")
+    if shell is not None and getattr(shell, "get_ipython", lambda: None)() is not None:
+        from IPython.display import clear_output
+
+        clear_output()
+    print(text)
 
 
 def _waiting_for(err: NotImplementedError) -> str:
@@ -642,5 +705,8 @@ def _waiting_for(err: NotImplementedError) -> str:
     frames = traceback.extract_tb(err.__traceback__)
     own = [f for f in frames if not is_library(f.filename) and f.name != "<module>"]
     if own:
-        return f"{own[-1].name}() is not implemented yet; finish its exercise above, then rerun."
-    return "an exercise it uses is not done yet; finish it above, then rerun."
+        name = own[-1].name
+        number = exercise_number(name)
+        which = f"exercise {number} ({name})" if number else f"{name}()"
+        return f"{which} is not implemented yet: finish it above, then rerun this cell."
+    return "an exercise it uses is not done yet: finish it above, then rerun this cell."

@@ -41,6 +41,7 @@ class CheckResult:
     attempted: bool = True
     parts: list[PartResult] = field(default_factory=list)
     seconds: float = 0.0
+    notebook: bool = True  # checked on the notebook's own problems (not the grader's)
 
     @property
     def status(self) -> str:
@@ -50,6 +51,9 @@ class CheckResult:
 
     def __repr__(self) -> str:
         return f"<CheckResult {self.name}: {self.status}, {self.score:g}/{self.max_score:g}>"
+
+    def _scope_note(self) -> str:
+        return ", on the notebook's tests (grading adds hidden ones)" if self.notebook else ""
 
     def _summary(self) -> str:
         """'2 of 3 parts passed: ...' for a partly right answer; '' otherwise."""
@@ -68,7 +72,7 @@ class CheckResult:
             badge = f"\033[{tag}m{badge}\033[0m"
         head = f"{badge} {self.name} ({self.score:g}/{self.max_score:g})"
         if self.passed:
-            return head
+            return head + self._scope_note()
         if not self.attempted:
             return f"{head}: " + " ".join(self.messages)
         lines = [line for m in self.messages for line in m.splitlines()]
@@ -87,7 +91,7 @@ class CheckResult:
         )
         head = f"{badge} <b>{html.escape(self.name)}</b> ({self.score:g}/{self.max_score:g})"
         if self.passed:
-            return f"<div>{head}</div>"
+            return f"<div>{head}{html.escape(self._scope_note())}</div>"
         text = " ".join(self.messages) if not self.attempted else "\n".join(self.messages)
         if summary := self._summary():
             text += "\n" + summary

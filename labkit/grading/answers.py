@@ -240,8 +240,11 @@ def record_lab(lab: str, solution: Path) -> dict[str, Any]:
     from labkit.notebooks import notebook_definitions
 
     module = importlib.import_module(f"labkit.checks.lab{lab}")
+    from labkit.grading.points import load_points, part_points
+
     namespace = notebook_definitions(solution, module_name=f"solution:{lab}")
     answers = ComputedAnswers(load_answer_key(lab), namespace)
+    points = load_points(None, lab)  # grading.toml where `labkit build` runs, if there is one
     table: dict[str, Any] = {}
     core._EAGER[0] = True
     try:
@@ -256,6 +259,8 @@ def record_lab(lab: str, solution: Path) -> dict[str, Any]:
                     f"The solution's {name} fails its own check ({check.check_name}):\n"
                     + result.report()
                 )
+            parts = [(p.name, p.points) for p in result.parts if p.name or p.points]
+            table[f"points|{name}"] = part_points(points, name, parts or [("", check.points)])
     finally:
         core._EAGER[0] = False
     return table
