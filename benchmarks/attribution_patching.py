@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 import labkit
-from labkit.build import solution_functions
+from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.data import patching_pairs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import labkit
-from labkit.build import solution_functions
+from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.hooks import capture, patch, span_positions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     """Write labs/ from solutions/, and record the checks' answers for the notebooks' own
-    problems (labkit/checks/expected/)."""
+    problems (labkit/checks/expected/) when the solutions are this labkit's repository's."""
     from pathlib import Path
 
     from labkit.build import build
@@ -54,11 +54,17 @@ def _build(args: argparse.Namespace) -> int:
         print(f"labkit build: {err}", file=sys.stderr)
         return 1
     recorded: list[str] = []
+    import labkit
+
+    ours = (
+        Path(labkit.__file__).resolve().parent
+        == (Path(args.solutions).resolve().parent / "labkit").resolve()
+    )
     try:
         from labkit.grading.answers import RecordingError, write_recordings
     except ImportError:  # the student release has no grader: nothing to record
-        pass
-    else:
+        ours = False
+    if ours:  # the answers go into the labkit next to these solutions, and only that one
         try:
             recorded = write_recordings(Path(args.solutions), check_only=args.check)
         except (RecordingError, NotebookError) as err:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import labkit
-from labkit.build import solution_functions
+from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.data import facts, pun
 from labkit.widgets.attribution import inseq_attribution
 

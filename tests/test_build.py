@@ -24,8 +24,7 @@ from labkit.build import (
     build,
     is_generated_lab,
     is_instructor_cell,
-    read_notebook,
-    solution_functions,
+    read_nbformat,
     strip_code_solution,
     strip_markdown_solution,
     student_cell,
@@ -312,7 +311,9 @@ RAW_RULES = "Raw cells cannot hold solution markers: use a code or a markdown ce
 
 
 def build_error(fn, *args) -> str:
-    with pytest.raises(BuildError) as info:
+    from labkit.notebooks import NotebookError
+
+    with pytest.raises(NotebookError) as info:
         fn(*args)
     return str(info.value)
 
@@ -403,7 +404,7 @@ def test_unreadable_notebook_errors_name_the_first_line_or_the_type(tmp_path, mo
             raise error
 
         monkeypatch.setattr(nbformat, "read", fail)
-        assert build_error(read_notebook, path) == (
+        assert build_error(read_nbformat, path) == (
             f"{path}: not a readable notebook ({reason}). Fix or restore it."
         )
 
@@ -526,37 +527,4 @@ def test_labs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
     assert (tmp_path / "here" / "01_x.ipynb").read_bytes() == text.encode("utf-8")
 
 
-# ----- solution_functions: the reference solution without running the notebook -----------------
-DEFINITIONS = [
-    markdown("def not_code(): pass"),
-    code("import math\nfrom math import sqrt as root\nprint(undefined_name)  # never runs"),
-    code("%matplotlib inline\n!echo hi\nSCALE = 2\nSCALES: tuple = (1, 2)\nlower = 3"),
-    code("def double(x):\n    return SCALE * x\n\nraise RuntimeError('a cell that fails')"),
-    code("def broken(:\n    pass"),  # not Python: skipped, not an error
-    code("class Box:\n    size = SCALE\nA = B = 5\nC, D = 6, 7\nE = f = 8\nlabel: str = 'x'"),
-    code("results = double(4)  # a statement that is not a definition"),
-]
-
-
-def test_solution_functions_keeps_only_top_level_definitions(tmp_path: Path) -> None:
-    path = write_solution(tmp_path, DEFINITIONS)
-    namespace = solution_functions(path)
-    assert namespace["__name__"] == "solution:01_x"
-    assert namespace["math"].sqrt(4) == namespace["root"](4) == 2
-    constants = {name: namespace[name] for name in ("SCALE", "SCALES", "A", "B")}
-    assert constants == {"SCALE": 2, "SCALES": (1, 2), "A": 5, "B": 5}
-    assert namespace["double"](4) == 8 and namespace["Box"].size == 2
-    assert namespace["double"].__code__.co_filename == str(path)
-    for skipped in ["lower", "C", "D", "E", "f", "label", "not_code", "broken", "results"]:
-        assert skipped not in namespace, skipped
-
-
-def test_solution_functions_reads_cells_with_magics_only_through_ipython(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """With IPython, `%` and `!` lines become calls; without it such a cell is not Python."""
-    path = write_solution(tmp_path, DEFINITIONS[:3])
-    assert "SCALE" in solution_functions(path)
-    monkeypatch.setitem(sys.modules, "IPython.core.inputtransformer2", None)
-    namespace = solution_functions(path)
-    assert "SCALE" not in namespace and "math" in namespace
+# The reference solution as code (the definitions rule) is tested in test_notebooks_definitions.py.

@@ -1517,7 +1517,7 @@ def test_attribution_patching_is_exact_on_the_linear_models() -> None:
         clean = torch.tensor([[1, 40, 50, 60, 70], [1, 41, 51, 61, 71]])
         corrupted = clean.clone()
         corrupted[:, 2] = torch.tensor([90, 91])
-        metric = problems.LinearMetric(torch.randn(2, lm.vocab_size) / 16, 0.2)
+        metric = problems.LinearMetric(torch.randn(2, lm.vocab_size) / 16, 0.2)  # not normalised
         base = float(metric(last_logits(lm, corrupted)))
         for site in SITES:
             exact = sol("patch_grid")(float64(lm), clean, corrupted, metric, site).double() - base

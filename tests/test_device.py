@@ -22,7 +22,7 @@ import pytest
 from device_guard import ADVICE, DeviceGuard, describe
 
 import labkit
-from labkit.build import solution_functions
+from labkit.notebooks import notebook_definitions as solution_functions
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each notebook's explorer cell (found by this text), then every control worked.

@@ -66,7 +66,7 @@ def compare_calls(
     out = []
     for call in calls:
         want = t.expected(name, *call.args, **call.kwargs)
-        named = t.mistakes(name, *call.args, **call.kwargs) + list(call.more)
+        named = t.mistakes(name, *call.args, **call.kwargs) + call.more
         got = t.call(fn, *call.args, **call.kwargs)
         if scalar:
             got = t.scalar(got, call.what)

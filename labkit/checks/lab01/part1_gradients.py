@@ -12,7 +12,7 @@ from labkit.checks.lab01.lab import LAB, Call, compare_calls, magnitude
 PER_POSITION = "Return one score per position, shape (pos,): reduce over d_model, drop the batch."
 
 
-def gradient_calls(t: Checker, offset: int) -> list[Call]:
+def gradient_calls(t: Checker, name: str, offset: int) -> list[Call]:
     """Functions of embeddings in an unsorted order of sizes (past 9 positions, and 1), on a
     smooth f, a quadratic and tiny models of three families (two of them of one size), the
     smooth f at another input too, and the first problem again at the end."""
@@ -26,7 +26,7 @@ def gradient_calls(t: Checker, offset: int) -> list[Call]:
     f4, x4, _ = P.token_logit(t, second, gen, t.choice([11, 13, 10]))
     f5, x5, _ = P.token_logit(t, third, gen, n_pos)
     t.watch(f1, "the test function")
-    return [
+    calls = [
         Call((f1, x1), f"a smooth nonlinear f of {x1.shape[1]} positions, d = {x1.shape[2]}"),
         Call((f2, x2), f"a tiny {first} model's logit of one token, {n_pos} positions"),
         Call((f3, x3), "f(e) = sum(w * e**2) on one position"),
@@ -36,6 +36,12 @@ def gradient_calls(t: Checker, offset: int) -> list[Call]:
         Call((f1, x1), "the first smooth f at its first input again, after the others",
              repeat=True),
     ]
+    for k, call in enumerate(calls):  # gradients piled up on a leaf kept for each size
+        same = [c.args for c in calls[:k] if c.args[1].shape == call.args[1].shape]
+        if same:
+            flat = [a for args in [*same, call.args] for a in args]
+            call.more = t.mistakes(name + "@after", *flat)
+    return calls
 
 
 def dead_smooth(gen: torch.Generator, n_pos: int, dead: list[int]):
@@ -54,7 +60,7 @@ def check_saliency(saliency, t: Checker) -> None:
     (never negative), zero where f ignores a position, and |c| times larger for c f."""
     hint = "Saliency is the L2 norm over d_model of the gradient of f at the input. " + PER_POSITION
     with t.part("smooth functions and tiny models of three families", points=1):
-        compare_calls(t, saliency, "saliency", gradient_calls(t, 1), hint=hint)
+        compare_calls(t, saliency, "saliency", gradient_calls(t, "saliency", 1), hint=hint)
     with t.part("the definition: a norm of the gradient, zero where f ignores a position", 1):
         gen = kit.generator(t, 2)
         dead = [1, 4]
@@ -77,7 +83,7 @@ def check_input_x_gradient(input_x_gradient, t: Checker) -> None:
     homogeneous of degree k (linear: 1, quadratic: 2), the scores add up to k f(x)."""
     hint = "Multiply the input by the gradient at the input, element-wise; sum over d_model. "
     with t.part("smooth functions and tiny models of three families", points=1):
-        calls = gradient_calls(t, 3)
+        calls = gradient_calls(t, "input_x_gradient", 3)
         compare_calls(t, input_x_gradient, "input_x_gradient", calls, hint=hint + PER_POSITION)
     with t.part("Euler: the scores of a degree-k homogeneous f add up to k f(x)", points=1):
         gen = kit.generator(t, 4)

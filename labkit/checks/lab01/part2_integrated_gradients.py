@@ -61,10 +61,11 @@ def check_integrated_gradients(integrated_gradients, t: Checker) -> None:
             calls.append(Call((f, x, b, n_steps), what))
         compare_calls(t, integrated_gradients, "integrated_gradients", calls, hint=hint)
     with t.part("n_steps left at its default, 32", points=1):
-        f, x = P.smooth(gen, t.choice([4, 7]), 3)
+        f, x, b = P.wavy(gen, t.choice([4, 7]), 3)
         t.watch(f, "the test function")
         g, y, c = P.token_logit(t, kit.families(t, 1, first="llama")[0], gen, 5)
-        calls = [Call((f, x, 0.3 * x), "integrated_gradients(f, x, b) on a smooth f, no n_steps"),
+        calls = [Call((f, x, b), "integrated_gradients(f, x, b), no n_steps, on f(e) = sum_p "
+                      "c_p sin(<w_p, e_p>) along a path of several periods"),
                  Call((g, y, c), "integrated_gradients(f, x, b) on a tiny model, no n_steps")]  # fmt: skip
         compare_calls(t, integrated_gradients, "integrated_gradients", calls, hint=hint)
 
@@ -140,7 +141,7 @@ def check_space_baseline(space_baseline, t: Checker) -> None:
     with t.part("tiny models of three families, prompts of 1 to 12 tokens", points=1):
         n = t.choice([6, 5, 8])
         calls = [prompt(first, n), prompt(second, t.choice([12, 11, 13])), prompt(third, 1),
-                 prompt(first, n)]  # fmt: skip
+                 prompt(second, n)]  # fmt: skip
         calls.append(Call(calls[1].args, calls[1].what + ", again", repeat=True))
         compare_calls(t, space_baseline, "space_baseline", calls, hint=hint, on_integer=IDS)
     with t.part("a first token that is not the anchor", points=1):

@@ -82,17 +82,23 @@ def check_logit_difference_fn(logit_difference_fn, t: Checker) -> None:
         made = [_make(t, logit_difference_fn, lm, *_pair(lm, gen, up))
                 for lm, up in zip(lms, [True, False, t.choice([True, False])])]  # fmt: skip
         n_pos = t.choice([7, 6])
-        emb = _batch(lms[0], gen, 3, n_pos)
+        embs = [_batch(lms[0], gen, 3, n_pos), _batch(lms[1], gen, 3, n_pos),
+                _batch(lms[2], gen, 2, 1), _batch(lms[1], gen, 1, t.choice([11, 12])),
+                _batch(lms[0], gen, 5, 4, jitter=True)]  # fmt: skip
+        _, (_, *ids) = made[-1]  # the target and foil of the function made last
+        latest = [[(t.expected("logit_difference", lms[i], *ids, e), LATEST)] if i < 2 else []
+                  for i, e in zip([0, 1, 2, 1, 0], embs)]  # fmt: skip
         calls = [
-            (0, emb, f"a tiny {first} model, a batch of 3 prompts of {n_pos} tokens", False, ()),
-            (1, _batch(lms[1], gen, 1, t.choice([11, 12])), f"a tiny {second} model, 1 prompt "
-             "past 9 tokens, target id above the foil's", False, ()),  # fmt: skip
-            (2, _batch(lms[2], gen, 2, 1), f"a tiny {third} model, 2 prompts of 1 token", False,
-             ()),  # fmt: skip
-            (0, _batch(lms[0], gen, 5, 4, jitter=True), f"the {first} model's function on 5 rows "
-             "of embeddings that are no token's", False, ()),  # fmt: skip
-            (0, emb, f"the {first} model's function on its first batch again", True, ()),
+            (0, embs[0], f"a tiny {first} model, a batch of 3 prompts of {n_pos} tokens"),
+            (1, embs[1], f"a tiny {second} model (target id above the foil's), 3 prompts"),
+            (2, embs[2], f"a tiny {third} model, 2 prompts of 1 token"),
+            (1, embs[3], f"the {second} model's function, 1 prompt past 9 tokens"),
+            (0, embs[4], f"the {first} model's function on 5 rows of embeddings that are no "
+             "token's"),  # fmt: skip
         ]
+        calls = [(*call, False, more) for call, more in zip(calls, latest)]
+        calls.append((0, embs[0], f"the {first} model's function on its first batch again", True,
+                      latest[0]))  # fmt: skip
         _compare(t, made, calls, hint)
     with t.part("functions made earlier keep their own model, target and foil", points=1):
         lm, other = P.tiny(t, second), P.tiny(t, first)

@@ -48,6 +48,19 @@ class Smooth(nn.Module):
         )
 
 
+class Wavy(nn.Module):
+    """f(e) = sum_p c_p sin(<w_p, e_p>): many oscillations along a long path, so integrals
+    with different numbers of steps differ."""
+
+    def __init__(self, w: Tensor, c: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("w", w)
+        self.register_buffer("c", c)
+
+    def forward(self, e: Tensor) -> Tensor:
+        return (self.c * torch.sin((e * self.w).sum(-1))).sum(-1)
+
+
 class Quadratic(nn.Module):
     """f(e) = sum(w * e**2): homogeneous of degree 2."""
 
@@ -101,6 +114,14 @@ def smooth(gen: torch.Generator, n_pos: int, d: int) -> tuple[Smooth, Tensor]:
     u = 0.5 * torch.randn(n_pos, d, generator=gen)
     c = torch.randn(n_pos, generator=gen)
     return Smooth(w, u, c), 1.5 * torch.randn(1, n_pos, d, generator=gen)
+
+
+def wavy(gen: torch.Generator, n_pos: int, d: int) -> tuple[Wavy, Tensor, Tensor]:
+    """A :class:`Wavy` f, an input and a baseline whose path crosses several periods."""
+    f = Wavy(torch.randn(n_pos, d, generator=gen), 1 + torch.rand(n_pos, generator=gen))
+    x = torch.randn(1, n_pos, d, generator=gen)
+    x = x * (12.0 / (f.w * x).sum(-1).abs().clamp_min(0.5))[..., None]  # <w_p, x_p> near 12
+    return f, x, 0.1 * torch.randn(1, n_pos, d, generator=gen)
 
 
 def embeddings(lm: LabModel, ids: Tensor) -> Tensor:

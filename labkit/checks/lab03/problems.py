@@ -42,6 +42,7 @@ __all__ = [
 SITES = ("resid_pre", "attn_out", "mlp_out")  # the sites the lab patches per (layer, position)
 SCALE = 6.0  # tiny models' weight matrices are scaled up this much: every shortcut shows
 MODEL_SEEDS = 3  # hidden variants draw each model's weights from this many seeds
+LINEAR_SCALE = 10.0  # the linear models' weight matrices are scaled up this much
 
 
 # ----- metrics -----------------------------------------------------------------------------------
@@ -127,7 +128,9 @@ class _Ones(nn.Module):
 
 
 @cache
-def linear_model(family: str = "gpt2", seed: int = 0, n_layers: int = 3) -> LabModel:
+def linear_model(
+    family: str = "gpt2", seed: int = 0, n_layers: int = 3, scale: float = LINEAR_SCALE
+) -> LabModel:
     """A tiny model that is *linear* in every activation: norms removed, a linear MLP, and query
     weights of 0, so that every attention pattern is uniform (fixed). Attribution patching is
     exact on it. ``family`` is "gpt2" or "llama"."""
@@ -152,7 +155,7 @@ def linear_model(family: str = "gpt2", seed: int = 0, n_layers: int = 3) -> LabM
             raise ValueError(f"No linear model of the {family} family.")
         for name, param in net.named_parameters():
             if param.dim() == 2 and "wpe" not in name:
-                param.mul_(3.0)
+                param.mul_(scale)
     return lm
 
 

@@ -56,6 +56,31 @@ def saliency_normalised(sol, f, x):
     return s / s.sum()
 
 
+def _piled(flat: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the gradients of every (f, x) pair in ``flat`` added up, the last x)."""
+    pairs = list(zip(flat[::2], flat[1::2], strict=True))
+    return sum(grad(f, x) for f, x in pairs), pairs[-1][1]
+
+
+PILED = (
+    "Gradients piled up from earlier calls on inputs of the same size (.backward() on a tensor "
+    "you keep, and its .grad never cleared). Differentiate a fresh leaf copy each time, with "
+    "torch.autograd.grad."
+)
+
+
+@KEY.mistake("saliency@after", PILED)
+def saliency_piled(sol, *flat):
+    g, _ = _piled(flat)
+    return g[0].norm(dim=-1)
+
+
+@KEY.mistake("input_x_gradient@after", PILED)
+def ixg_piled(sol, *flat):
+    g, x = _piled(flat)
+    return (x * g)[0].sum(-1)
+
+
 # ----- Exercise 1.2: input x gradient ------------------------------------------------------------
 @KEY.mistake("input_x_gradient", "Wrong sign: multiply the input by the gradient as it is.")
 def ixg_sign(sol, f, x):

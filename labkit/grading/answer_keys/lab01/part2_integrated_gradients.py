@@ -94,7 +94,11 @@ def ig_gradient_at_input(sol, f, x, b, n_steps=32):
     return ((x - b).double() * grad(f, x).double())[0].sum(-1)
 
 
-@KEY.mistake("integrated_gradients", "You used a zero baseline: use the baseline you were given.")
+@KEY.mistake(
+    "integrated_gradients",
+    "You used a zero baseline, or multiplied by the input alone: multiply the averaged gradient "
+    "by (input - baseline), with the baseline you were given.",
+)
 def ig_zero_baseline(sol, f, x, b, n_steps=32):
     return ig_with(f, x, torch.zeros_like(x), n_steps)
 
@@ -111,8 +115,8 @@ def ig_input_alone(sol, f, x, b, n_steps=32):
 def _ig_steps(other: int) -> None:
     @KEY.mistake(
         "integrated_gradients",
-        f"Your result is the midpoint rule with {other} steps: use the n_steps you were given "
-        "(32 when none is given).",
+        "Your result is the midpoint rule with a number of steps other than n_steps: use the "
+        "n_steps you were given (32 when none is given).",
     )
     def mistake(sol, f, x, b, n_steps=32):
         if other == n_steps:
@@ -120,7 +124,7 @@ def _ig_steps(other: int) -> None:
         return ig_with(f, x, b, other)
 
 
-for _steps in (10, 16, 20, 32, 50, 64, 100):
+for _steps in (100, 64, 50, 32, 20, 16, 10):
     _ig_steps(_steps)
 
 
@@ -128,6 +132,11 @@ for _steps in (10, 16, 20, 32, 50, 64, 100):
 def _fs(f, x, b) -> tuple[float, float, float]:
     with torch.no_grad():
         return float(f(x).sum()), float(f(b).sum()), float(f(torch.zeros_like(x)).sum())
+
+
+@KEY.mistake("completeness_gap", "Keep the sign: do not take the absolute value.")
+def gap_abs(sol, f, x, b, attributions):
+    return abs(sol.completeness_gap(f, x, b, attributions))
 
 
 @KEY.mistake(
@@ -143,11 +152,6 @@ def gap_sign(sol, f, x, b, attributions):
 def gap_no_baseline(sol, f, x, b, attributions):
     fx, _, _ = _fs(f, x, b)
     return float(attributions.sum()) - fx
-
-
-@KEY.mistake("completeness_gap", "Keep the sign: do not take the absolute value.")
-def gap_abs(sol, f, x, b, attributions):
-    return abs(sol.completeness_gap(f, x, b, attributions))
 
 
 @KEY.mistake("completeness_gap", "Return the gap in logits, not relative to the change.")
