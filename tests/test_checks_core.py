@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.checks.core import Checker, Results, check, run_check, skip_if_unattempted
+from labkit.checks.core import Checker, Results, skip_if_unattempted
 from labkit.checks.results import CheckResult
-from labkit.checks.transport import Recorder, Replayer
+from support.checks import one_exercise
+
+check = one_exercise
 
 
 @check("Exercise 0.1: doubling", points=2)
@@ -332,54 +334,6 @@ def test_leaked_hooks_and_changed_weights_are_caught_and_repaired() -> None:
     assert check_model(lambda model: model(torch.ones(1, 3)), quiet=True).passed
 
 
-# ----- record in one process, compare in another ------------------------------------------------
-def test_record_and_replay_give_the_same_result_from_plain_data(tmp_path) -> None:
-    for fn, passed, score in [(doubled, True, 4), (lambda x: x * 3, False, 0)]:
-        recorder = Recorder()
-        run_check(check_parts.body, "parts", 1, fn, runner=recorder)
-        path = tmp_path / "outcomes.pt"
-        torch.save(recorder.outcomes, path)
-        outcomes = torch.load(path, weights_only=True)
-        replayed = run_check(check_parts.body, "parts", 1, None or doubled, runner=Replayer({}))
-        assert not replayed.passed  # nothing recorded: every call "never got there"
-        replayed = run_check(check_parts.body, "parts", 1, doubled, runner=Replayer(outcomes))
-        assert (replayed.passed, replayed.score) == (passed, score)
-
-
-def test_replay_never_calls_the_function_and_keeps_failures() -> None:
-    recorder = Recorder()
-    run_check(check_gradient.body, "g", 1, gradient_writes_into_input, runner=recorder)
-
-    def must_not_run(x):
-        raise AssertionError("the grader called student code")
-
-    replayed = run_check(
-        check_gradient.body, "g", 1, must_not_run, runner=Replayer(recorder.outcomes)
-    )
-    assert not replayed.passed and "changed its input" in replayed.messages[0]
-
-
-def test_a_recording_holds_only_plain_data() -> None:
-    recorder = Recorder()
-
-    @check("returns odd things")
-    def check_odd(fn, t: Checker) -> None:
-        with t.part("a"):
-            t.call(fn)
-
-    for value in [
-        torch.ones(2).as_subclass(LyingTensor),
-        np.ones(2, dtype=np.float32),
-        lambda: 1,
-        io.StringIO(),
-    ]:
-        run_check(check_odd.body, "odd", 1, lambda v=value: v, runner=recorder)
-        buffer = io.BytesIO()
-        torch.save(recorder.outcomes, buffer)
-        buffer.seek(0)
-        torch.load(buffer, weights_only=True)  # would raise on anything but plain data
-
-
 # ----- cells that use exercises -----------------------------------------------------------------
 def test_skip_names_the_missing_function(capsys) -> None:
     def saliency(*args):
@@ -404,52 +358,6 @@ def test_skip_explains_a_cell_run_out_of_order(capsys) -> None:
         undefined_name_from_an_earlier_cell  # noqa: B018, F821
     out = capsys.readouterr().out
     assert "undefined_name_from_an_earlier_cell is not defined yet" in out
-
-
-def test_a_module_changed_in_place_is_replayed_into_the_graders_module() -> None:
-    @check("Exercise 0.4: zero the weights in place")
-    def check_zero(fn, t: Checker) -> None:
-        net = torch.nn.Linear(3, 2)
-        t.call(fn, net)
-        t.true(bool((net.weight == 0).all()), "the weights are zero after the call")
-        t.true(bool((net.bias != 0).any()), "the bias is left alone")
-
-    def zero_weights(net):
-        with torch.no_grad():
-            net.weight.zero_()
-
-    def does_nothing(net):
-        return None
-
-    for fn, passed in [(zero_weights, True), (does_nothing, False)]:
-        recorder = Recorder()
-        assert run_check(check_zero.body, "z", 1, fn, runner=recorder).passed is passed
-        buffer = io.BytesIO()
-        torch.save(recorder.outcomes, buffer)
-        buffer.seek(0)
-        outcomes = torch.load(buffer, weights_only=True)
-        replayed = run_check(check_zero.body, "z", 1, does_nothing, runner=Replayer(outcomes))
-        assert replayed.passed is passed
-
-
-def test_plain_values_survive_the_trip_to_the_grader(tmp_path) -> None:
-    """Dicts (e.g. lab 03's agreement table), tuples, lists, numbers, tensors and numpy arrays
-    come back from a recording as what the function returned."""
-    from labkit.checks.transport import restore, transportable
-
-    value = {
-        "pearson": 0.5,
-        "top-k recall": 1,
-        "nested": ({"t": torch.arange(3)}, [True, None, "s"]),
-        2: np.arange(2.0),
-    }
-    path = tmp_path / "value.pt"
-    torch.save(transportable(value), path)
-    back = restore(torch.load(path, weights_only=True))
-    assert back.keys() == value.keys() and back["pearson"] == 0.5 and back["top-k recall"] == 1
-    assert torch.equal(back["nested"][0]["t"], torch.arange(3))
-    assert back["nested"][1] == [True, None, "s"] and np.array_equal(back[2], np.arange(2.0))
-    assert "unsupported" in str(transportable({(1, 2): 3}))  # keys must be str or int
 
 
 def test_a_leaked_hook_is_removed_exactly_beside_transformers_own_hooks() -> None:

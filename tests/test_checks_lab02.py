@@ -52,9 +52,11 @@ def module_at(root, lm: labkit.LabModel, layer: int, site: str):
 
 
 def nnsight_model(lm: labkit.LabModel):
+    """nnsight on a copy: nnsight instruments the modules it wraps in place (their ``forward``),
+    and the check's models are shared with every other test."""
     from nnsight import TransformersModel
 
-    return TransformersModel(lm.model, tokenizer=lm.tokenizer)
+    return TransformersModel(copy.deepcopy(lm.model), tokenizer=lm.tokenizer)
 
 
 def first(output):

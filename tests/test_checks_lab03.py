@@ -771,18 +771,35 @@ def agreement_numpy(estimate, exact, k=10):
     }
 
 
-def agreement_scipy(estimate, exact, k=10):
-    """scipy's conventions: spearmanr (average ranks), pearsonr, linregress."""
-    from scipy import stats
+def _average_ranks(v: Tensor) -> Tensor:
+    """Ranks from 1, tied values sharing their mean rank: scipy.stats.rankdata's default
+    ("average"), the textbook convention (scipy is not installed here)."""
+    ranks = torch.empty(len(v), dtype=torch.float64)
+    order = v.argsort()
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
 
-    x, y = exact.flatten().double().numpy(), estimate.flatten().double().numpy()
-    top_x = set(torch.as_tensor(abs(x)).topk(k).indices.tolist())
-    top_y = set(torch.as_tensor(abs(y)).topk(k).indices.tolist())
+
+def agreement_average_ranks(estimate, exact, k=10):
+    """Spearman from average ranks (scipy's convention), the slope as r * sd(y) / sd(x)."""
+    import numpy as np
+
+    x, y = exact.flatten().double(), estimate.flatten().double()
+    r = float(np.corrcoef(x.numpy(), y.numpy())[0, 1])
+    rho = float(np.corrcoef(_average_ranks(x).numpy(), _average_ranks(y).numpy())[0, 1])
+    top_x = set(x.abs().topk(k).indices.tolist())
+    top_y = set(y.abs().topk(k).indices.tolist())
     return {
-        "pearson": stats.pearsonr(x, y)[0],
-        "spearman": stats.spearmanr(x, y)[0],
-        "slope": stats.linregress(x, y).slope,
-        "sign agreement": float(((x > 0) == (y > 0)).mean()),
+        "pearson": r,
+        "spearman": rho,
+        "slope": r * float(y.std() / x.std()),
+        "sign agreement": float(((x > 0) == (y > 0)).double().mean()),
         "top-k recall": len(top_x & top_y) / k,
     }
 
@@ -1306,7 +1323,7 @@ CASES = [
     Wrong(HA, head_attr_llama_paths, hint="AttributeError", new=True),
     # 3.7 agreement
     Correct(AGR, agreement_numpy, "numpy: argsort ranks, corrcoef, polyfit"),
-    Correct(AGR, agreement_scipy, "scipy: spearmanr (average ranks), pearsonr, linregress"),
+    Correct(AGR, agreement_average_ranks, "average ranks as scipy computes them; r sd(y)/sd(x)"),
     Correct(AGR, agreement_sorted, "plain Python: sorted() ranks"),
     Correct(AGR, agreement_torch, "torch: corrcoef, lstsq, isin; tensors as values"),
     Wrong(AGR, agreement_slope_swapped, hint="regressed exact on the estimate"),

@@ -24,16 +24,11 @@ import pytest
 import torch
 from snapshots import stored_snapshots
 
-from labkit.checks.core import (
-    DEFAULT_TIMEOUT,
-    Checker,
-    Results,
-    check,
-    run_check,
-    skip_if_unattempted,
-)
+from labkit.checks.core import DEFAULT_TIMEOUT, Checker, Results, run_check, skip_if_unattempted
 from labkit.checks.results import CheckFailed, CheckResult, NotAttempted, TimedOut
-from labkit.checks.transport import Recorder, Replayer
+from support.checks import one_exercise
+
+check = one_exercise
 
 SNAPSHOTS = Path(__file__).parent / "data" / "check_messages.json"
 RECORD = os.environ.get("LABKIT_RECORD_MESSAGES") == "1"
@@ -174,6 +169,11 @@ def check_import_submodule(fn, t: Checker) -> None:
     import labkit.no_such_module  # noqa: F401
 
 
+@check("variant")
+def check_variant(fn, t: Checker) -> None:
+    t.true(t.seed(1) == 1, "seed 1 is 1 in the notebook")
+
+
 # name -> (check, student function), and run_check's own argument handling
 SCENARIOS: dict[str, Callable[[], CheckResult]] = {
     "close: right": lambda: check_close(lambda x: x * 2, quiet=True),
@@ -250,19 +250,8 @@ SCENARIOS: dict[str, Callable[[], CheckResult]] = {
     "broken after a part": lambda: check_broken_late(lambda: None, quiet=True),
     "import error without a name": lambda: check_import_message(lambda: None, quiet=True),
     "import of a submodule": lambda: check_import_submodule(lambda: None, quiet=True),
-    "run_check: a body without a name": lambda: run_check(
-        functools.partial(lambda fn, t: None), "partial", 1.0, None
-    ),
-    "run_check: unnamed body": lambda: run_check(
-        lambda fn, t: t.true(False, "never"), "unnamed", 2.0, None
-    ),
-    "run_check: variant": lambda: run_check(
-        lambda fn, t: t.true(t.seed(1) == 1, "seed 1 is 1 in the notebook"),
-        "v",
-        1.0,
-        lambda: None,
-        variant=3,
-    ),
+    "run_check: no function": lambda: run_check(check_close, None),
+    "run_check: variant": lambda: run_check(check_variant, lambda: None, variant=3),
 }
 
 
@@ -305,9 +294,9 @@ def test_the_snapshot_holds_every_scenario_and_no_other(stored: dict) -> None:
 
 # ----- what a snapshot cannot show ------------------------------------------------------------
 def test_the_decorator_keeps_its_settings() -> None:
-    assert check_close.check_name == "close" and check_close.points == 2
+    assert check_close.check_name.endswith(": close") and check_close.points == 2
     assert check_slow.timeout == 0.3 and check_close.timeout == 10.0
-    assert check_close.body.__name__ == "check_close"
+    assert check_close.body.__name__ == "check_close" and check_close.name == "close"
 
 
 def test_slowest_call_is_the_longest_call() -> None:
@@ -326,7 +315,7 @@ def test_defaults_of_the_decorator_and_the_checker() -> None:
         with t.part("one"):
             t.true(t.seed() == 0, "seed() is 0 in the notebook")
 
-    assert check_defaults.check_name == "defaults" and check_defaults.points == 1.0
+    assert check_defaults.check_name.endswith(": defaults") and check_defaults.points == 1.0
     assert check_defaults.timeout == DEFAULT_TIMEOUT
     assert check_defaults.body.__name__ == "check_defaults"
     result = check_defaults(lambda: None, quiet=True)
@@ -348,18 +337,6 @@ def test_the_time_a_check_took_is_measured() -> None:
     started = time.perf_counter()
     result = check_close(lambda x: (time.sleep(0.1), x * 2)[1], quiet=True)
     assert 0.1 <= result.seconds <= time.perf_counter() - started
-
-
-def test_a_timeout_replays_as_it_happened() -> None:
-    recorder = Recorder()
-    live = run_check(
-        check_slow.body, "slow", 1, lambda s: time.sleep(s * 5), runner=recorder, timeout=0.3
-    )
-    replayed = run_check(
-        check_slow.body, "slow", 1, None or print, runner=Replayer(recorder.outcomes), timeout=0.3
-    )
-    assert snapshot(replayed) == snapshot(live)
-    assert replayed.parts[2].message == "Not run: an earlier call took too long."
 
 
 def test_a_name_error_inside_a_function_from_another_cell_is_shown() -> None:
@@ -430,19 +407,21 @@ def test_results_and_skips_say_what_to_run(capsys) -> None:
     assert capsys.readouterr().out.splitlines() == [
         "(skipped) the plot: results['missing'] is not there yet: run the cell that computes it"
         " first (or finish its exercise).",
-        "(skipped) this cell: stub() is not implemented yet; finish its exercise above, then "
-        "rerun.",
-        "(skipped) a cell: an exercise it uses is not done yet; finish it above, then rerun.",
+        "(skipped) this cell: stub() is not implemented yet: finish it above, then rerun this "
+        "cell.",
+        "(skipped) a cell: an exercise it uses is not done yet: finish it above, then rerun this "
+        "cell.",
         "(skipped) names: undefined_name is not defined yet. Run the cells above this one first"
         " (Run > Run All Above Selected Cell).",
     ]
 
 
 def test_not_attempted_propagates_from_the_body() -> None:
-    def body(fn, t):
+    @check("raises not attempted")
+    def check_later(fn, t):
         raise NotAttempted("later")
 
-    result = run_check(body, "n", 1.0, lambda: None)
+    result = run_check(check_later, lambda: None)
     assert not result.attempted and result.max_score == 1.0
 
 
@@ -457,6 +436,6 @@ def test_a_skip_names_the_innermost_unfinished_function(capsys) -> None:
     cell_2 = 'with skip_if_unattempted("the plot"):\n    outer()\n'
     exec(compile(cell_2, "<cell 2>", "exec"), namespace)
     assert capsys.readouterr().out == (
-        "(skipped) the plot: inner() is not implemented yet; finish its exercise above, then "
-        "rerun.\n"
+        "(skipped) the plot: inner() is not implemented yet: finish it above, then rerun this "
+        "cell.\n"
     )

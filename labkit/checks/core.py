@@ -667,17 +667,22 @@ def skip_if_unattempted(what: str = "this cell") -> Iterator[None]:
     try:
         yield
     except NotImplementedError as err:
-        waiting = _waiting_for(err)
-        _SKIPPED.append(waiting)
+        waiting, function = _waiting_for(err)
+        _SKIPPED.append((waiting, function, _user_function(function)))
         _one_line(f"(skipped) {what}: {waiting}")
     except NameError as err:
         frames = traceback.extract_tb(err.__traceback__)
         if len(frames) > 1 and frames[-1].filename != frames[1].filename:
             raise  # a NameError inside a function from another cell: a real bug, show it
         name = getattr(err, "name", None) or err
-        if _SKIPPED:  # the cell that would define it was skipped: say why
+        # A cell above was skipped for an exercise the student has not redefined since: the
+        # name is missing because of it.
+        still = [
+            w for w, fn, obj in _SKIPPED if fn and obj is not None and _user_function(fn) is obj
+        ]
+        if still:
             _one_line(f"(skipped) {what}: it needs {name}, from a cell above that was skipped "
-                      f"because {_SKIPPED[-1]}")  # fmt: skip
+                      f"because {still[-1]}")  # fmt: skip
         else:
             _one_line(
                 f"(skipped) {what}: {name} is not defined yet. Run the cells above this one "
@@ -685,7 +690,14 @@ def skip_if_unattempted(what: str = "this cell") -> Iterator[None]:
             )
 
 
-_SKIPPED: list[str] = []  # why earlier cells were skipped, newest last
+_SKIPPED: list[tuple[str, str, Any]] = []  # (why, function, the function object) of skipped cells
+
+
+def _user_function(name: str) -> Any:
+    """The notebook's current binding of ``name`` (None outside a notebook)."""
+    shell = sys.modules.get("IPython")
+    ipython = getattr(shell, "get_ipython", lambda: None)() if shell else None
+    return ipython.user_ns.get(name) if ipython is not None and name else None
 
 
 def _one_line(text: str) -> None:
@@ -698,15 +710,16 @@ def _one_line(text: str) -> None:
     print(text)
 
 
-def _waiting_for(err: NotImplementedError) -> str:
+def _waiting_for(err: NotImplementedError) -> tuple[str, str]:
+    """Why a cell stopped, for the student, and the exercise function it stopped in."""
     message = str(err)
     if message.startswith("results["):
-        return message + "."
+        return message + ".", ""
     frames = traceback.extract_tb(err.__traceback__)
     own = [f for f in frames if not is_library(f.filename) and f.name != "<module>"]
     if own:
         name = own[-1].name
         number = exercise_number(name)
         which = f"exercise {number} ({name})" if number else f"{name}()"
-        return f"{which} is not implemented yet: finish it above, then rerun this cell."
-    return "an exercise it uses is not done yet: finish it above, then rerun this cell."
+        return f"{which} is not implemented yet: finish it above, then rerun this cell.", name
+    return "an exercise it uses is not done yet: finish it above, then rerun this cell.", ""
