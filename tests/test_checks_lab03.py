@@ -1241,7 +1241,7 @@ CASES = [
     Wrong(NM, metric_float, hint="Return a torch tensor"),
     Wrong(NM, metric_returns_value, hint="inner function"),
     Wrong(NM, metric_clean_only, hint="divided by the clean value"),
-    Wrong(NM, metric_first_position, hint="first position's logits"),
+    Wrong(NM, metric_first_position, hint="got inf"),  # both baselines read the same anchor
     Wrong(NM, metric_globals, hint="made before the metrics of the other problems", new=True),
     Wrong(NM, metric_memo_prompts, hint="made before the metrics of the other problems", new=True),
     Wrong(NM, metric_argmax, hint="largest logit", new=True),
@@ -1502,7 +1502,7 @@ def test_problems_have_no_ties_and_every_mistake_is_apart() -> None:
         tables = [
             problems.agreement_scores(seed),
             problems.noisy_scores(seed, (2, 3, 4)),
-            problems.ranked_scores(seed, (4, 6), problems.AGREE_RANKS, problems.AGREE_ALARMS),
+            problems.ranked_scores(seed, (4, 6), problems.AGREE_RANKS, problems.AGREE_ALARMS, True),
             problems.ranked_scores(seed, (40,)),
             problems.ranked_scores(seed, (2, 4, 6)),
         ]

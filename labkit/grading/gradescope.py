@@ -76,6 +76,7 @@ ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PY="${LABKIT_PYTHON:-/autograder/venv/bin/python}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 umask 077
+cd "$ROOT"  # python -m puts the working folder first on its path: not a folder with a labkit
 exec "$PY" -m labkit.grading.gradescope "$ROOT"
 """
 

@@ -42,13 +42,13 @@ def check_integrated_gradients(integrated_gradients, t: Checker) -> None:
             t.close(got.sum(), change, f"{call.what}: the scores add up to f(x) - f(b) = "
                     f"{change:.4g} (completeness)", scale=magnitude(change), hint=hint)  # fmt: skip
     with t.part("smooth non-polynomial functions, n_steps 3, 1 and 6", points=1):
-        f, x = P.smooth(gen, t.choice([5, 11, 3]), t.choice([4, 2, 6]))
+        f, x, b = P.wavy(gen, t.choice([5, 11, 3]), t.choice([4, 2, 6]), phase=5.0)
         g, y = P.smooth(gen, t.choice([12, 2, 9]), 3)
         t.watch(f, "the test function"), t.watch(g, "the test function")
-        b, c = 0.5 * torch.randn(x.shape, generator=gen), 0.5 * torch.randn(y.shape, generator=gen)
-        what = f"a smooth nonlinear f of {x.shape[1]} positions"
+        c = 0.5 * torch.randn(y.shape, generator=gen)
+        what = f"f(e) = sum_p c_p sin(<w_p, e_p>) of {x.shape[1]} positions"
         calls = [Call((f, x, b, 3), f"{what}, n_steps=3"),
-                 Call((g, y, c, 1), f"another one of {y.shape[1]} positions, n_steps=1"),
+                 Call((g, y, c, 1), f"a smooth f of {y.shape[1]} positions, n_steps=1"),
                  Call((f, x, b, 6), f"{what}, n_steps=6"),
                  Call((f, x, b, 3), f"{what}, n_steps=3 again after the others", repeat=True)]  # fmt: skip
         compare_calls(t, integrated_gradients, "integrated_gradients", calls, hint=hint)

@@ -116,11 +116,12 @@ def smooth(gen: torch.Generator, n_pos: int, d: int) -> tuple[Smooth, Tensor]:
     return Smooth(w, u, c), 1.5 * torch.randn(1, n_pos, d, generator=gen)
 
 
-def wavy(gen: torch.Generator, n_pos: int, d: int) -> tuple[Wavy, Tensor, Tensor]:
-    """A :class:`Wavy` f, an input and a baseline whose path crosses several periods."""
+def wavy(gen: torch.Generator, n_pos: int, d: int, phase: float = 12.0):
+    """A :class:`Wavy` f, an input and a baseline whose path crosses about ``phase`` radians
+    at every position: (f, x, b)."""
     f = Wavy(torch.randn(n_pos, d, generator=gen), 1 + torch.rand(n_pos, generator=gen))
     x = torch.randn(1, n_pos, d, generator=gen)
-    x = x * (12.0 / (f.w * x).sum(-1).abs().clamp_min(0.5))[..., None]  # <w_p, x_p> near 12
+    x = x * (phase / (f.w * x).sum(-1).abs().clamp_min(0.5))[..., None]  # |<w_p, x_p>| = phase
     return f, x, 0.1 * torch.randn(1, n_pos, d, generator=gen)
 
 
@@ -244,7 +245,9 @@ def random_patterns(
 
 def model_patterns(family: str, gen: torch.Generator, n_pos: int, **sizes) -> Tensor:
     """A tiny model's attention patterns for random tokens: (n_layers, n_heads, pos, pos).
-    Its weights are scaled up more than the other problems' so that heads differ."""
+    Its weights are scaled up more than the other problems' so that heads differ. (Asking for
+    attentions leaves transformers' own hooks on a model, which can then no longer be sent to
+    a grading worker: this model is never sent.)"""
     lm = kit.tiny(family, seed=3, scale=10.0, random_norms=True, **sizes)
     ids = kit.token_ids(lm, gen, n_pos)
     with torch.no_grad():

@@ -79,14 +79,14 @@ def check_activations_and_grads(activations_and_grads: Callable, t: Checker) -> 
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 43), b.batch, b.lm.vocab_size)
     noise_a = P.random_metric(kit.generator(t, 44), a.batch, a.lm.vocab_size)
-    with t.part("sites 'resid_pre' and 'head_out'", points=1):
+    with t.part("sites 'resid_pre' and 'attn_out'", points=1):
         _acts_grads_case(t, activations_and_grads, b, m_b, "resid_pre")
-        _acts_grads_case(t, activations_and_grads, a, m_a, "head_out")
+        _acts_grads_case(t, activations_and_grads, a, m_a, "attn_out")
         _acts_grads_case(t, activations_and_grads, a, m_a, "resid_pre")
-    with t.part("sites 'mlp_out' and 'attn_out', and the first call again", points=1):
-        _acts_grads_case(t, activations_and_grads, a, m_a, "mlp_out")
+    with t.part("sites 'head_out' and 'mlp_out', and the first call again", points=1):
+        _acts_grads_case(t, activations_and_grads, a, m_a, "head_out")
+        _acts_grads_case(t, activations_and_grads, b, m_b, "mlp_out")
         _acts_grads_case(t, activations_and_grads, a, noise_a, "head_out")  # another metric
-        _acts_grads_case(t, activations_and_grads, b, m_b, "attn_out")
         _acts_grads_case(t, activations_and_grads, b, m_b, "resid_pre", repeat=True)
 
 

@@ -36,9 +36,12 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
     grid, grid_exact = P.agreement_scores(t.seed(71))
     cube, cube_exact = P.noisy_scores(t.seed(72), t.choice([(2, 3, 4), (3, 2, 4), (4, 3, 2)]))
     wide_shape = t.choice([(4, 6), (6, 4), (3, 8)])
-    wide, wide_exact = P.ranked_scores(t.seed(73), wide_shape, P.AGREE_RANKS, P.AGREE_ALARMS)
+    wide, wide_exact = P.ranked_scores(
+        t.seed(73), wide_shape, P.AGREE_RANKS, P.AGREE_ALARMS, negative_alarm=True
+    )
     k = t.choice([5, 4, 6])
     with t.part("pearson, spearman, slope, sign agreement and top-k recall", points=1):
+        answers = []
         for estimate, exact, kk in [
             (grid, grid_exact, k),
             (wide, wide_exact, None),  # the default k
@@ -51,8 +54,11 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
             wrong = t.mistakes("agreement", estimate, exact, *given.values())
             what = _describe(estimate, kk)
             got = _numbers(t, agreement, estimate, exact, kk, what)
-            for key in KEYS:
-                t.close(got[key], want[key], f"{what}[{key!r}]", mistakes=P.pick(wrong, key))
+            answers += [
+                P.Answer(got[key], want[key], f"{what}[{key!r}]", P.pick(wrong, key))
+                for key in KEYS
+            ]
+        P.close_all(t, answers)
 
     x = wide_exact
     cases = [
@@ -94,6 +100,7 @@ def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> 
     flat, flat_exact = P.ranked_scores(t.seed(81), (40,))
     cube, cube_exact = P.ranked_scores(t.seed(82), t.choice([(4, 3, 4), (2, 4, 6), (3, 4, 4)]))
     with t.part("the rank, in order of |estimate|, of the last exact top-k component", points=1):
+        answers = []
         for estimate, exact, k in [
             (flat, flat_exact, 2),
             (cube, cube_exact, None),  # the default k
@@ -102,22 +109,25 @@ def check_patches_to_find_top_k(patches_to_find_top_k: Callable, t: Checker) -> 
             (flat, flat_exact, 8),
             (flat, flat_exact, 2),  # the first call again
         ]:
-            args = (estimate, exact) if k is None else (estimate, exact, k)
-            want = t.expected("patches_to_find_top_k", estimate, exact, *args[2:])
-            wrong = t.mistakes("patches_to_find_top_k", estimate, exact, *args[2:])
+            given = () if k is None else (k,)
+            want = t.expected("patches_to_find_top_k", estimate, exact, *given)
+            wrong = t.mistakes("patches_to_find_top_k", estimate, exact, *given)
             shown = "" if k is None else f", k={k}"
             what = (
                 f"patches_to_find_top_k(estimate, exact{shown}) with {estimate.numel()} components"
             )
-            got = t.scalar(t.call(patches_to_find_top_k, *args), what)
-            t.close(
-                got,
-                want,
-                f"{what}: patches made in order of |estimate| until all of the "
-                "exact top-k (by |effect|) are found",
-                atol=0.1,
-                mistakes=wrong,
+            got = t.scalar(t.call(patches_to_find_top_k, estimate, exact, *given), what)
+            answers.append(
+                P.Answer(
+                    got,
+                    want,
+                    f"{what}: patches made in order of |estimate| until all of the exact top-k "
+                    "(by |effect|) are found",
+                    wrong,
+                    atol=0.1,
+                )
             )
+        P.close_all(t, answers)
         for estimate, exact, name, k in [
             (cube_exact, cube_exact, "exact itself", 4),
             (-2 * flat_exact, flat_exact, "-2 x exact (the same sizes)", 5),

@@ -27,7 +27,7 @@ def check_integrated_patching(integrated_patching: Callable, t: Checker) -> None
     embeddings the scores add up to metric(clean) - metric(corrupted) for any n_steps."""
     first, second = P.families(t, ["llama", "gpt_neox"])
     a = P.pair(t, P.model(t, first, 1), 101, batch=2, n_pos=t.choice([6, 5]))
-    b = P.pair(t, P.model(t, second, 2, n_layers=2), 102, batch=1, n_pos=t.choice([10, 12]))
+    b = P.pair(t, P.model(t, second, 2, n_layers=3), 102, batch=1, n_pos=t.choice([10, 12]))
     m_a = P.normalised(t, a)
     m_b = P.random_metric(kit.generator(t, 103), b.batch, b.lm.vocab_size)
     noise_a = P.random_metric(kit.generator(t, 105), a.batch, a.lm.vocab_size)
@@ -56,6 +56,8 @@ def check_integrated_patching(integrated_patching: Callable, t: Checker) -> None
                 want,
                 f"{what}: the average gradient at alpha_k = (k + 1/2) / n_steps "
                 "times (clean - corrupted) embeddings, summed over d_model and the batch",
+                atol=1e-5,  # a few steps more or less are a difference of about 1e-3
+                rtol=1e-4,
                 scale=P.scale_of(want),
                 mistakes=wrong,
             )

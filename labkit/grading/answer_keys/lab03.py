@@ -28,9 +28,9 @@ def _rows_diff(logits: Tensor, targets, foils) -> Tensor:
     return logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
 
 
-def _last(lm, tokens: Tensor, position: int = -1) -> Tensor:
+def _last(lm, tokens: Tensor) -> Tensor:
     with torch.no_grad():
-        return lm.model(tokens).logits[:, position]
+        return lm.model(tokens).logits[:, -1]
 
 
 def _acts(lm, tokens: Tensor, site: str) -> Tensor:
@@ -132,13 +132,12 @@ def _normalised(
     *,
     per_row=False,
     transform=None,
-    position=-1,
     diff=_rows_diff,
 ):
     """(diff(x) - diff(corrupted)) / (diff(clean) - diff(corrupted)), the wrong ways."""
     transform = transform or (lambda x: x)
-    high = diff(transform(_last(lm, clean, position)), targets, foils)
-    low = diff(transform(_last(lm, corrupted, position)), targets, foils)
+    high = diff(transform(_last(lm, clean)), targets, foils)
+    low = diff(transform(_last(lm, corrupted)), targets, foils)
     now = diff(transform(logits), targets, foils)
     if per_row:
         return ((now - low) / (high - low)).mean()
@@ -211,15 +210,6 @@ def metric_every_pair(sol, lm, clean, corrupted, targets, foils, logits):
     if clean.shape[0] == 1:
         raise NotThisProblem
     return _normalised(lm, clean, corrupted, targets, foils, logits, diff=_every_pair)
-
-
-@KEY.mistake(
-    "normalised_metric@logits",
-    "The baselines came from the first position's logits. Use the last position's, "
-    "logits[:, -1], as the metric itself does.",
-)
-def metric_first_position(sol, lm, clean, corrupted, targets, foils, logits):
-    return _normalised(lm, clean, corrupted, targets, foils, logits, position=0)
 
 
 @KEY.mistake(

@@ -159,10 +159,21 @@ def layer_resid_post(sol, lm, tokens, target_id):
     "each block's input.",
 )
 def layer_hidden_outputs(sol, lm, tokens, target_id):
-    x = lm.embed(tokens).detach().requires_grad_(True)
-    out = lm.model(inputs_embeds=x, output_hidden_states=True)
-    states = out.hidden_states[1:]
-    grads = torch.autograd.grad(out.logits[0, -1, target_id], states)
+    # hidden_states[1:] through hooks: output_hidden_states would leave transformers' own
+    # hooks on the model, which then can no longer be sent to a grading worker.
+    from labkit.hooks import capture
+
+    finals = []
+    handle = lm.final_norm.register_forward_hook(lambda m, a, out: finals.append(out))
+    try:
+        x = lm.embed(tokens).detach().requires_grad_(True)
+        with capture(lm, "resid_post", keep_grad=True) as cache:
+            logit = lm.model(inputs_embeds=x).logits[0, -1, target_id]
+            states = [cache["resid_post", layer] for layer in range(lm.n_layers - 1)]
+    finally:
+        handle.remove()
+    states.append(finals[0])
+    grads = torch.autograd.grad(logit, states)
     return torch.stack([(s * g)[0].sum(-1) for s, g in zip(states, grads, strict=True)]).detach()
 
 
