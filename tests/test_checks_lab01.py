@@ -980,13 +980,17 @@ def shapley_permutations(score, ids, positions, r):
 
 
 def shapley_recursive(score, ids, positions, r):
-    """Sum over subsets by recursion on the players, each coalition scored on its own."""
+    """The subsets of the other players, each coalition scored on its own (once), in Python
+    floats."""
     players = [int(p) for p in positions]
     n = len(players)
+    seen: dict = {}
 
     def value(present: frozenset) -> float:
-        row = _rows(ids, [[p for i, p in enumerate(players) if i not in present]], r)
-        return float(_scores(score, row)[0])
+        if present not in seen:
+            row = _rows(ids, [[p for i, p in enumerate(players) if i not in present]], r)
+            seen[present] = float(_scores(score, row)[0])
+        return seen[present]
 
     out = []
     for i in range(n):
@@ -1025,7 +1029,9 @@ def shapley_leave_one_in(score, ids, positions, r):
 
 
 def shapley_endpoints(score, ids, positions, r):
-    return (shapley_occlusion(score, ids, positions, r) + shapley_leave_one_in(score, ids, positions, r)) / 2
+    return (
+        shapley_occlusion(score, ids, positions, r) + shapley_leave_one_in(score, ids, positions, r)
+    ) / 2
 
 
 def shapley_sign(score, ids, positions, r):
@@ -1386,8 +1392,18 @@ def randomize_float64(module, seed=0):
             p.copy_(noise * p.double().std() + p.double().mean())
 
 
-def _randomize(module, seed=0, *, skip_frozen=False, reseed=False, dist="normal", scope="own",
-               dims=None, noise=None, only=None):  # fmt: skip
+def _randomize(
+    module,
+    seed=0,
+    *,
+    skip_frozen=False,
+    reseed=False,
+    dist="normal",
+    scope="own",
+    dims=None,
+    noise=None,
+    only=None,
+):
     gen = torch.Generator().manual_seed(seed)
     params = list(module.parameters())
     everything = torch.cat([p.flatten() for p in params])
@@ -1511,8 +1527,11 @@ CASES = [
     Wrong("saliency", saliency_times_input, hint="multiplied the gradient by the input"),
     Wrong("saliency", saliency_at_zero, hint="AT the input"),
     Wrong("saliency", saliency_normalised, hint="normalise"),
-    Wrong("saliency", reused_leaf(lambda x, g: g[0].norm(dim=-1), "saliency_reused_leaf"),
-          hint="piled up"),  # fmt: skip
+    Wrong(
+        "saliency",
+        reused_leaf(lambda x, g: g[0].norm(dim=-1), "saliency_reused_leaf"),
+        hint="piled up",
+    ),
     Wrong("saliency", saliency_over_positions, hint="one score per position"),
     Wrong("saliency", _stuck_on_shape(saliency_loop), hint=EARLIER, new=True),
     Wrong("saliency", _stuck_on_first(saliency_loop), hint=EARLIER, new=True),
@@ -1528,8 +1547,11 @@ CASES = [
     Wrong("input_x_gradient", ixg_mean, hint="not the mean"),
     Wrong("input_x_gradient", ixg_true_change, hint="first-order estimate"),
     Wrong("input_x_gradient", ixg_at_zero, hint="not at zero"),
-    Wrong("input_x_gradient", reused_leaf(lambda x, g: (x * g)[0].sum(-1), "ixg_reused_leaf"),
-          hint="piled up"),  # fmt: skip
+    Wrong(
+        "input_x_gradient",
+        reused_leaf(lambda x, g: (x * g)[0].sum(-1), "ixg_reused_leaf"),
+        hint="piled up",
+    ),
     Wrong("input_x_gradient", _stuck_on_shape(ixg_einsum), hint=EARLIER, new=True),
     Wrong("input_x_gradient", _stuck_on_first(ixg_einsum), hint=EARLIER, new=True),
     Wrong("input_x_gradient", ixg_keeps_batch, hint="expected shape", new=True),
@@ -1545,8 +1567,16 @@ CASES = [
     Wrong("layer_attribution", _layer(score="prob"), hint="probability"),
     Wrong("layer_attribution", layer_leaky_hooks, hint="hook(s) registered"),
     Wrong("layer_attribution", layer_llama_paths, hint="AttributeError", new=True),
-    Wrong("layer_attribution", memo(layer_hidden_states, lambda lm, ids, t: (id(lm), ids.shape),
-                                    "layer_memo_on_model_and_length"), hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "layer_attribution",
+        memo(
+            layer_hidden_states,
+            lambda lm, ids, t: (id(lm), ids.shape),
+            "layer_memo_on_model_and_length",
+        ),
+        hint=EARLIER,
+        new=True,
+    ),
     Wrong("layer_attribution", layer_three_layers, hint="expected shape", new=True),
     Wrong("layer_attribution", layer_top_prediction, hint="top prediction", new=True),
     # 1.4 integrated gradients
@@ -1580,8 +1610,12 @@ CASES = [
     Wrong("completeness_gap", gap_abs_scores, hint="with their signs"),
     Wrong("completeness_gap", gap_change_only, hint="alone"),
     Wrong("completeness_gap", gap_without_first, hint="first position", new=True),
-    Wrong("completeness_gap", Fresh(_gap_change_memo, "gap_change_memo_on_shape"),
-          hint="sum(attributions)", new=True),  # fmt: skip
+    Wrong(
+        "completeness_gap",
+        Fresh(_gap_change_memo, "gap_change_memo_on_shape"),
+        hint="sum(attributions)",
+        new=True,
+    ),
     Wrong("completeness_gap", gap_own_ig, hint="sum(attributions)", new=True),
     # 1.6 space baseline
     Correct("space_baseline", space_weight_rows, "rows of the embedding matrix"),
@@ -1598,8 +1632,12 @@ CASES = [
     Wrong("space_baseline", space_keeps_last, hint="kept the last token", new=True),
     Wrong("space_baseline", space_keeps_two, hint="kept position 1", new=True),
     Wrong("space_baseline", space_llama_paths, hint="AttributeError", new=True),
-    Wrong("space_baseline", memo(space_where, lambda lm, ids: ids.shape, "space_memo_on_length"),
-          hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "space_baseline",
+        memo(space_where, lambda lm, ids: ids.shape, "space_memo_on_length"),
+        hint=EARLIER,
+        new=True,
+    ),
     # 1.7 layer-weighted attention
     Correct("layer_weighted_attention", lwa_einsum, "einsum"),
     Correct("layer_weighted_attention", lwa_loop, "a loop over layers"),
@@ -1674,15 +1712,23 @@ CASES = [
     Wrong("shapley_values", shapley_leave_one_in, hint="empty coalition"),
     Wrong("shapley_values", shapley_endpoints, hint="three or more"),
     Wrong("shapley_values", shapley_sign, hint="Wrong sign"),
-    Wrong("shapley_values", _shapley(lambda s, n: factorial(s) * factorial(n - s) / factorial(n)),
-          hint="n - s - 1"),  # fmt: skip
+    Wrong(
+        "shapley_values",
+        _shapley(lambda s, n: factorial(s) * factorial(n - s) / factorial(n)),
+        hint="n - s - 1",
+    ),
     Wrong("shapley_values", shapley_sampled, hint="coalitions S of the other players"),
     Wrong("shapley_values", shapley_sorted, hint="order of `positions`"),
     Wrong("shapley_values", shapley_reversed_bits, hint="reverse order", new=True),
-    Wrong("shapley_values", _shapley(_w_shapley, build=_by_value), hint="every occurrence",
-          new=True),  # fmt: skip
-    Wrong("shapley_values", memo(_shapley(_w_shapley), lambda s, ids, pos, r: len(pos),
-                                 "shapley_memo_on_n"), hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "shapley_values", _shapley(_w_shapley, build=_by_value), hint="every occurrence", new=True
+    ),
+    Wrong(
+        "shapley_values",
+        memo(_shapley(_w_shapley), lambda s, ids, pos, r: len(pos), "shapley_memo_on_n"),
+        hint=EARLIER,
+        new=True,
+    ),
     Wrong("shapley_values", _shapley(_w_shapley, replacement=0), hint="coalitions S", new=True),
     # 1.12 contrastive function
     Correct("logit_difference_fn", ld_log_softmax, "log-softmax difference"),
@@ -1706,41 +1752,83 @@ CASES = [
     Correct("deletion_curve", deletion_masks64, "cumulative masks, float64"),
     Correct("deletion_curve", deletion_incremental, "one more replaced per row"),
     Wrong("deletion_curve", deletion_deleted, hint="You deleted"),
-    Wrong("deletion_curve", _deletion(lambda o: [o[:k] for k in range(1, len(o) + 2)]),
-          hint="original score"),  # fmt: skip
+    Wrong(
+        "deletion_curve",
+        _deletion(lambda o: [o[:k] for k in range(1, len(o) + 2)]),
+        hint="original score",
+    ),
     Wrong("deletion_curve", _deletion(lambda o: [[]] + [[p] for p in o]), hint="cumulatively"),
-    Wrong("deletion_curve", _deletion(lambda o: [o[::-1][:k] for k in range(len(o) + 1)]),
-          hint="from its start"),  # fmt: skip
+    Wrong(
+        "deletion_curve",
+        _deletion(lambda o: [o[::-1][:k] for k in range(len(o) + 1)]),
+        hint="from its start",
+    ),
     Wrong("deletion_curve", deletion_additive, hint="not additive"),
-    Wrong("deletion_curve", _deletion(lambda o: [sorted(o)[:k] for k in range(len(o) + 1)]),
-          hint="do not sort"),  # fmt: skip
+    Wrong(
+        "deletion_curve",
+        _deletion(lambda o: [sorted(o)[:k] for k in range(len(o) + 1)]),
+        hint="do not sort",
+    ),
     Wrong("deletion_curve", deletion_in_place, hint="changed its input"),
-    Wrong("deletion_curve", _deletion(lambda o: [o[:k] for k in range(len(o) + 1)], _by_value),
-          hint="every occurrence", new=True),  # fmt: skip
+    Wrong(
+        "deletion_curve",
+        _deletion(lambda o: [o[:k] for k in range(len(o) + 1)], _by_value),
+        hint="every occurrence",
+        new=True,
+    ),
     Wrong("deletion_curve", deletion_drops, hint="not their drops", new=True),
-    Wrong("deletion_curve", memo(deletion_loop, lambda s, ids, o, r: len(o),
-                                 "deletion_memo_on_length"), hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "deletion_curve",
+        memo(deletion_loop, lambda s, ids, o, r: len(o), "deletion_memo_on_length"),
+        hint=EARLIER,
+        new=True,
+    ),
     # 1.14 insertion curve
     Correct("insertion_curve", insertion_loop, "a loop"),
     Correct("insertion_curve", insertion_put_back, "put the tokens back one by one"),
     Correct("insertion_curve", insertion_reversed_deletion, "a deletion curve, reversed twice"),
-    Wrong("insertion_curve", _insertion(lambda o, n: [o[:k] for k in range(len(o) + 1)]),
-          hint="deletion curve"),  # fmt: skip
-    Wrong("insertion_curve", _insertion(lambda o, n: [o[:k] for k in range(len(o) + 1)][::-1]),
-          hint="LAST tokens"),  # fmt: skip
-    Wrong("insertion_curve", _insertion(lambda o, n: [o[k + 1 :] for k in range(len(o) + 1)]),
-          hint="Off by one"),  # fmt: skip
-    Wrong("insertion_curve", _insertion(
-        lambda o, n: [[p for p in range(n) if p not in o[:k]] for k in range(len(o) + 1)]),
-        hint="only the positions"),  # fmt: skip
+    Wrong(
+        "insertion_curve",
+        _insertion(lambda o, n: [o[:k] for k in range(len(o) + 1)]),
+        hint="deletion curve",
+    ),
+    Wrong(
+        "insertion_curve",
+        _insertion(lambda o, n: [o[:k] for k in range(len(o) + 1)][::-1]),
+        hint="LAST tokens",
+    ),
+    Wrong(
+        "insertion_curve",
+        _insertion(lambda o, n: [o[k + 1 :] for k in range(len(o) + 1)]),
+        hint="Off by one",
+    ),
+    Wrong(
+        "insertion_curve",
+        _insertion(
+            lambda o, n: [[p for p in range(n) if p not in o[:k]] for k in range(len(o) + 1)]
+        ),
+        hint="only the positions",
+    ),
     Wrong("insertion_curve", insertion_additive, hint="not additive"),
     Wrong("insertion_curve", insertion_in_place, hint="changed its input"),
-    Wrong("insertion_curve", _insertion(lambda o, n: [sorted(o)[k:] for k in range(len(o) + 1)]),
-          hint="do not sort", new=True),  # fmt: skip
-    Wrong("insertion_curve", _insertion(lambda o, n: [o[k:] for k in range(len(o) + 1)], _by_value),
-          hint="every occurrence", new=True),  # fmt: skip
-    Wrong("insertion_curve", memo(insertion_loop, lambda s, ids, o, r: len(o),
-                                  "insertion_memo_on_length"), hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "insertion_curve",
+        _insertion(lambda o, n: [sorted(o)[k:] for k in range(len(o) + 1)]),
+        hint="do not sort",
+        new=True,
+    ),
+    Wrong(
+        "insertion_curve",
+        _insertion(lambda o, n: [o[k:] for k in range(len(o) + 1)], _by_value),
+        hint="every occurrence",
+        new=True,
+    ),
+    Wrong(
+        "insertion_curve",
+        memo(insertion_loop, lambda s, ids, o, r: len(o), "insertion_memo_on_length"),
+        hint=EARLIER,
+        new=True,
+    ),
     # 1.15 Spearman
     Correct("spearman", spearman_d2, "1 - 6 sum d^2 / n(n^2 - 1)"),
     Correct("spearman", spearman_corrcoef, "torch.corrcoef of the ranks"),
@@ -1754,8 +1842,12 @@ CASES = [
     Wrong("spearman", spearman_opposite, hint="same direction"),
     Wrong("spearman", spearman_sorted_values, hint="Do not sort"),
     Wrong("spearman", spearman_n_n_minus_1, hint="n (n - 1)", new=True),
-    Wrong("spearman", memo(spearman_d2, lambda a, b: len(a), "spearman_memo_on_length"),
-          hint=EARLIER, new=True),  # fmt: skip
+    Wrong(
+        "spearman",
+        memo(spearman_d2, lambda a, b: len(a), "spearman_memo_on_length"),
+        hint=EARLIER,
+        new=True,
+    ),
     Wrong("spearman", spearman_kendall, hint="Pearson correlation of the ranks", new=True),
     # 1.16 randomise weights
     Correct("randomize_weights_", randomize_normal_, "normal_ with a generator"),
@@ -1898,8 +1990,13 @@ def _without_library_hooks(objects):
 @pytest.mark.parametrize("name", list(H.exercises))
 def test_every_check_sends_only_data_and_reads_plain_replies(name: str) -> None:
     for variant in (0, H.variants(1)[0]):
-        result = run_check(H.check(name), H.solution[name], variant=variant,
-                           runner=WorkerLikeRunner(strict=False), answers=H.answers)  # fmt: skip
+        result = run_check(
+            H.check(name),
+            H.solution[name],
+            variant=variant,
+            runner=WorkerLikeRunner(strict=False),
+            answers=H.answers,
+        )
         assert result.passed, result.report() + "\n" + "\n".join(p.message for p in result.parts)
 
 
@@ -1922,8 +2019,9 @@ print("ok")
 def test_the_grader_side_leaves_every_model_it_sends_sendable() -> None:
     """References, mistakes and problem builders run in the grader's process: none of them may
     leave on a model it sends what cannot be pickled (transformers' output-capturing hooks)."""
-    done = subprocess.run([sys.executable, "-c", STRICT], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", STRICT], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 

@@ -1242,10 +1242,12 @@ CASES = [
     Wrong(NM, metric_returns_value, hint="inner function"),
     Wrong(NM, metric_clean_only, hint="divided by the clean value"),
     Wrong(NM, metric_first_position, hint="got inf"),  # both baselines read the same anchor
-    Wrong(NM, metric_globals, hint="made before the metrics of the other problems", new=True),
-    Wrong(NM, metric_memo_prompts, hint="made before the metrics of the other problems", new=True),
+    Wrong(NM, metric_globals, hint="the metrics of all three problems were made first", new=True),
+    Wrong(
+        NM, metric_memo_prompts, hint="the metrics of all three problems were made first", new=True
+    ),
     Wrong(NM, metric_argmax, hint="largest logit", new=True),
-    Wrong(NM, metric_first_row, hint="Row i uses target_ids[i]", new=True),
+    Wrong(NM, metric_first_row, hint="reads the first prompt only", new=True),
     # 3.2 patch_grid
     Correct(PG, grid_loop, "one forward pass per cell, labkit's patch"),
     Correct(PG, grid_float64, "a float64 copy of the model"),
@@ -1339,7 +1341,7 @@ CASES = [
     Wrong(AGR, agreement_spearman_abs, hint="absolute values", new=True),
     Wrong(AGR, agreement_cosine, hint="cosine similarity", new=True),
     Wrong(AGR, agreement_sign_positive, hint="fraction of positive estimates", new=True),
-    Wrong(AGR, agreement_memo_ignores_k, hint="['top-k recall']", new=True),
+    Wrong(AGR, agreement_memo_ignores_k, hint=": 'top-k recall'", new=True),
     Wrong(AGR, agreement_default_k5, hint="agreement(estimate, exact) on", new=True),
     Wrong(AGR, agreement_recall_k5, hint="top-k recall", new=True),
     # 3.8 patches_to_find_top_k
@@ -1427,6 +1429,7 @@ def test_the_solution_passes_in_the_notebook(name: str) -> None:
 def test_the_stub_is_not_attempted(name: str) -> None:
     result = H.notebook(name, stub)
     assert not result.attempted and result.status == "not attempted", result.report()
+    assert result.max_score == H.check(name).points  # the same maximum as after an attempt
 
 
 @pytest.mark.parametrize("case", CORRECT, ids=lambda c: c.id)
@@ -1561,3 +1564,57 @@ def test_the_metric_given_to_the_exercises_is_plain_data() -> None:
     torch.testing.assert_close(grad, metric.weights)
     again = pickle.loads(pickle.dumps(metric))
     assert digest(again) == digest(metric) is not None
+
+
+NNSIGHT_CELL = """
+import torch
+from nnsight import TransformersModel
+
+
+def activations_and_grads(lm, tokens, metric, site):
+    model = TransformersModel(lm.model, tokenizer=lm.tokenizer)
+    embeds = lm.embed(tokens).detach().requires_grad_(True)
+    live, acts, grads = [], [], []
+    with model.trace(inputs_embeds=embeds):
+        blocks = model
+        for name in lm.spec.blocks.split("."):
+            blocks = getattr(blocks, name)
+        for layer in range(lm.n_layers):
+            block = blocks[layer]
+            if site == "resid_pre":
+                x = block.input
+            elif site == "head_out":
+                x = getattr(block, lm.spec.attn_out_proj.split(".")[0])
+                x = getattr(x, lm.spec.attn_out_proj.split(".")[1]).input
+            else:
+                x = getattr(block, lm.spec.attn if site == "attn_out" else lm.spec.mlp).output
+                x = x[0] if site == "attn_out" else x
+            live.append(x)
+            acts.append(x.save())
+        value = metric(model.output.logits[:, -1])
+        with value.backward():
+            for x in reversed(live):
+                grads.append(x.grad.save())
+    acts, grads = torch.stack([a.detach() for a in acts]), torch.stack(grads[::-1])
+    if site == "head_out":
+        acts = acts.unflatten(-1, (lm.n_heads, lm.d_head))
+        grads = grads.unflatten(-1, (lm.n_heads, lm.d_head))
+    return acts, grads
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="labkit.notebooks.run_definitions compiles a cell as '<cell N>' without putting its "
+    "source in linecache, and nnsight reads a trace's body from there: an nnsight answer "
+    "fails in the grader's worker (WithBlockNotFoundError) though it passes in a notebook",
+)
+def test_an_nnsight_answer_passes_as_the_grader_defines_it() -> None:
+    """The nnsight answer as the grader's worker defines a student's cell (issue 30: the check
+    must accept an nnsight answer and a hooks answer alike, in the notebook and when graded)."""
+    from labkit.notebooks import run_definitions
+
+    found = run_definitions([(25, NNSIGHT_CELL)], module_name="submission:03")
+    assert found.stopped_at is None, found.notes
+    result = H.hidden(AG, found.namespace["activations_and_grads"], H.variants(1)[0])
+    assert result.passed, result.report()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from snapshots import stored_snapshots
+from support.snapshots import stored_snapshots
 
 from labkit.checks.core import DEFAULT_TIMEOUT, Checker, Results, run_check, skip_if_unattempted
 from labkit.checks.results import CheckFailed, CheckResult, NotAttempted, TimedOut

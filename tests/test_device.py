@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from device_guard import ADVICE, DeviceGuard, describe
+from support.device_guard import ADVICE, DeviceGuard, describe
 
 import labkit
 from labkit.notebooks import notebook_definitions as solution_functions
@@ -113,7 +113,7 @@ def test_explorers_work_with_the_model_on_another_device(name: str) -> None:
 
 def test_the_guard_finds_a_cpu_tensor_mixed_with_model_tensors() -> None:
     import torch
-    from device_guard import DeviceGuard
+    from support.device_guard import DeviceGuard
 
     from labkit.tiny import tiny_model
 

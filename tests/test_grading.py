@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-import grading_fixture_lab
+from support import grading_fixture_lab
 import nbformat
 import pytest
 
@@ -126,7 +126,7 @@ def options(base: Path, **kw) -> Options:
     settings = dict(
         lab="09", submissions=base / "subs", out=base / "out", jobs=2, seed="seed-9",
         limits=LIMITS, solutions=base / "solutions", labs=base / "solutions", progress=False,
-        checks="grading_fixture_lab",
+        checks="support.grading_fixture_lab",
     )  # fmt: skip
     return Options(**{**settings, **kw})
 
@@ -365,7 +365,7 @@ def _autograder(tmp_path: Path, submission: str) -> tuple[dict, subprocess.Compl
     write_solution(tmp_path / "solutions")
     zip_path = write_autograder(
         "09", tmp_path / "autograder.zip", seed="gs", limits=LIMITS,
-        solutions=tmp_path / "solutions", labs=tmp_path, checks="grading_fixture_lab",
+        solutions=tmp_path / "solutions", labs=tmp_path, checks="support.grading_fixture_lab",
     )  # fmt: skip
     root = tmp_path / "autograder"
     with zipfile.ZipFile(zip_path) as zf:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from snapshots import stored_snapshots
+from support.snapshots import stored_snapshots
 
 import labkit
 from labkit import models

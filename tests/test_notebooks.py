@@ -3,14 +3,16 @@ the model on another device; every student notebook runs with exercises unattemp
 of its checks says so.
 
 nbval compares printed outputs but skips images. So while nbval runs a solution notebook, every
-figure it shows also saves the numbers and labels it draws (tests/figures.py); they are compared
-with ``tests/data/figures/<notebook>.npz`` (3 significant digits of each array's largest value,
-as nbval compares printed numbers). After an intended change, record them again with
-``LABKIT_RECORD_FIGURES=1 pytest tests/test_notebooks.py -k <notebook>`` and commit the file.
+figure it shows also saves the numbers and labels it draws (tests/support/figures.py); they are
+compared with ``tests/data/figures/<notebook>.npz`` (3 significant digits of each array's
+largest value, as nbval compares printed numbers). After an intended change, record them again
+with ``LABKIT_RECORD_FIGURES=1 pytest tests/test_notebooks.py -k <notebook>`` and commit it.
 
-The same run is watched by tests/device_guard.py as if the model sat on a GPU (Colab's GPU
-runtime): a line that combines a tensor made without ``device=`` with the model's tensors fails
-the test, with its cell (one run of each notebook serves all three comparisons).
+Claims (labkit.claims) run strict there (``LABKIT_STRICT_CLAIMS=1``): a sentence whose numbers
+drifted stops the notebook. The same run is watched by tests/support/device_guard.py as if the
+model sat on a GPU (Colab's GPU runtime): a line that combines a tensor made without
+``device=`` with the model's tensors fails the test, with its cell (one run of each notebook
+serves all three comparisons).
 """
 
 import importlib
@@ -23,9 +25,9 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from device_guard import ADVICE, KERNEL_STARTUP, describe, read_log
-from figures import compare_figure_data, ipython_dir_recording_figures, load_recorded
 from nbclient import NotebookClient
+from support.device_guard import ADVICE, KERNEL_STARTUP, describe, read_log
+from support.figures import compare_figure_data, ipython_dir_recording_figures, load_recorded
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -46,9 +48,10 @@ def test_solution_notebook_passes_nbval(path: Path, tmp_path: Path) -> None:
     ipython_dir = ipython_dir_recording_figures(tmp_path / "ipython", shown)
     mixes = tmp_path / "device_mixes.jsonl"
     (tmp_path / "ipython" / "profile_default" / "startup" / "01-device-guard.py").write_text(
-        KERNEL_STARTUP.format(tests=str(ROOT / "tests"), log=str(mixes)), encoding="utf-8"
+        KERNEL_STARTUP.format(tests=str(ROOT / "tests" / "support"), log=str(mixes)),
+        encoding="utf-8",
     )
-    env = {**os.environ, "IPYTHONDIR": ipython_dir}
+    env = {**os.environ, "IPYTHONDIR": ipython_dir, "LABKIT_STRICT_CLAIMS": "1"}
     result = subprocess.run(
         [
             sys.executable,
@@ -81,8 +84,10 @@ def test_solution_notebook_passes_nbval(path: Path, tmp_path: Path) -> None:
     if os.environ.get("LABKIT_RECORD_FIGURES") == "1":
         FIGURES.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(reference, **got)
-    if not reference.exists():  # recorded once per notebook, then compared on every run
-        pytest.xfail(f"{path.stem}: nbval passed; its figure data are not recorded yet (see top)")
+    assert reference.exists(), (
+        f"{path.stem}: nbval passed, but its figure data were never recorded: record them "
+        "(see the top of this file) and commit tests/data/figures/."
+    )
     with np.load(reference) as stored:
         expected = {name: stored[name] for name in stored.files}
     problems = compare_figure_data(got, expected)

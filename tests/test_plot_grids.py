@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from figures import cell_under, clim, ticks, top_to_bottom
+from support.figures import cell_under, clim, ticks, top_to_bottom
 from matplotlib.figure import Figure
 
 from labkit.plot import grids

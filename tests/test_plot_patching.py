@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from figures import cell_under, clim, ticks, top_to_bottom
+from support.figures import cell_under, clim, ticks, top_to_bottom
 
 from labkit import plot
 from labkit.plot.figure import LabFigure

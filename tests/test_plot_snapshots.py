@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from figures import figure_spec
-from snapshots import stored_snapshots
+from support.figures import figure_spec
+from support.snapshots import stored_snapshots
 
 from labkit import plot
 

@@ -1,8 +1,11 @@
-"""labkit.widgets.attribution: the explorer follows its controls; inseq on the lab's inputs."""
+"""labkit.widgets.attribution: the explorer follows its controls and the notebook; inseq on the
+lab's inputs."""
 
 import pytest
 import torch
+from test_widgets_display import STUB, FakeNotebook
 
+from labkit.checks.core import exercise_number
 from labkit.tiny import tiny_model
 from labkit.widgets.attribution import AttributionExplorer, default_prompts, inseq_attribution
 
@@ -66,7 +69,8 @@ def test_explorer_updates_when_controls_change(tiny) -> None:
 
 def test_explorer_reports_problems_without_crashing(tiny) -> None:
     explorer = AttributionExplorer(tiny, {"todo": _not_done, "position": _position}, PROMPTS)
-    assert "not implemented yet" in explorer.status.value and explorer.html.value == ""
+    assert "NotImplementedError" in explorer.status.value and explorer.html.value == ""
+    assert "re-run" in explorer.status.value
     explorer.method.value = "position"
     explorer.target.value = "xy"  # two tokens
     assert "single token" in explorer.status.value
@@ -87,7 +91,7 @@ def test_switching_to_a_prompt_with_the_same_target_redraws_once(tiny) -> None:
     assert explorer.html.value != first
     assert "x" in explorer.html.value
     explorer.prompt.value = "one"
-    assert explorer.html.value == first and method.calls == calls + 2
+    assert explorer.html.value == first and method.calls == calls + 1  # kept from before
 
 
 def test_target_box_waits_for_enter_and_shows_busy_state(tiny) -> None:
@@ -136,3 +140,90 @@ def test_inseq_baseline_is_restored_after_the_call(tiny) -> None:
     assert scores.shape == (tokens.shape[1],)
     assert scores[0] == 0  # the anchor is its own baseline: occluding it changes nothing
     assert tiny.tokenizer.unk_token_id == unk
+
+
+# ----- the notebook changes under the explorer ---------------------------------------------------
+LAB_CELLS = f"""
+import torch
+
+def saliency(f, embeddings):
+    {STUB}
+
+def space_baseline(lm, tokens):
+    {STUB}
+
+def integrated_gradients(f, embeddings, baseline, n_steps=32):
+    return (embeddings - baseline)[0].sum(-1)
+
+def gradient_method(attribute):
+    return lambda lm, tokens, target_id: attribute(lm, lm.embed(tokens))
+
+def ig_method(lm, tokens, target_id):
+    return integrated_gradients(None, lm.embed(tokens), space_baseline(lm, tokens), 32)
+"""
+
+
+def test_finishing_an_exercise_after_building_the_explorer_is_enough(tiny, monkeypatch) -> None:
+    """Run All on a fresh lab builds the explorer on stubs; the student finishes the exercise
+    and runs its cell: the explorer draws with it, its own cell is not run again."""
+    notebook = FakeNotebook(monkeypatch)
+    notebook.run(LAB_CELLS)
+    methods = {"my saliency": notebook["gradient_method"](notebook["saliency"])}
+    methods["my integrated gradients"] = notebook["ig_method"]
+    explorer = AttributionExplorer(tiny, methods, PROMPTS)
+    number = exercise_number("saliency")
+    assert f"exercise {number} (saliency)" in explorer.status.value
+    assert "no need to re-run" in explorer.status.value and explorer.html.value == ""
+    notebook.run("def saliency(f, embeddings):\n    return embeddings[0].norm(dim=-1)")
+    assert explorer.html.value.count("<span") == 3, explorer.status.value  # drawn by itself
+    assert "saliency took" in explorer.status.value
+
+
+def test_the_message_names_what_is_unfinished_not_the_method(tiny, monkeypatch) -> None:
+    """Integrated gradients is finished, its baseline is not: name the baseline's exercise."""
+    notebook = FakeNotebook(monkeypatch)
+    notebook.run(LAB_CELLS)
+    methods = {"my integrated gradients": notebook["ig_method"]}
+    explorer = AttributionExplorer(tiny, methods, PROMPTS)
+    number = exercise_number("space_baseline")
+    assert f"exercise {number} (space_baseline)" in explorer.status.value
+    assert "integrated_gradients" not in explorer.status.value
+    notebook.run("def space_baseline(lm, tokens):\n    return lm.embed(tokens) * 0")
+    assert "my integrated gradients took" in explorer.status.value
+
+
+def test_scores_are_kept_until_a_notebook_cell_runs(tiny, monkeypatch) -> None:
+    notebook = FakeNotebook(monkeypatch)
+    ref: list = []
+    method = Counting(ref)
+    explorer = AttributionExplorer(tiny, {"count": method, "position": _position}, PROMPTS)
+    assert method.calls == 1
+    explorer.method.value = "position"
+    explorer.method.value = "count"  # back: kept from before
+    assert method.calls == 1 and "kept from before" in explorer.status.value
+    notebook.run("x = 1")  # the student ran a cell: anything may have changed
+    explorer.method.value = "position"
+    explorer.method.value = "count"
+    assert method.calls == 2 and "kept" not in explorer.status.value
+
+
+def test_controls_wrap_and_the_picture_fits_the_output_area(tiny) -> None:
+    explorer = AttributionExplorer(tiny, {"position": _position}, PROMPTS)
+    row = explorer.widget.children[0]
+    assert row.layout.flex_flow == "row wrap" and explorer.widget.layout.width == "100%"
+    assert explorer.html.layout.width == "100%"
+
+
+@pytest.mark.default_model
+def test_a_target_without_its_leading_space_is_refused_with_the_fix(lm) -> None:
+    prompts = {"fact": ("The capital of England is", [" London"])}
+    explorer = AttributionExplorer(lm, {"position": _position}, prompts)
+    assert "p(&#x27; London&#x27;)" in explorer.status.value
+    explorer.target.value = "London"
+    status = explorer.status.value
+    assert "leading space" in status and "&#x27; London&#x27;" in status, status
+    assert explorer.html.value == "" and explorer.suggestion.layout.display is None
+    assert explorer.suggestion.description == "use ' London'"
+    explorer.suggestion.click()
+    assert explorer.target.value == " London" and explorer.html.value
+    assert explorer.suggestion.layout.display == "none"

@@ -1,10 +1,14 @@
-"""labkit.widgets.patching: the explorer calls the student's functions, redraws, degrades."""
+"""labkit.widgets.patching: the explorer calls the student's functions (as the notebook defines
+them now), redraws, keeps what it computed, degrades with a message that says what to do."""
 
 import base64
 
 import pytest
 import torch
+from test_widgets_display import STUB, FakeNotebook
 
+import labkit.checks.lab03  # noqa: F401 -- the registry the messages read
+from labkit.checks.core import exercise_number
 from labkit.tiny import tiny_model
 from labkit.widgets.patching import ALL_PAIRS, PatchingExplorer
 
@@ -105,21 +109,91 @@ def test_saved_exact_results_are_used_for_the_batch(lm) -> None:
 
 
 def test_unfinished_exercises_and_errors_give_messages_not_broken_images(lm) -> None:
-    def unfinished(*args):
+    def normalised_metric(*args):
         raise NotImplementedError
 
-    explorer = PatchingExplorer(lm, {"normalised_metric": unfinished}, task="pun", pairs=PAIRS)
-    assert "Finish exercise 3.1" in explorer.status.value
+    def attribution_patching(*args):
+        raise NotImplementedError
+
+    explorer = PatchingExplorer(
+        lm, {"normalised_metric": normalised_metric}, task="pun", pairs=PAIRS
+    )
+    assert f"exercise {exercise_number('normalised_metric')} (normalised_metric)" in (
+        explorer.status.value
+    )
+    assert "no need to re-run" in explorer.status.value
     assert explorer.heatmaps.layout.display == "none"
     calls = Calls()
     functions = calls.functions()
-    functions["attribution_patching"] = unfinished
+    functions["attribution_patching"] = attribution_patching
     explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
-    assert "Finish exercise 3.5" in explorer.status.value
+    assert f"exercise {exercise_number('attribution_patching')} (attribution_patching)" in (
+        explorer.status.value
+    )
+    del functions["attribution_patching"]  # not given to the explorer at all
+    explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
+    assert f"exercise {exercise_number('attribution_patching')}" in explorer.status.value
 
     def broken(*args):
         raise ValueError("oops")
 
     functions["attribution_patching"] = broken
     explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
-    assert "raised ValueError: oops" in explorer.status.value
+    assert "Your attribution_patching raised ValueError: oops" in explorer.status.value
+
+
+NOTEBOOK = f"""
+import torch
+
+def normalised_metric(lm, clean, corrupted, targets, foils):
+    return lambda logits: logits[:, 0].mean()
+
+def activations_and_grads(lm, tokens, metric, site):
+    {STUB}
+
+def attribution_patching(lm, clean, corrupted, metric, site):
+    return activations_and_grads(lm, clean, metric, site)
+
+def patch_grid(lm, clean, corrupted, metric, site):
+    return torch.ones(lm.n_layers, clean.shape[1])
+"""
+
+
+def test_the_explorer_follows_the_notebook(lm, monkeypatch) -> None:
+    """An exercise finished after the explorer was built is used, and named exactly before."""
+    notebook = FakeNotebook(monkeypatch)
+    notebook.run(NOTEBOOK)
+    functions = {
+        name: notebook[name] for name in ["normalised_metric", "attribution_patching", "patch_grid"]
+    }
+    explorer = PatchingExplorer(lm, functions, task="fact", pairs=PAIRS)
+    number = exercise_number("activations_and_grads")  # called by attribution_patching
+    assert f"exercise {number} (activations_and_grads)" in explorer.status.value
+    notebook.run(
+        "def activations_and_grads(lm, tokens, metric, site):\n"
+        "    return torch.full((lm.n_layers, tokens.shape[1]), 0.5)"
+    )
+    assert explorer.heatmaps.layout.display is None and "Pearson" in explorer.status.value
+    assert torch.equal(explorer.estimate, torch.full_like(explorer.exact_grid, 0.5))
+
+
+def test_results_are_kept_until_a_notebook_cell_runs(lm, monkeypatch) -> None:
+    notebook = FakeNotebook(monkeypatch)
+    calls = Calls()
+    explorer = PatchingExplorer(lm, calls.functions(), task="fact", pairs=PAIRS)
+    explorer.site.value = "attn_out"
+    explorer.site.value = "resid_pre"  # back: kept
+    assert [c[0] for c in calls.calls].count("metric") == 2
+    notebook.run("x = 1")
+    explorer.site.value = "attn_out"
+    assert [c[0] for c in calls.calls].count("metric") == 3
+
+
+def test_pictures_shrink_and_wrap_to_fit(lm) -> None:
+    explorer = PatchingExplorer(lm, Calls().functions(), task="fact", pairs=PAIRS)
+    pictures = explorer.widget.children[-1]
+    assert pictures.layout.flex_flow == "row wrap"
+    for image in (explorer.heatmaps, explorer.scatter):
+        assert image.layout.max_width == "100%" and image.layout.height == "auto"
+    assert explorer.widget.children[0].layout.flex_flow == "row wrap"
+    assert explorer.pair.layout.width == "100%"

@@ -1,11 +1,15 @@
-"""labkit.widgets.tracing: the explorer calls the student's functions and redraws on change."""
+"""labkit.widgets.tracing: the explorer calls the student's functions (as the notebook defines
+them now), redraws on change, shows progress and keeps what does not change."""
 
 import base64
 
 import pytest
 import torch
+from test_widgets_display import STUB, FakeNotebook
 
+from labkit.checks.core import exercise_number
 from labkit.tiny import tiny_model
+from labkit.widgets import tracing
 from labkit.widgets.tracing import TracingExplorer
 
 pytest.importorskip("ipywidgets")
@@ -75,8 +79,9 @@ def test_window_is_disabled_and_ignored_for_the_residual_stream(tiny_lm) -> None
     assert not explorer.window.disabled and grid_fn.calls[-1][3:] == ("attn", 3)
     explorer.window.value = 5
     assert grid_fn.calls[-1][3:] == ("attn", 5)
-    explorer.site.value = "resid"
-    assert explorer.window.disabled and grid_fn.calls[-1][3:] == ("resid", 1)
+    explorer.site.value = "resid"  # the first grid, kept from before
+    assert explorer.window.disabled and len(grid_fn.calls) == 3
+    assert "kept from before" in explorer.status.value
 
 
 def test_typing_marks_the_grid_stale_and_enter_traces(tiny_lm) -> None:
@@ -122,17 +127,108 @@ def test_bad_input_hides_the_old_grid(tiny_lm) -> None:
 
 
 def test_unfinished_exercises_show_a_message_not_a_broken_image(tiny_lm) -> None:
-    def unfinished(*args):
+    def restoration_grid(*args):
         raise NotImplementedError
 
-    explorer = TracingExplorer(tiny_lm, unfinished, fake_corrupt, "The cat", "cat", "s")
-    assert "finish exercises 2.3 and 2.4" in explorer.status.value
+    explorer = TracingExplorer(tiny_lm, restoration_grid, fake_corrupt, "The cat", "cat", "s")
+    number = exercise_number("restoration_grid")  # from the checks' registry, never a literal
+    assert f"exercise {number} (restoration_grid)" in explorer.status.value
+    assert "no need to re-run" in explorer.status.value
     assert explorer.image.layout.display == "none" and not explorer.image.value
     bundle = explorer._repr_mimebundle_()
     assert "image/png" not in bundle and "text/plain" in bundle
     explorer.target.value = "ss"
     explorer.button.click()
     assert "single token" in explorer.status.value
+
+
+NOTEBOOK = f"""
+import torch
+
+def corrupt_subject(lm, tokens, subject, n_samples, noise_scale, seed):
+    {STUB}
+
+def restoration_grid(lm, tokens, corrupted, target_id, site, window):
+    {STUB}
+"""
+
+
+def test_the_explorer_follows_the_notebook_exercise_by_exercise(tiny_lm, monkeypatch) -> None:
+    """Built on stubs (Run All), the explorer names each unfinished exercise in turn and draws
+    as soon as the last one's cell has run, without its own cell being run again."""
+    notebook = FakeNotebook(monkeypatch)
+    notebook.run(NOTEBOOK)
+    explorer = TracingExplorer(
+        tiny_lm, notebook["restoration_grid"], notebook["corrupt_subject"], "The cat", "cat", "s"
+    )
+    assert f"exercise {exercise_number('corrupt_subject')} (corrupt_subject)" in (
+        explorer.status.value
+    )
+    notebook.run(
+        "def corrupt_subject(lm, tokens, subject, n_samples, noise_scale, seed):\n"
+        "    return lm.embed(tokens).detach().repeat(n_samples, 1, 1) + noise_scale"
+    )
+    assert f"exercise {exercise_number('restoration_grid')} (restoration_grid)" in (
+        explorer.status.value
+    )
+    notebook.run(
+        "def restoration_grid(lm, tokens, corrupted, target_id, site, window):\n"
+        "    lm.model(inputs_embeds=corrupted)\n"
+        "    return torch.ones(lm.n_layers, tokens.shape[1])"
+    )
+    assert explorer.image.layout.display is None and explorer.grid.shape == (3, 8)
+    assert "grid in" in explorer.status.value
+
+
+def test_what_does_not_change_is_not_computed_again(tiny_lm, monkeypatch) -> None:
+    notebook = FakeNotebook(monkeypatch)
+    corrupt_calls = []
+
+    def corrupt(*args):
+        corrupt_calls.append(args[3:])
+        return fake_corrupt(*args)
+
+    grid_fn = Recorder()
+    explorer = TracingExplorer(tiny_lm, grid_fn, corrupt, "The cat", "cat", "s", site="mlp")
+    explorer.site.value = "attn"
+    explorer.site.value = "mlp"  # back: the grid is kept
+    assert len(grid_fn.calls) == 2 and len(corrupt_calls) == 1
+    assert "kept from before" in explorer.status.value
+    explorer.noise.value = 5.0
+    explorer.noise.value = 3.0  # back to noise 3: both kept
+    assert len(grid_fn.calls) == 3 and len(corrupt_calls) == 2
+    notebook.run("x = 1")  # a cell ran: anything may have changed
+    explorer.site.value = "attn"
+    assert len(grid_fn.calls) == 4 and len(corrupt_calls) == 3
+
+
+def test_progress_counts_forward_passes(tiny_lm, monkeypatch) -> None:
+    monkeypatch.setattr(tracing, "PROGRESS_EVERY", 0.0)
+    seen, ref = [], []
+
+    def grid_fn(lm, tokens, corrupted, target_id, site, window):
+        for _ in range(3):
+            lm.model(inputs_embeds=corrupted)
+            if ref:
+                progress = ref[0].progress
+                seen.append((ref[0].status.value, progress.value, progress.max))
+        return torch.rand(lm.n_layers, tokens.shape[1])
+
+    ref.append(TracingExplorer(tiny_lm, grid_fn, fake_corrupt, "The cat", "cat", "s"))
+    explorer = ref[0]
+    explorer.site.value = "mlp"  # a new shape of grid: the total is not known yet
+    assert "forward pass 3," in seen[-1][0] and "about" not in seen[-1][0]
+    explorer.noise.value = 1.0  # same shape: now it is
+    assert "forward pass 3 of about 3" in seen[-1][0] and seen[-1][1:] == (3, 3)
+    assert explorer.progress.layout.display == "none"  # hidden once the grid is drawn
+
+
+def test_layout_fits_narrow_output_areas(tiny_lm) -> None:
+    explorer = TracingExplorer(tiny_lm, Recorder(), fake_corrupt, "The cat", "cat", "s")
+    rows = [w for w in explorer.widget.children if type(w).__name__ == "HBox"]
+    assert rows and all(row.layout.flex_flow == "row wrap" for row in rows)
+    assert explorer.prompt.layout.width == "100%" and explorer.prompt.layout.max_width
+    assert explorer.image.layout.max_width == "100%" and explorer.image.layout.height == "auto"
 
 
 def test_saved_notebooks_get_the_first_grid_as_png(tiny_lm) -> None:
@@ -160,6 +256,11 @@ def test_target_without_its_leading_space_is_refused_with_the_fix(lm) -> None:
     assert not grid_fn.calls and explorer.image.layout.display == "none"
     status = explorer.status.value
     assert "leading space" in status and "&#x27; Paris&#x27;" in status, status
-    explorer.target.value = " Paris"
-    submit(explorer.target)
+    assert explorer.suggestion.layout.display is None
+    explorer.suggestion.click()  # the button puts ' Paris' in the box and traces
+    assert explorer.target.value == " Paris"
     assert len(grid_fn.calls) == 1 and "clean 0.7" in explorer.status.value
+    assert explorer.suggestion.layout.display == "none"
+    explorer.target.value = "Paris"
+    submit(explorer.target)
+    assert "leading space" in explorer.status.value and len(grid_fn.calls) == 1

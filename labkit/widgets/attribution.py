@@ -19,8 +19,20 @@ from contextlib import contextmanager
 
 import torch
 
+import labkit.checks.lab01  # noqa: F401 -- fills the exercise registry the messages read
 from labkit.models import LabModel
-from labkit.widgets.display import ERROR_COLOUR, explorer_bundle, format_probability
+from labkit.widgets.display import (
+    Cache,
+    NotebookWatch,
+    current,
+    error_html,
+    explorer_bundle,
+    format_probability,
+    missing_space,
+    row_layout,
+    unfinished_exercise,
+    unfinished_message,
+)
 
 __all__ = ["AttributionExplorer", "default_prompts", "inseq_attribution", "inseq_method"]
 
@@ -129,7 +141,12 @@ class AttributionExplorer:
     ``methods`` maps a name to ``method(lm, tokens, target_id) -> scores (pos,)``; ``prompts``
     maps a label to ``(prompt, candidate targets)`` (default: :func:`default_prompts`). The
     target box also offers the model's top predictions and accepts any single-token text,
-    read when you press Enter or leave the box.
+    read when you press Enter or leave the box; a word typed without its leading space
+    ("London" after "... is") is refused with the model's word (" London") on a button.
+
+    Methods written in the notebook are looked up again at every update, so an exercise
+    finished after the explorer was built is used at once (see :mod:`labkit.widgets.display`);
+    scores are kept until the next notebook cell runs.
 
     In a saved notebook the explorer shows the heatmap it drew first (as HTML), so a notebook
     viewer without a running kernel still shows a picture.
@@ -151,6 +168,8 @@ class AttributionExplorer:
         self.prompts = dict(prompts or default_prompts())
         self.show_anchor = show_anchor
         self._quiet = False  # True while the explorer sets its own controls
+        self._scores = Cache(32)  # (method, prompt, target id) -> (scores, seconds)
+        self._probs = Cache(8)  # prompt -> next-token probabilities
         first = next(iter(self.prompts))
         wide = {"description_width": "initial"}
         self.prompt = widgets.Dropdown(
@@ -166,19 +185,26 @@ class AttributionExplorer:
             style=wide,
         )
         self.method = widgets.Dropdown(options=list(self.methods), description="method", style=wide)
-        self.status = widgets.HTML()
-        self.html = widgets.HTML()
+        self.suggestion = widgets.Button(layout=widgets.Layout(display="none", width="auto"))
+        self._suggested = ""  # the target the suggestion button puts in the box
+        self.suggestion.on_click(lambda button: self._use_suggestion())
+        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.html = widgets.HTML(layout=widgets.Layout(width="100%"))
         self._set_targets()
         self.prompt.observe(self._on_prompt, names="value")
         self.target.observe(self._on_control, names="value")
         self.method.observe(self._on_control, names="value")
+        controls = widgets.HBox([self.prompt, self.target, self.method], layout=row_layout())
         self.widget = widgets.VBox(
-            [widgets.HBox([self.prompt, self.target, self.method]), self.status, self.html]
+            [controls, self.status, self.suggestion, self.html],
+            layout=widgets.Layout(width="100%"),
         )
         self.widget.add_class("labkit-explorer")
         self.widget.add_class("labkit-attribution-explorer")
         self.status.add_class("labkit-status")
+        self.suggestion.add_class("labkit-suggestion")
         self.html.add_class("labkit-picture")
+        self._watch = NotebookWatch(self)
         self.update()
         # What a saved notebook shows: no timings, so re-running the notebook changes nothing.
         self._first_view = (
@@ -196,12 +222,26 @@ class AttributionExplorer:
             "AttributionExplorer (run the notebook to use its controls)",
         )
 
+    def clear_caches(self) -> None:
+        """Forget computed scores (a notebook cell ran: any method may have changed)."""
+        self._scores.clear()
+
     def _tokens(self) -> torch.Tensor:
         return self.lm.to_tokens(self.prompts[self.prompt.value][0], prepend_anchor=True)
 
+    def _next_token_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        key = self.prompt.value
+        probs = self._probs.get(key)
+        if probs is None:
+            with torch.no_grad():
+                probs = self.lm.next_token_probs(tokens).detach()
+            self._probs.put(key, probs)
+        return probs
+
     def _set_targets(self) -> None:
         prompt, candidates = self.prompts[self.prompt.value]
-        top = [token for token, _ in self.lm.top_tokens(self._tokens(), k=5)]
+        probs = self._next_token_probs(self._tokens())
+        top = [self.lm.tokenizer.decode([i]) for i in probs.topk(5).indices.tolist()]
         options = list(dict.fromkeys([*candidates, *top]))
         self._quiet = True
         try:
@@ -220,29 +260,54 @@ class AttributionExplorer:
         if not self._quiet:
             self.update()
 
+    def _use_suggestion(self) -> None:
+        suggested = self._suggested
+        if suggested and suggested != self.target.value:
+            self.target.value = suggested  # redraws through the observer
+        else:
+            self.update()
+
     def update(self) -> None:
-        """Recompute the selected method's scores and redraw."""
+        """Recompute the selected method's scores (with the method as defined now) and redraw."""
         from labkit.plot.tokens import token_heatmap
 
         tokens, target, name = self._tokens(), self.target.value, self.method.value
+        prompt = self.prompts[self.prompt.value][0]
+        self._watch.wait_for(None)
+        spacing = missing_space(self.lm, prompt, target, self._next_token_probs(tokens))
+        if spacing is not None:
+            self._message(spacing.message, suggestion=spacing.suggestion)
+            return
         try:
             target_id = self.lm.token_id(target)
         except ValueError as err:
             self._message(str(err))
             return
-        prob = float(self.lm.next_token_probs(tokens)[target_id])
-        self.status.value = f"<i>computing {html.escape(name)} for {html.escape(repr(target))}…</i>"
-        start = time.perf_counter()
-        try:
-            scores = self.methods[name](self.lm, tokens, target_id)
-        except NotImplementedError:
-            self._message(f"'{name}' is not implemented yet: finish its exercise, then pick it.")
-            return
-        except Exception as err:  # the student's method failed: say so, keep the widget alive
-            self._message(f"'{name}' raised {type(err).__name__}: {err}")
-            return
-        seconds = time.perf_counter() - start
-        scores = torch.as_tensor(scores).detach().reshape(-1)
+        prob = float(self._next_token_probs(tokens)[target_id])
+        method = current(self.methods[name])
+        key = (name, method, prompt, target_id)
+        cached = self._scores.get(key)
+        if cached is None:
+            self.status.value = (
+                f"<i>computing {html.escape(name)} for {html.escape(repr(target))}…</i>"
+            )
+            start = time.perf_counter()
+            try:
+                scores = torch.as_tensor(method(self.lm, tokens, target_id)).detach().cpu()
+            except NotImplementedError as err:
+                function = unfinished_exercise(err)
+                self._message(unfinished_message(function, needed_by=repr(name)))
+                self._watch.wait_for(function)
+                return
+            except Exception as err:  # the student's method failed: say so, keep the widget alive
+                self._message(f"'{name}' raised {type(err).__name__}: {err}")
+                return
+            cached = (scores.reshape(-1), time.perf_counter() - start)
+            self._scores.put(key, cached)
+            took = f"took {cached[1]:.2f} s"
+        else:
+            took = f"took {cached[1]:.2f} s (kept from before)"
+        scores = cached[0]
         labels = self.lm.str_tokens(tokens)
         if scores.shape[0] != len(labels):
             self._message(f"'{name}' returned {scores.shape[0]} scores for {len(labels)} tokens.")
@@ -252,11 +317,18 @@ class AttributionExplorer:
         top = labels[int(scores.abs().argmax())]
         self.status.value = (
             f"p({html.escape(repr(target))}) = {format_probability(prob)} &middot; "
-            f"{html.escape(name)} took {seconds:.2f} s &middot; largest |score|: "
-            f"{html.escape(repr(top))}"
+            f"{html.escape(name)} {took} &middot; largest |score|: {html.escape(repr(top))}"
         )
+        self.suggestion.layout.display = "none"
         self.html.value = token_heatmap(labels, scores).data
 
-    def _message(self, text: str) -> None:
-        self.status.value = f'<span style="color: {ERROR_COLOUR}">{html.escape(text)}</span>'
+    def _message(self, text: str, suggestion: str | None = None) -> None:
+        """Show a problem instead of the picture, with a button for the fix if there is one."""
+        self.status.value = error_html(text)
         self.html.value = ""
+        if suggestion:
+            self.suggestion.description = f"use {suggestion!r}"
+            self._suggested = suggestion
+            self.suggestion.layout.display = None
+        else:
+            self.suggestion.layout.display = "none"

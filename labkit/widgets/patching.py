@@ -9,7 +9,8 @@ The explorer computes nothing itself: it calls the functions you wrote in the la
 * ``patch_grid(lm, clean, corrupted, metric, site)`` and ``patch_heads(...)`` for exact
   patching, unless the lab's saved results (``exact``) already hold the answer,
 
-so what you see is your own implementation at work.
+so what you see is your own implementation at work. It looks them up again at every redraw:
+finish an exercise after building the explorer, and the explorer uses it.
 
 >>> PatchingExplorer(lm, functions, exact=saved["tasks"])  # in a notebook: controls + pictures
 """
@@ -22,21 +23,25 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+import labkit.checks.lab03  # noqa: F401 -- fills the exercise registry the messages read
 from labkit.data import PATCHING_TASKS, patching_pairs
 from labkit.models import LabModel
-from labkit.widgets.display import explorer_bundle
+from labkit.widgets.display import (
+    Cache,
+    NotebookWatch,
+    current,
+    error_html,
+    explorer_bundle,
+    picture_layout,
+    row_layout,
+    unfinished_exercise,
+    unfinished_message,
+)
 
 __all__ = ["PatchingExplorer", "SITE_CHOICES"]
 
 SITE_CHOICES = ("resid_pre", "attn_out", "mlp_out", "heads")
 ALL_PAIRS = "all pairs (one batch)"
-_NEEDS = {
-    "normalised_metric": "3.1",
-    "patch_grid": "3.2",
-    "patch_heads": "3.3",
-    "attribution_patching": "3.5",
-    "head_attribution": "3.6",
-}
 
 
 class PatchingExplorer:
@@ -46,7 +51,7 @@ class PatchingExplorer:
     results per task (``{task: {"pairs": [...], "exact": {site: grid}}}``), used when the pair
     is the saved batch; other pairs are patched exactly with your functions (a few seconds).
     ``pairs`` replaces the lab's prompt pairs (``{task: [{"id", "clean", "corrupted", "target",
-    "foil"}]}``), e.g. your own.
+    "foil"}]}``), e.g. your own. What was computed is kept until the next notebook cell runs.
     """
 
     def __init__(
@@ -64,26 +69,37 @@ class PatchingExplorer:
         self.pairs = dict(pairs) if pairs else {t: patching_pairs(t) for t in PATCHING_TASKS}
         self.task = widgets.Dropdown(options=list(self.pairs), value=task, description="task")
         self.site = widgets.Dropdown(options=list(SITE_CHOICES), value=site, description="site")
-        self.pair = widgets.Dropdown(description="pair", layout=widgets.Layout(width="420px"))
-        self.status = widgets.HTML()
-        hidden = widgets.Layout(display="none")
-        self.heatmaps = widgets.Image(format="png", layout=hidden)
-        self.scatter = widgets.Image(format="png", layout=widgets.Layout(display="none"))
+        self.pair = widgets.Dropdown(
+            description="pair", layout=widgets.Layout(width="100%", max_width="420px")
+        )
+        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.heatmaps = widgets.Image(format="png", layout=picture_layout("none"))
+        self.scatter = widgets.Image(format="png", layout=picture_layout("none"))
         self.estimate: torch.Tensor | None = None
         self.exact_grid: torch.Tensor | None = None
         self._quiet = False
+        self._results = Cache(32)  # everything a picture depends on -> (estimate, exact, s)
         self._set_pairs()
         self.task.observe(lambda change: (self._set_pairs(), self.update()), names="value")
         self.site.observe(lambda change: self.update(), names="value")
         self.pair.observe(lambda change: self._quiet or self.update(), names="value")
-        pictures = widgets.HBox([self.heatmaps, self.scatter])
+        pictures = widgets.HBox(
+            [self.heatmaps, self.scatter],
+            layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start", width="100%"),
+        )
         self.widget = widgets.VBox(
-            [widgets.HBox([self.task, self.site, self.pair]), self.status, pictures]
+            [
+                widgets.HBox([self.task, self.site, self.pair], layout=row_layout()),
+                self.status,
+                pictures,
+            ],
+            layout=widgets.Layout(width="100%"),
         )
         self.widget.add_class("labkit-explorer")  # names the browser tests find it by
         self.widget.add_class("labkit-patching-explorer")
         self.status.add_class("labkit-status")
         pictures.add_class("labkit-picture")
+        self._watch = NotebookWatch(self)
         self.update()
         self._first_png = bytes(self.heatmaps.value) if self.estimate is not None else b""
 
@@ -94,6 +110,10 @@ class PatchingExplorer:
             {"image/png": self._first_png},
             "PatchingExplorer (run the notebook to use its controls)",
         )
+
+    def clear_caches(self) -> None:
+        """Forget computed pictures (a notebook cell ran: any function may have changed)."""
+        self._results.clear()
 
     def _set_pairs(self) -> None:
         pairs = self.pairs[self.task.value]
@@ -107,7 +127,7 @@ class PatchingExplorer:
             self._quiet = False
 
     def _message(self, text: str) -> None:
-        self.status.value = f"<span style='color:#b00'>{text}</span>"
+        self.status.value = error_html(text)
         self.heatmaps.layout.display = self.scatter.layout.display = "none"
 
     def _selected(self) -> list[dict]:
@@ -124,18 +144,13 @@ class PatchingExplorer:
         grid = saved.get("exact", {}).get(site)
         return None if grid is None else torch.tensor(grid)
 
-    def _call(self, name: str, *args):
-        fn = self.functions.get(name)
-        if fn is None:
-            raise NotImplementedError(name)
-        return fn(*args)
-
     def update(self) -> None:
         """Compute the estimate (and exact patching if not saved) and redraw both pictures."""
         from labkit.plot.patching import plot_patching_pair, plot_patching_scatter
 
         lm, site = self.lm, self.site.value
-        self.status.value = "computing…"
+        self._watch.wait_for(None)
+        self.status.value = "<i>computing…</i>"
         pairs = self._selected()
         if not pairs:
             self._message("No pair selected.")
@@ -150,48 +165,45 @@ class PatchingExplorer:
         except (ValueError, RuntimeError) as err:
             self._message(f"These prompts do not fit this model: {err}")
             return
-        start = time.perf_counter()
-        step = "normalised_metric"
+        heads = site == "heads"
+        names = ["normalised_metric", "head_attribution" if heads else "attribution_patching"]
+        exact = self._saved_exact(pairs, site)
+        if exact is None:
+            names.append("patch_heads" if heads else "patch_grid")
+        # the functions as the notebook defines them now (None: not given to the explorer)
+        functions = {n: current(self.functions[n]) if n in self.functions else None for n in names}
+        running = [names[0]]  # the function being called, for the messages
         try:
-            metric = self._call(step, lm, clean, corrupted, targets, foils)
-            if site == "heads":
-                step = "head_attribution"
-                estimate = self._call(step, lm, clean, corrupted, metric).sum(-1)
-            else:
-                step = "attribution_patching"
-                estimate = self._call(step, lm, clean, corrupted, metric, site)
-            exact = self._saved_exact(pairs, site)
-            if exact is None:
-                step = "patch_heads" if site == "heads" else "patch_grid"
-                args = (lm, clean, corrupted, metric) + (() if site == "heads" else (site,))
-                exact = self._call(step, *args)
-        except NotImplementedError:
-            self._message(
-                f"Finish exercise {_NEEDS[step]} ({step}) first: the explorer runs your code."
-            )
+            key = (self.task.value, site, tuple(p["id"] for p in pairs), *functions.values())
+            found = self._results.get(key)
+            if found is None:
+                found = self._compute(
+                    functions, running, clean, corrupted, targets, foils, site, exact
+                )
+                self._results.put(key, found)
+        except NotImplementedError as err:
+            function = unfinished_exercise(err, fallback=running[0])
+            self._message(unfinished_message(function))
+            self._watch.wait_for(function)
             return
         except Exception as err:  # the student's code failed: say so, keep the widget alive
-            self._message(f"Your {step} raised {type(err).__name__}: {err}")
+            self._message(f"Your {running[0]} raised {type(err).__name__}: {err}")
             return
-        self.estimate = torch.as_tensor(estimate).detach().cpu().double()
-        self.exact_grid = torch.as_tensor(exact).detach().cpu().double()
+        self.estimate, self.exact_grid, seconds = found
         if self.estimate.shape != self.exact_grid.shape:
             self._message(
                 f"The estimate has shape {tuple(self.estimate.shape)} but exact patching "
                 f"{tuple(self.exact_grid.shape)}."
             )
             return
-        seconds = time.perf_counter() - start
-        columns = [str(h) for h in range(lm.n_heads)] if site == "heads" else None
-        if columns is None:
-            columns = lm.str_tokens(clean[0])
+        columns = [str(h) for h in range(lm.n_heads)] if heads else lm.str_tokens(clean[0])
         name = f"{self.task.value}, {site}, {len(pairs)} pair{'s' * (len(pairs) > 1)}"
         self.heatmaps.value = _png(
             plot_patching_pair(
                 self.estimate,
                 self.exact_grid,
                 columns=columns,
-                xlabel="head" if site == "heads" else "position (first prompt's tokens)",
+                xlabel="head" if heads else "position (first prompt's tokens)",
                 title=name,
             )
         )
@@ -201,6 +213,32 @@ class PatchingExplorer:
         self.status.value = (
             f"{name}: Pearson r = {float(r[0, 1]):.3f} over {self.estimate.numel()} "
             f"components; computed in {seconds:.1f} s"
+        )
+
+    def _compute(self, functions, running, clean, corrupted, targets, foils, site, exact):
+        """(estimate, exact, seconds) with the student's ``functions`` (name -> function);
+        ``running[0]`` names the one being called."""
+        lm, start = self.lm, time.perf_counter()
+
+        def call(name: str, *args):
+            running[0] = name
+            if functions[name] is None:
+                raise NotImplementedError(name)
+            return functions[name](lm, clean, corrupted, *args)
+
+        metric = call("normalised_metric", targets, foils)
+        if site == "heads":
+            estimate = call("head_attribution", metric).sum(-1)
+            if exact is None:
+                exact = call("patch_heads", metric)
+        else:
+            estimate = call("attribution_patching", metric, site)
+            if exact is None:
+                exact = call("patch_grid", metric, site)
+        return (
+            torch.as_tensor(estimate).detach().cpu().double(),
+            torch.as_tensor(exact).detach().cpu().double(),
+            time.perf_counter() - start,
         )
 
 

@@ -6,7 +6,8 @@ The explorer computes nothing itself: it calls the two functions you wrote in th
 * ``corrupt_subject(lm, tokens, subject_positions, n_samples, noise_scale, seed)`` and
 * ``restoration_grid(lm, tokens, corrupted_embeds, target_id, site, window)``,
 
-so what you see is your own implementation at work.
+so what you see is your own implementation at work. It looks them up again at every redraw:
+finish an exercise after building the explorer, and the explorer uses it.
 
 >>> TracingExplorer(lm, restoration_grid, corrupt_subject)  # in a notebook: controls + grid
 """
@@ -17,18 +18,33 @@ import html
 import io
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
+import labkit.checks.lab02  # noqa: F401 -- fills the exercise registry the messages read
 from labkit.hooks import span_positions
 from labkit.models import LabModel
-from labkit.widgets.display import ERROR_COLOUR, explorer_bundle, format_probability
+from labkit.widgets.display import (
+    Cache,
+    NotebookWatch,
+    current,
+    error_html,
+    explorer_bundle,
+    format_probability,
+    missing_space,
+    picture_layout,
+    row_layout,
+    unfinished_exercise,
+    unfinished_message,
+)
 
 __all__ = ["TracingExplorer"]
 
 GridFn = Callable[..., torch.Tensor]
 CorruptFn = Callable[..., torch.Tensor]
+PROGRESS_EVERY = 0.25  # seconds between two progress messages while a grid runs
 
 
 class TracingExplorer:
@@ -36,8 +52,13 @@ class TracingExplorer:
 
     Changing the site, window, noise level or number of samples redraws at once; after editing
     the prompt, subject or target, press Enter in the box or click "trace". Each redraw runs one
-    grid, a few seconds on a laptop CPU for a short prompt. The window applies to MLP and
-    attention restoration; for the residual stream it is switched off.
+    grid, a few seconds on a laptop CPU for a short prompt; while it runs, a bar counts the
+    model's forward passes. The window applies to MLP and attention restoration; for the
+    residual stream it is switched off.
+
+    What does not change is not computed again: the corrupted embeddings for one prompt,
+    subject, noise level, number of samples and seed; the clean and corrupted probabilities;
+    and every grid drawn since the last notebook cell ran (going back to a setting is instant).
 
     In a saved notebook the explorer shows its first grid as a PNG, so a notebook viewer without
     a running kernel still shows a picture.
@@ -63,10 +84,15 @@ class TracingExplorer:
         self.restoration_grid, self.corrupt_subject = restoration_grid, corrupt_subject
         label = {"description_width": "110px"}  # room for "noise (x std)"
         self.prompt = widgets.Text(
-            value=prompt, description="prompt", style=label, layout=widgets.Layout(width="480px")
+            value=prompt,
+            description="prompt",
+            style=label,
+            layout=widgets.Layout(width="100%", max_width="480px"),
         )
         self.subject = widgets.Text(value=subject, description="subject", style=label)
         self.target = widgets.Text(value=target, description="target", style=label)
+        self.suggestion = widgets.Button(layout=widgets.Layout(display="none", width="auto"))
+        self._suggested = ""  # the target the suggestion button puts in the box
         self.site = widgets.ToggleButtons(
             options=["resid", "mlp", "attn"], value=site, description="site", style=label
         )
@@ -98,16 +124,24 @@ class TracingExplorer:
         )
         self.button = widgets.Button(description="trace", button_style="primary", icon="play")
         self.hint = widgets.HTML("<small>Enter in a box, or the button, traces again.</small>")
-        self.status = widgets.HTML()
-        self.image = widgets.Image(format="png")
+        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.progress = widgets.IntProgress(
+            value=0, min=0, max=1, layout=widgets.Layout(display="none", width="100%")
+        )
+        self.image = widgets.Image(format="png", layout=picture_layout())
         self.grid: torch.Tensor | None = None
         self.figure = None
         self.seconds: float | None = None
         self.png = b""  # the grid on show, as PNG bytes
         self._first_png = b""
         self._last_result = ""  # the status line of the grid on show
+        self._corrupted = Cache(8)  # (corrupt_subject, prompt, subject, samples, noise, seed)
+        self._probs = Cache(32)  # clean and corrupted p(target)
+        self._grids = Cache(32)  # everything a grid depends on -> (grid, seconds)
+        self._passes: dict[tuple, int] = {}  # forward passes a grid of this shape took
 
         self.button.on_click(lambda button: self.update())
+        self.suggestion.on_click(lambda button: self._use_suggestion())
         for box in (self.prompt, self.subject, self.target):
             with warnings.catch_warnings():  # ipywidgets 8 prefers observe(); Enter needs this
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -119,19 +153,24 @@ class TracingExplorer:
             control.observe(lambda change: self.update(), names="value")
         self.widget = widgets.VBox(
             [
-                widgets.HBox([self.prompt, self.button, self.hint]),
-                widgets.HBox([self.subject, self.target]),
-                widgets.HBox([self.site, self.window]),
-                widgets.HBox([self.noise, self.samples]),
+                widgets.HBox([self.prompt, self.button, self.hint], layout=row_layout()),
+                widgets.HBox([self.subject, self.target, self.suggestion], layout=row_layout()),
+                widgets.HBox([self.site, self.window], layout=row_layout()),
+                widgets.HBox([self.noise, self.samples], layout=row_layout()),
                 self.status,
+                self.progress,
                 self.image,
-            ]
+            ],
+            layout=widgets.Layout(width="100%"),
         )
         self.widget.add_class("labkit-explorer")
         self.widget.add_class("labkit-tracing-explorer")
         self.status.add_class("labkit-status")
+        self.suggestion.add_class("labkit-suggestion")
+        self.progress.add_class("labkit-progress")
         self.image.add_class("labkit-picture")
         self.window.disabled = site == "resid"
+        self._watch = NotebookWatch(self)
         self.update()
         self._first_png = self.png if self.grid is not None else b""
 
@@ -142,6 +181,11 @@ class TracingExplorer:
             {"image/png": self._first_png},
             "TracingExplorer (run the notebook to use its controls)",
         )
+
+    def clear_caches(self) -> None:
+        """Forget computed grids (a notebook cell ran: either function may have changed)."""
+        for cache in (self._corrupted, self._probs, self._grids):
+            cache.clear()
 
     # ----- events ------------------------------------------------------------------------------
     def _on_edit(self, change) -> None:
@@ -160,84 +204,136 @@ class TracingExplorer:
         if self.site.value != "resid":  # the residual stream ignores the window
             self.update()
 
-    # ----- drawing -----------------------------------------------------------------------------
-    def _message(self, text: str) -> None:
-        """Show a problem instead of the picture (an old grid would answer another question)."""
-        self.status.value = f'<span style="color: {ERROR_COLOUR}">{html.escape(text)}</span>'
-        self.image.layout.display = "none"
+    def _use_suggestion(self) -> None:
+        if self._suggested:
+            self.target.value = self._suggested
+        self.update()
 
-    def _check_target(self, tokens: torch.Tensor, target: str, target_id: int) -> str | None:
-        """A problem with a target typed without its leading space, or None."""
-        if target.startswith((" ", "\n")) or self.prompt.value[-1:].isspace():
-            return None
-        try:
-            spaced_id = self.lm.token_id(" " + target)
-        except ValueError:
-            return None
-        probs = self.lm.next_token_probs(tokens)
-        p_spaced, p_target = float(probs[spaced_id]), float(probs[target_id])
-        if p_spaced <= p_target:
-            return None
-        return (
-            f"The target {target!r} has no leading space. After a word the model writes the next "
-            f"word with its space: p({' ' + target!r}) = {format_probability(p_spaced)}, "
-            f"p({target!r}) = {format_probability(p_target)}. Type {' ' + target!r} "
-            "(with the space) in the target box."
-        )
+    # ----- drawing -----------------------------------------------------------------------------
+    def _message(self, text: str, suggestion: str | None = None) -> None:
+        """Show a problem instead of the picture (an old grid would answer another question)."""
+        self.status.value = error_html(text)
+        self.image.layout.display = "none"
+        self._suggested = suggestion or ""
+        if suggestion:
+            self.suggestion.description = f"use {suggestion!r}"
+            self.suggestion.layout.display = None
+        else:
+            self.suggestion.layout.display = "none"
 
     def update(self) -> None:
         """Corrupt the subject, compute the grid with the student's functions, redraw."""
         button = self.button
         button.disabled, button.description, button.icon = True, "tracing…", "hourglass-half"
-        self.status.value = "<i>tracing… (one grid takes a few seconds)</i>"
+        self.status.value = "<i>tracing…</i>"
         try:
             self._update()
         finally:
             button.disabled, button.description, button.icon = False, "trace", "play"
+            self.progress.layout.display = "none"
+
+    def _corrupted_probability(self, key: tuple, corrupted: torch.Tensor, target_id: int) -> float:
+        """p(target) after the corrupted embeddings, averaged over the noise samples."""
+        key = ("corrupted", key, target_id)
+        found = self._probs.get(key)
+        if found is None:
+            with torch.no_grad():
+                logits = self.lm.model(inputs_embeds=corrupted).logits[:, -1]
+            found = float(logits.softmax(-1)[:, target_id].mean())
+            self._probs.put(key, found)
+        return found
+
+    @contextmanager
+    def _counting_passes(self, shape: tuple) -> Iterator[list[int]]:
+        """Count the model's forward passes (its final norm runs once per pass) and show them."""
+        expected = self._passes.get(shape)
+        count, start, shown = [0], time.perf_counter(), [0.0]
+        progress = self.progress
+        progress.value, progress.max = 0, expected or 1
+        progress.bar_style = "info" if expected else ""
+
+        def seen(module, args) -> None:
+            count[0] += 1
+            now = time.perf_counter()
+            if now - shown[0] < PROGRESS_EVERY:
+                return
+            shown[0] = now
+            of = f" of about {expected}" if expected else ""
+            self.status.value = f"<i>tracing… forward pass {count[0]}{of}, {now - start:.0f} s</i>"
+            if expected:
+                progress.value = min(count[0], expected)
+                progress.layout.display = None
+
+        norm = getattr(self.lm, "final_norm", None)
+        handle = norm.register_forward_pre_hook(seen) if norm is not None else None
+        try:
+            yield count
+        finally:
+            if handle is not None:
+                handle.remove()
 
     def _update(self) -> None:
         from labkit.plot.grids import plot_restoration_grid
 
         lm, site = self.lm, self.site.value
+        self._watch.wait_for(None)
         try:
             tokens = lm.to_tokens(self.prompt.value, prepend_anchor=True)
             subject = span_positions(lm, tokens, self.subject.value)
-            target_id = lm.token_id(self.target.value)
         except (ValueError, TypeError) as err:
             self._message(str(err))
             return
-        problem = self._check_target(tokens, self.target.value, target_id)
-        if problem:
-            self._message(problem)
+        text = self.target.value
+        spacing = missing_space(lm, self.prompt.value, text, self._clean_probs(tokens))
+        if spacing is not None:
+            self._message(spacing.message, suggestion=spacing.suggestion)
+            return
+        try:
+            target_id = lm.token_id(text)
+        except (ValueError, TypeError) as err:
+            self._message(str(err))
             return
         window = self.window.value if site != "resid" else 1
+        corrupt, grid_fn = current(self.corrupt_subject), current(self.restoration_grid)
+        samples, noise = self.samples.value, self.noise.value
+        noise_key = (corrupt, self.prompt.value, tuple(subject), samples, noise, self.seed)
+        grid_key = (grid_fn, noise_key, target_id, site, window)
+        shape = (grid_fn, tokens.shape[1], tuple(subject), site, window, samples)
         start = time.perf_counter()
         try:
-            corrupted = self.corrupt_subject(
-                lm, tokens, subject, self.samples.value, self.noise.value, self.seed
-            )
-            grid = self.restoration_grid(lm, tokens, corrupted, target_id, site, window)
-        except NotImplementedError:
-            self._message(
-                "The explorer runs your own corrupt_subject and restoration_grid: finish "
-                "exercises 2.3 and 2.4 above, then run this cell again."
-            )
+            corrupted = self._corrupted.get(noise_key)
+            if corrupted is None:
+                corrupted = corrupt(lm, tokens, subject, samples, noise, self.seed)
+                corrupted = torch.as_tensor(corrupted).detach()
+                self._corrupted.put(noise_key, corrupted)
+            found = self._grids.get(grid_key)
+            if found is None:
+                with self._counting_passes(shape) as passes:
+                    # copies: a function that writes into its inputs cannot spoil the cache
+                    grid = grid_fn(lm, tokens.clone(), corrupted.clone(), target_id, site, window)
+                self._passes[shape] = passes[0]
+                found = (torch.as_tensor(grid).detach().cpu(), time.perf_counter() - start)
+                self._grids.put(grid_key, found)
+                when = f"grid in {found[1]:.1f} s"
+            else:
+                when = f"grid kept from before (computed in {found[1]:.1f} s)"
+        except NotImplementedError as err:
+            function = unfinished_exercise(err)
+            self._message(unfinished_message(function))
+            self._watch.wait_for(function)
             return
         except Exception as err:  # the student's code failed: say so, keep the widget alive
             self._message(f"Your function raised {type(err).__name__}: {err}")
             return
-        self.seconds = time.perf_counter() - start
-        with torch.no_grad():
-            clean = lm.model(tokens).logits[0, -1].softmax(-1)[target_id].item()
-            low = lm.model(inputs_embeds=corrupted).logits[:, -1].softmax(-1)[:, target_id]
-        corrupted_prob = low.mean().item()
-        self.grid = torch.as_tensor(grid).detach().cpu()
+        self.grid, self.seconds = found
+        clean = float(self._clean_probs(tokens)[target_id])
+        corrupted_prob = self._corrupted_probability(noise_key, corrupted, target_id)
         self.figure = plot_restoration_grid(
             self.grid,
             lm.str_tokens(tokens),
             site=site,
             subject=subject,
-            target=self.target.value,
+            target=text,
             window=window,
             corrupted_prob=corrupted_prob,
             clean_prob=clean,
@@ -247,9 +343,19 @@ class TracingExplorer:
         self.png = buffer.getvalue()
         self.image.value = self.png
         self.image.layout.display = None
+        self.suggestion.layout.display = "none"
         self._last_result = (
-            f"p({html.escape(repr(self.target.value))}): clean {format_probability(clean)}, "
-            f"corrupted {format_probability(corrupted_prob)} ({self.samples.value} noise "
-            f"samples); grid in {self.seconds:.1f} s"
+            f"p({html.escape(repr(text))}): clean {format_probability(clean)}, "
+            f"corrupted {format_probability(corrupted_prob)} ({samples} noise "
+            f"samples); {when}"
         )
         self.status.value = self._last_result
+
+    def _clean_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        key = ("clean probs", self.prompt.value)
+        probs = self._probs.get(key)
+        if probs is None:
+            with torch.no_grad():
+                probs = self.lm.next_token_probs(tokens).detach()
+            self._probs.put(key, probs)
+        return probs

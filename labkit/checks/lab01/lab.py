@@ -77,8 +77,9 @@ def compare_calls(
         named = named + [(w, EARLIER) for w in list(earlier)]
         scale = magnitude(want)
         out.append(
-            t.close(got, want, call.what, atol=atol, rtol=rtol, scale=scale, hint=hint,
-                    mistakes=named)  # fmt: skip
+            t.close(
+                got, want, call.what, atol=atol, rtol=rtol, scale=scale, hint=hint, mistakes=named
+            )
         )
         earlier.append(want)
     return out

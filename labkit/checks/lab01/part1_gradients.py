@@ -33,8 +33,9 @@ def gradient_calls(t: Checker, name: str, offset: int) -> list[Call]:
         Call((f4, x4), f"a tiny {second} model, {x4.shape[1]} positions"),
         Call((f5, x5), f"a tiny {third} model, {n_pos} positions"),
         Call((f1, 0.5 * x1.flip(1)), "the first smooth f at another input"),
-        Call((f1, x1), "the first smooth f at its first input again, after the others",
-             repeat=True),
+        Call(
+            (f1, x1), "the first smooth f at its first input again, after the others", repeat=True
+        ),
     ]
     for k, call in enumerate(calls):  # gradients piled up on a leaf kept for each size
         same = [c.args for c in calls[:k] if c.args[1].shape == call.args[1].shape]
@@ -66,14 +67,24 @@ def check_saliency(saliency, t: Checker) -> None:
         dead = [1, 4]
         f, x = dead_smooth(gen, t.choice([6, 5, 9]), dead)
         t.watch(f, "the test function")
-        (got,) = compare_calls(t, saliency, "saliency", [
-            Call((f, x), f"a smooth f that ignores positions {dead}")], hint=hint)  # fmt: skip
+        (got,) = compare_calls(
+            t,
+            saliency,
+            "saliency",
+            [Call((f, x), f"a smooth f that ignores positions {dead}")],
+            hint=hint,
+        )
         t.true(bool((got >= 0).all()), "saliency is never negative", hint)
         t.close(got[dead], torch.zeros(len(dead)), f"positions {dead}, which f ignores, score 0")
         scaled = t.watch(P.Scaled(f, -2.5), "the test function")
         again = t.call(saliency, scaled, x)
-        t.close(again, 2.5 * got, "saliency of -2.5 f is 2.5 times the saliency of f",
-                scale=magnitude(got), hint=hint)  # fmt: skip
+        t.close(
+            again,
+            2.5 * got,
+            "saliency of -2.5 f is 2.5 times the saliency of f",
+            scale=magnitude(got),
+            hint=hint,
+        )
 
 
 # ----- Exercise 1.2 ------------------------------------------------------------------------------
@@ -90,17 +101,25 @@ def check_input_x_gradient(input_x_gradient, t: Checker) -> None:
         n_pos = t.choice([10, 7, 12])
         linear = P.Linear(torch.randn(1, n_pos, 3, generator=gen))
         quadratic = P.Quadratic(torch.randn(1, 2, 5, generator=gen))
-        cases = [(linear, torch.randn(1, n_pos, 3, generator=gen), 1),
-                 (quadratic, torch.randn(1, 2, 5, generator=gen), 2)]  # fmt: skip
+        cases = [
+            (linear, torch.randn(1, n_pos, 3, generator=gen), 1),
+            (quadratic, torch.randn(1, 2, 5, generator=gen), 2),
+        ]
         for f, x, k in cases:
             t.watch(f, "the test function")
             what = f"a {['', 'linear', 'quadratic'][k]} f of {x.shape[1]} positions"
-            (got,) = compare_calls(t, input_x_gradient, "input_x_gradient", [Call((f, x), what)],
-                                   hint=hint)  # fmt: skip
+            (got,) = compare_calls(
+                t, input_x_gradient, "input_x_gradient", [Call((f, x), what)], hint=hint
+            )
             with torch.no_grad():
                 total = k * float(f(x))
-            t.close(got.sum(), total, f"{what}: the scores add up to {k} f(x) = {total:.4g}",
-                    scale=magnitude(total), hint=hint)  # fmt: skip
+            t.close(
+                got.sum(),
+                total,
+                f"{what}: the scores add up to {k} f(x) = {total:.4g}",
+                scale=magnitude(total),
+                hint=hint,
+            )
 
 
 # ----- Exercise 1.3 ------------------------------------------------------------------------------
@@ -115,9 +134,11 @@ def check_layer_attribution(layer_attribution, t: Checker) -> None:
     )
     gen = kit.generator(t, 5)
     first, second, third = kit.families(t, 3, first="gpt2")
-    shapes = [(first, t.choice([3, 4, 2]), t.choice([7, 5, 9])),
-              (second, t.choice([11, 10, 12]), t.choice([4, 3, 5])),
-              (third, 1, t.choice([12, 10, 11]))]  # fmt: skip
+    shapes = [
+        (first, t.choice([3, 4, 2]), t.choice([7, 5, 9])),
+        (second, t.choice([11, 10, 12]), t.choice([4, 3, 5])),
+        (third, 1, t.choice([12, 10, 11])),
+    ]
     with t.part("tiny models of three families, 1 to 11 layers", points=1):
         calls = []
         for family, n_layers, n_pos in shapes:

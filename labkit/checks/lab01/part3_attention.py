@@ -51,10 +51,13 @@ def check_layer_weighted_attention(layer_weighted_attention, t: Checker) -> None
     with t.part("the scale of the weights does not matter; the answer sums to one", points=1):
         a = P.random_patterns(gen, 5, 4, t.choice([6, 8]))
         w = 0.5 + torch.rand(5, generator=gen)
-        calls = [Call((a, w), f"random patterns ({_shape(a)}), weights {w.tolist()}"),
-                 Call((a, 1000 * w), "the same patterns, the weights times 1000")]  # fmt: skip
-        got, scaled = compare_calls(t, layer_weighted_attention, "layer_weighted_attention",
-                                    calls, hint=hint)  # fmt: skip
+        calls = [
+            Call((a, w), f"random patterns ({_shape(a)}), weights {w.tolist()}"),
+            Call((a, 1000 * w), "the same patterns, the weights times 1000"),
+        ]
+        got, scaled = compare_calls(
+            t, layer_weighted_attention, "layer_weighted_attention", calls, hint=hint
+        )
         t.close(scaled, got, "the same answer for weights times 1000", hint=hint)
         t.close(got.sum(), 1.0, "the answer sums to one", hint=hint)
 
@@ -72,8 +75,7 @@ def check_attention_rollout(attention_rollout, t: Checker) -> None:
     gen = kit.generator(t, 10)
     with t.part("random patterns with heads that differ, 1 to 11 layers", points=1):
         first_shape = (3, 4, t.choice([6, 5]))
-        shapes = [first_shape, (t.choice([11, 10]), 2, 4), (1, 1, 3),
-                  (2, 3, t.choice([10, 12]))]  # fmt: skip
+        shapes = [first_shape, (t.choice([11, 10]), 2, 4), (1, 1, 3), (2, 3, t.choice([10, 12]))]
         patterns = [P.random_patterns(gen, *shape) for shape in shapes]
         calls = [Call((a,), f"random causal patterns, {_shape(a)}") for a in patterns]
         calls.append(Call(calls[0].args, calls[0].what + ", again after the others", repeat=True))
@@ -81,21 +83,32 @@ def check_attention_rollout(attention_rollout, t: Checker) -> None:
     with t.part("rows that do not sum to one; float64 patterns", points=1):
         a = P.without_sink(P.random_patterns(gen, *first_shape))  # an earlier problem's size
         b = P.without_sink(P.random_patterns(gen, 3, 2, t.choice([11, 9]), dtype=torch.float64))
-        calls = [Call((a,), f"patterns whose first column was zeroed ({_shape(a)})"),
-                 Call((b,), f"float64 patterns, first column zeroed ({_shape(b)})")]  # fmt: skip
+        calls = [
+            Call((a,), f"patterns whose first column was zeroed ({_shape(a)})"),
+            Call((b,), f"float64 patterns, first column zeroed ({_shape(b)})"),
+        ]
         compare_calls(t, attention_rollout, "attention_rollout", calls, hint=hint)
     with t.part("tiny models' patterns: rows sum to one, nothing above the diagonal", points=1):
         first, second = kit.families(t, 2, first="gpt2")
-        patterns = [P.model_patterns(first, gen, t.choice([8, 7]), n_layers=3),
-                    P.model_patterns(second, gen, 5, n_layers=t.choice([10, 11]))]  # fmt: skip
-        calls = [Call((a,), f"a tiny {family} model's patterns ({_shape(a)})")
-                 for family, a in zip([first, second], patterns)]  # fmt: skip
+        patterns = [
+            P.model_patterns(first, gen, t.choice([8, 7]), n_layers=3),
+            P.model_patterns(second, gen, 5, n_layers=t.choice([10, 11])),
+        ]
+        calls = [
+            Call((a,), f"a tiny {family} model's patterns ({_shape(a)})")
+            for family, a in zip([first, second], patterns, strict=True)
+        ]
         for got in compare_calls(t, attention_rollout, "attention_rollout", calls, hint=hint):
             n_pos = got.shape[0]
-            t.close(got.sum(-1), torch.ones(n_pos), "every row of the rollout sums to one",
-                    hint=hint)  # fmt: skip
-            t.close(got.triu(1), torch.zeros(n_pos, n_pos), "causal patterns roll out to zeros "
-                    "above the diagonal", hint=hint)  # fmt: skip
+            t.close(
+                got.sum(-1), torch.ones(n_pos), "every row of the rollout sums to one", hint=hint
+            )
+            t.close(
+                got.triu(1),
+                torch.zeros(n_pos, n_pos),
+                "causal patterns roll out to zeros above the diagonal",
+                hint=hint,
+            )
 
 
 # ----- Exercise 1.9 ------------------------------------------------------------------------------
@@ -110,32 +123,48 @@ def check_attention_flow(attention_flow, t: Checker) -> None:
     )
     gen = kit.generator(t, 11)
     with t.part("many paths between tokens, the default target", points=1):
-        shapes = [(3, 3, t.choice([5, 6])), (t.choice([10, 11]), 2, 3), (2, 4, t.choice([10, 9])),
-                  (1, 2, 4)]  # fmt: skip
+        shapes = [
+            (3, 3, t.choice([5, 6])),
+            (t.choice([10, 11]), 2, 3),
+            (2, 4, t.choice([10, 9])),
+            (1, 2, 4),
+        ]
         patterns = [P.random_patterns(gen, *shape) for shape in shapes]
-        calls = [Call((a,), f"attention_flow(attentions) on random patterns, {_shape(a)}")
-                 for a in patterns]  # fmt: skip
+        calls = [
+            Call((a,), f"attention_flow(attentions) on random patterns, {_shape(a)}")
+            for a in patterns
+        ]
         calls.append(Call(calls[0].args, calls[0].what + ", again after the others", repeat=True))
         compare_calls(t, attention_flow, "attention_flow", calls, hint=hint)
     with t.part("a given target, positive or negative; rows that do not sum to one", points=1):
         a = P.without_sink(P.random_patterns(gen, 3, 2, t.choice([6, 7])))
         b = P.random_patterns(gen, 4, 3, 5)
-        calls = [Call((a, 2), f"attention_flow(attentions, 2), first column zeroed, {_shape(a)}"),
-                 Call((b, -2), f"attention_flow(attentions, -2) on random patterns, {_shape(b)}"),
-                 Call((a, -1), "the first patterns, target=-1 given")]  # fmt: skip
+        calls = [
+            Call((a, 2), f"attention_flow(attentions, 2), first column zeroed, {_shape(a)}"),
+            Call((b, -2), f"attention_flow(attentions, -2) on random patterns, {_shape(b)}"),
+            Call((a, -1), "the first patterns, target=-1 given"),
+        ]
         compare_calls(t, attention_flow, "attention_flow", calls, hint=hint)
     with t.part("tiny models' patterns: flows between 0 and 1, none after the target", points=1):
         first, second = kit.families(t, 2, first="gpt2")
         a = P.model_patterns(first, gen, t.choice([6, 7]), n_layers=3)
         b = P.model_patterns(second, gen, 9, n_layers=2)
         target = t.choice([3, 2, 4])
-        calls = [Call((a, target), f"a tiny {first} model's patterns, target {target}"),
-                 Call((b,), f"a tiny {second} model's patterns ({_shape(b)})")]  # fmt: skip
-        for call, got in zip(calls, compare_calls(t, attention_flow, "attention_flow", calls,
-                                                  hint=hint)):  # fmt: skip
+        calls = [
+            Call((a, target), f"a tiny {first} model's patterns, target {target}"),
+            Call((b,), f"a tiny {second} model's patterns ({_shape(b)})"),
+        ]
+        outs = compare_calls(t, attention_flow, "attention_flow", calls, hint=hint)
+        for call, got in zip(calls, outs, strict=True):
             last = call.args[1] % got.shape[0] if len(call.args) > 1 else got.shape[0] - 1
-            t.true(bool(((got >= -1e-6) & (got <= 1 + 1e-6)).all()),
-                   f"{call.what}: every flow is between 0 and 1 (the capacities into the target)",
-                   hint)  # fmt: skip
-            t.close(got[last + 1 :], torch.zeros(got.shape[0] - last - 1),
-                    f"{call.what}: tokens after the target have no path to it", hint=hint)  # fmt: skip
+            t.true(
+                bool(((got >= -1e-6) & (got <= 1 + 1e-6)).all()),
+                f"{call.what}: every flow is between 0 and 1 (the capacities into the target)",
+                hint,
+            )
+            t.close(
+                got[last + 1 :],
+                torch.zeros(got.shape[0] - last - 1),
+                f"{call.what}: tokens after the target have no path to it",
+                hint=hint,
+            )

@@ -41,8 +41,11 @@ def check_occlusion(occlusion, t: Checker) -> None:
             Call((score, ids, 0), f"a nonlinear scorer, tokens {ids[0].tolist()}, replacement 0"),
             Call((s1, ids1, space), f"a tiny {first} model's logit, {ids1.shape[1]} tokens"),
             Call((s2, ids2, space), f"a tiny {second} model's logit, one token"),
-            Call((score, short, present), f"the scorer, tokens {short[0].tolist()}, "
-                 f"replacement {present} (a token of the prompt)"),  # fmt: skip
+            Call(
+                (score, short, present),
+                f"the scorer, tokens {short[0].tolist()}, "
+                f"replacement {present} (a token of the prompt)",
+            ),
             Call((score, ids, 0), "the first problem again, after the others", repeat=True),
         ]
         compare_calls(t, occlusion, "occlusion", calls, hint=hint)
@@ -51,9 +54,11 @@ def check_occlusion(occlusion, t: Checker) -> None:
         score = P.scorer(t, gen, dead=tuple(dead))
         ids = P.scorer_ids(gen, n_pos)  # the size of an earlier problem
         same = t.choice([3, 1, 4])
-        call = Call((score, ids, int(ids[0, same])),
-                    f"a scorer that ignores positions {dead}, tokens {ids[0].tolist()}, "
-                    f"replacement {int(ids[0, same])} (the token at position {same})")  # fmt: skip
+        call = Call(
+            (score, ids, int(ids[0, same])),
+            f"a scorer that ignores positions {dead}, tokens {ids[0].tolist()}, "
+            f"replacement {int(ids[0, same])} (the token at position {same})",
+        )
         (got,) = compare_calls(t, occlusion, "occlusion", [call], hint=hint)
         zero = [same, *dead]
         t.close(got[zero], torch.zeros(len(zero)), f"entries {zero} are zero", hint=hint)
@@ -85,15 +90,23 @@ def check_shapley_values(shapley_values, t: Checker) -> None:
         players2 = P.unsorted(gen, list(range(ids2.shape[1])), 6, keep=(1, ids2.shape[1] - 1))
         space = P.tiny(t, first).token_id(" ")
         calls = [
-            Call((score, ids, players, 0), f"a nonlinear scorer, tokens {ids[0].tolist()}, "
-                 f"players {players.tolist()}, replacement 0"),  # fmt: skip
-            Call((s1, ids1, players1, space), f"a tiny {first} model's logit, players "
-                 f"{players1.tolist()}"),  # fmt: skip
+            Call(
+                (score, ids, players, 0),
+                f"a nonlinear scorer, tokens {ids[0].tolist()}, "
+                f"players {players.tolist()}, replacement 0",
+            ),
+            Call(
+                (s1, ids1, players1, space),
+                f"a tiny {first} model's logit, players {players1.tolist()}",
+            ),
             Call((score, short, torch.tensor([2]), 0), "the scorer, one player: [2]"),
-            Call((s2, ids2, players2, space), f"a tiny {second} model's logit, players "
-                 f"{players2.tolist()}"),  # fmt: skip
-            Call((score, ids, players, 0), "the first problem again, after the others",
-                 repeat=True),  # fmt: skip
+            Call(
+                (s2, ids2, players2, space),
+                f"a tiny {second} model's logit, players {players2.tolist()}",
+            ),
+            Call(
+                (score, ids, players, 0), "the first problem again, after the others", repeat=True
+            ),
         ]
         compare_calls(t, shapley_values, "shapley_values", calls, hint=hint)
     with t.part("efficiency, and a player the score ignores", points=1):
@@ -102,12 +115,24 @@ def check_shapley_values(shapley_values, t: Checker) -> None:
         ids = P.scorer_ids(gen, 7)
         players = P.unsorted(gen, [1, 2, 3, 4, 5, 6], 4, keep=(dead,))  # as many as before
         what = f"a scorer that ignores position {dead}, players {players.tolist()}"
-        (got,) = compare_calls(t, shapley_values, "shapley_values",
-                               [Call((score, ids, players, 0), what)], hint=hint)  # fmt: skip
+        (got,) = compare_calls(
+            t, shapley_values, "shapley_values", [Call((score, ids, players, 0), what)], hint=hint
+        )
         with torch.no_grad():
             total = float(score(ids)[0] - score(_replaced(ids, players.tolist(), 0))[0])
-        t.close(got.sum(), total, f"{what}: the values add up to score(tokens) - score(every "
-                f"player replaced) = {total:.4g} (efficiency)", scale=magnitude(got), hint=hint)  # fmt: skip
+        t.close(
+            got.sum(),
+            total,
+            f"{what}: the values add up to score(tokens) - score(every "
+            f"player replaced) = {total:.4g} (efficiency)",
+            scale=magnitude(got),
+            hint=hint,
+        )
         index = players.tolist().index(dead)
-        t.close(got[index], 0.0, f"{what}: the player at position {dead}, which the score "
-                "ignores, gets 0", scale=magnitude(got), hint=hint)  # fmt: skip
+        t.close(
+            got[index],
+            0.0,
+            f"{what}: the player at position {dead}, which the score ignores, gets 0",
+            scale=magnitude(got),
+            hint=hint,
+        )

@@ -79,48 +79,77 @@ def check_logit_difference_fn(logit_difference_fn, t: Checker) -> None:
     first, second, third = kit.families(t, 3, first="gpt2")
     with t.part("three families, batches of several prompts, either id order", points=1):
         lms = [P.tiny(t, family) for family in (first, second, third)]
-        made = [_make(t, logit_difference_fn, lm, *_pair(lm, gen, up))
-                for lm, up in zip(lms, [True, False, t.choice([True, False])])]  # fmt: skip
+        made = [
+            _make(t, logit_difference_fn, lm, *_pair(lm, gen, up))
+            for lm, up in zip(lms, [True, False, t.choice([True, False])], strict=True)
+        ]
         n_pos = t.choice([7, 6])
-        embs = [_batch(lms[0], gen, 3, n_pos), _batch(lms[1], gen, 3, n_pos),
-                _batch(lms[2], gen, 2, 1), _batch(lms[1], gen, 1, t.choice([11, 12])),
-                _batch(lms[0], gen, 5, 4, jitter=True)]  # fmt: skip
+        embs = [
+            _batch(lms[0], gen, 3, n_pos),
+            _batch(lms[1], gen, 3, n_pos),
+            _batch(lms[2], gen, 2, 1),
+            _batch(lms[1], gen, 1, t.choice([11, 12])),
+            _batch(lms[0], gen, 5, 4, jitter=True),
+        ]
         _, (_, *ids) = made[-1]  # the target and foil of the function made last
-        latest = [[(t.expected("logit_difference", lms[i], *ids, e), LATEST)] if i < 2 else []
-                  for i, e in zip([0, 1, 2, 1, 0], embs)]  # fmt: skip
+        latest = [
+            [(t.expected("logit_difference", lms[i], *ids, e), LATEST)] if i < 2 else []
+            for i, e in zip([0, 1, 2, 1, 0], embs, strict=True)
+        ]
         calls = [
             (0, embs[0], f"a tiny {first} model, a batch of 3 prompts of {n_pos} tokens"),
             (1, embs[1], f"a tiny {second} model (target id above the foil's), 3 prompts"),
             (2, embs[2], f"a tiny {third} model, 2 prompts of 1 token"),
             (1, embs[3], f"the {second} model's function, 1 prompt past 9 tokens"),
-            (0, embs[4], f"the {first} model's function on 5 rows of embeddings that are no "
-             "token's"),  # fmt: skip
+            (
+                0,
+                embs[4],
+                f"the {first} model's function on 5 rows of embeddings that are no token's",
+            ),
         ]
-        calls = [(*call, False, more) for call, more in zip(calls, latest)]
-        calls.append((0, embs[0], f"the {first} model's function on its first batch again", True,
-                      latest[0]))  # fmt: skip
+        calls = [(*call, False, more) for call, more in zip(calls, latest, strict=True)]
+        calls.append(
+            (0, embs[0], f"the {first} model's function on its first batch again", True, latest[0])
+        )
         _compare(t, made, calls, hint)
     with t.part("functions made earlier keep their own model, target and foil", points=1):
         lm, other = P.tiny(t, second), P.tiny(t, first)
         target, foil = _pair(lm, gen, True)
         third_id = next(i for i in range(3, lm.vocab_size) if i not in (target, foil))
-        made = [_make(t, logit_difference_fn, lm, target, foil),
-                _make(t, logit_difference_fn, other, foil, target),
-                _make(t, logit_difference_fn, lm, third_id, target)]  # fmt: skip
+        made = [
+            _make(t, logit_difference_fn, lm, target, foil),
+            _make(t, logit_difference_fn, other, foil, target),
+            _make(t, logit_difference_fn, lm, third_id, target),
+        ]
         emb, emb2 = _batch(lm, gen, 2, 5), _batch(other, gen, 3, 8)
         latest = [(t.expected("logit_difference", lm, third_id, target, emb), LATEST)]
-        calls = [(0, emb, f"the first function ({second}, target {target}, foil {foil}), made "
-                  "before two others", False, latest),  # fmt: skip
-                 (1, emb2, f"the second ({first}, target {foil}, foil {target})", False, ()),
-                 (2, emb, f"the third ({second}, target {third_id}, foil {target})", False, ()),
-                 (0, emb, "the first function again", True, latest)]  # fmt: skip
+        calls = [
+            (
+                0,
+                emb,
+                f"the first function ({second}, target {target}, foil {foil}), made "
+                "before two others",
+                False,
+                latest,
+            ),
+            (1, emb2, f"the second ({first}, target {foil}, foil {target})", False, ()),
+            (2, emb, f"the third ({second}, target {third_id}, foil {target})", False, ()),
+            (0, emb, "the first function again", True, latest),
+        ]
         _compare(t, made, calls, hint)
     with t.part("gradients flow through it (integrated gradients needs them)", points=1):
-        lm, offset = P.signalling_tiny(t, third, gen)
+        lm, offset = P.signalling_tiny(t, third)
         target, foil = _pair(lm, gen, False)
         made = [_make(t, logit_difference_fn, lm, target, foil)]
         emb = _batch(lm, gen, 2, 6).requires_grad_(True)
         shift = float(offset[target] - offset[foil])
-        calls = [(0, emb, "the function on embeddings that require gradients", False,
-                  lambda want: [(want + shift, NO_GRAD)])]  # fmt: skip
+        calls = [
+            (
+                0,
+                emb,
+                "the function on embeddings that require gradients",
+                False,
+                lambda want: [(want + shift, NO_GRAD)],
+            )
+        ]
         _compare(t, made, calls, hint)

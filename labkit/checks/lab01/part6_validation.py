@@ -32,13 +32,20 @@ def curve_calls(t: Checker, gen: torch.Generator) -> list[Call]:
     space = P.tiny(t, first).token_id(" ")
     present = int(ids2[0, 3])
     return [
-        Call((score, ids, order, 0), f"a nonlinear scorer, tokens {ids[0].tolist()}, order "
-             f"{order.tolist()}, replacement 0"),  # fmt: skip
+        Call(
+            (score, ids, order, 0),
+            f"a nonlinear scorer, tokens {ids[0].tolist()}, order {order.tolist()}, replacement 0",
+        ),
         Call((s1, ids1, order1, space), f"a tiny {first} model's logit, order {order1.tolist()}"),
-        Call((score, short, torch.tensor([3]), 0), f"the scorer, tokens {short[0].tolist()}, "
-             "order [3]"),  # fmt: skip
-        Call((s2, ids2, order2, present), f"a tiny {second} model's logit, tokens "
-             f"{ids2[0].tolist()}, order {order2.tolist()}, replacement {present}"),  # fmt: skip
+        Call(
+            (score, short, torch.tensor([3]), 0),
+            f"the scorer, tokens {short[0].tolist()}, order [3]",
+        ),
+        Call(
+            (s2, ids2, order2, present),
+            f"a tiny {second} model's logit, tokens "
+            f"{ids2[0].tolist()}, order {order2.tolist()}, replacement {present}",
+        ),
         Call((score, ids, order, 0), "the first problem again, after the others", repeat=True),
     ]
 
@@ -68,13 +75,19 @@ def check_deletion_curve(deletion_curve, t: Checker) -> None:
     with t.part("entry 0 is the original score; a token replaced by itself", points=1):
         score, ids, order, same = _same_token_problem(t, gen, 1)
         what = f"tokens {ids[0].tolist()}, order {order.tolist()}, replacement {same}"
-        (got,) = compare_calls(t, deletion_curve, "deletion_curve",
-                               [Call((score, ids, order, same), what)], hint=hint)  # fmt: skip
+        (got,) = compare_calls(
+            t, deletion_curve, "deletion_curve", [Call((score, ids, order, same), what)], hint=hint
+        )
         with torch.no_grad():
             start = float(score(ids)[0])
         t.close(got[0], start, f"{what}: entry 0 is score(tokens) = {start:.4g}", hint=hint)
-        t.close(got[2], got[1], f"{what}: replacing position {int(order[1])} by its own token "
-                "changes nothing (entries 1 and 2 are equal)", hint=hint)  # fmt: skip
+        t.close(
+            got[2],
+            got[1],
+            f"{what}: replacing position {int(order[1])} by its own token "
+            "changes nothing (entries 1 and 2 are equal)",
+            hint=hint,
+        )
 
 
 # ----- Exercise 1.14 -----------------------------------------------------------------------------
@@ -92,13 +105,23 @@ def check_insertion_curve(insertion_curve, t: Checker) -> None:
     with t.part("the last entry is the original score; a token equal to the replacement", 1):
         score, ids, order, same = _same_token_problem(t, gen, -1)
         what = f"tokens {ids[0].tolist()}, order {order.tolist()}, replacement {same}"
-        (got,) = compare_calls(t, insertion_curve, "insertion_curve",
-                               [Call((score, ids, order, same), what)], hint=hint)  # fmt: skip
+        (got,) = compare_calls(
+            t,
+            insertion_curve,
+            "insertion_curve",
+            [Call((score, ids, order, same), what)],
+            hint=hint,
+        )
         with torch.no_grad():
             end = float(score(ids)[0])
         t.close(got[-1], end, f"{what}: the last entry is score(tokens) = {end:.4g}", hint=hint)
-        t.close(got[-2], got[-1], f"{what}: putting back position {int(order[-1])}, whose token "
-                "is the replacement, changes nothing", hint=hint)  # fmt: skip
+        t.close(
+            got[-2],
+            got[-1],
+            f"{what}: putting back position {int(order[-1])}, whose token "
+            "is the replacement, changes nothing",
+            hint=hint,
+        )
 
 
 # ----- Exercise 1.15 -----------------------------------------------------------------------------
@@ -121,24 +144,39 @@ def check_spearman(spearman, t: Checker) -> None:
     gen = kit.generator(t, 17)
     with t.part("scores of 2 to 12 values, float32 and float64, without ties", points=1):
         n = t.choice([12, 10, 11])
-        problems = [_no_ties(gen, n, torch.float32, 1.0),
-                    _no_ties(gen, 3, torch.float64, -1.0), _no_ties(gen, 2, torch.float32, 1.0),
-                    _no_ties(gen, t.choice([9, 7]), torch.float64, -1.0)]  # fmt: skip
-        calls = [Call((a, b), f"spearman(a, b) for a = {[round(v, 3) for v in a.tolist()]}, "
-                      f"b = {[round(v, 3) for v in b.tolist()]} ({a.dtype})")
-                 for a, b in problems]  # fmt: skip
+        problems = [
+            _no_ties(gen, n, torch.float32, 1.0),
+            _no_ties(gen, 3, torch.float64, -1.0),
+            _no_ties(gen, 2, torch.float32, 1.0),
+            _no_ties(gen, t.choice([9, 7]), torch.float64, -1.0),
+        ]
+        calls = [
+            Call(
+                (a, b),
+                f"spearman(a, b) for a = {[round(v, 3) for v in a.tolist()]}, "
+                f"b = {[round(v, 3) for v in b.tolist()]} ({a.dtype})",
+            )
+            for a, b in problems
+        ]
         calls.append(Call(calls[0].args, "the first pair again, after the others", repeat=True))
         compare_calls(t, spearman, "spearman", calls, hint=hint, scalar=True, atol=1e-5, rtol=1e-4)
     with t.part("rho(a, a) = 1, rho(a, -a) = -1, symmetric, unchanged by exp and cubes", 1):
         a, b = _no_ties(gen, n, torch.float64, 1.0)  # the size of an earlier problem
-        calls = [Call((a, b), f"a = {[round(v, 3) for v in a.tolist()]}, "
-                      f"b = {[round(v, 3) for v in b.tolist()]}")]  # fmt: skip
-        (rho,) = compare_calls(t, spearman, "spearman", calls, hint=hint, scalar=True,
-                               atol=1e-5, rtol=1e-4)  # fmt: skip
-        for args, want, what in [((b, a), float(rho), "spearman(b, a) = spearman(a, b)"),
-                                 ((a.log(), b**3), float(rho), "spearman(log a, b**3) = spearman(a, b)"),
-                                 ((a, a), 1.0, "spearman(a, a) = 1"),
-                                 ((a, -a), -1.0, "spearman(a, -a) = -1")]:  # fmt: skip
+        calls = [
+            Call(
+                (a, b),
+                f"a = {[round(v, 3) for v in a.tolist()]}, b = {[round(v, 3) for v in b.tolist()]}",
+            )
+        ]
+        (rho,) = compare_calls(
+            t, spearman, "spearman", calls, hint=hint, scalar=True, atol=1e-5, rtol=1e-4
+        )
+        for args, want, what in [
+            ((b, a), float(rho), "spearman(b, a) = spearman(a, b)"),
+            ((a.log(), b**3), float(rho), "spearman(log a, b**3) = spearman(a, b)"),
+            ((a, a), 1.0, "spearman(a, a) = 1"),
+            ((a, -a), -1.0, "spearman(a, -a) = -1"),
+        ]:
             got = t.scalar(t.call(spearman, *args), what)
             t.close(got, want, what, atol=1e-5, rtol=1e-4, hint=hint)
 
@@ -153,7 +191,9 @@ OWN = (
     "Draw every value from N(p.mean(), p.std()): THIS parameter's own mean and std, taken "
     "before you overwrite it."
 )
-STANDARD = "Those look like draws from a standard normal, N(0, 1): use each parameter's own mean and std."
+STANDARD = (
+    "Those look like draws from a standard normal, N(0, 1): use each parameter's own mean and std."
+)
 SEED = (
     "Draw from torch.Generator().manual_seed(seed), created once per call, and pass "
     "generator= to every draw: the same seed must give the same values, another seed others."
@@ -189,17 +229,21 @@ def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
         return copy.deepcopy(originals[i])
 
     with t.part("every parameter of two frozen modules changes, in place", points=1):
-        for i, what in enumerate(["a module with parameters of every kind, nested",
-                                  f"a tiny {family} model's block"]):  # fmt: skip
+        for i, what in enumerate(
+            ["a module with parameters of every kind, nested", f"a tiny {family} model's block"]
+        ):
             new = _randomised(t, randomize_weights_, fresh(i), seed)
             unchanged = [n for n, v in new.items() if torch.equal(v, old[i][n])]
             what = f"randomize_weights_(module, {seed}) on {what}, frozen like load_model()'s"
             if len(unchanged) == len(new):
                 t.fail(what, "No parameter changed.", NOTHING_CHANGED)
             if unchanged:
-                t.fail(what, f"These parameters did not change: {', '.join(unchanged)}.",
-                       "Every parameter gets new values: weights and biases, norms, embeddings "
-                       "and parameters of any other module, however deeply nested.")  # fmt: skip
+                t.fail(
+                    what,
+                    f"These parameters did not change: {', '.join(unchanged)}.",
+                    "Every parameter gets new values: weights and biases, norms, embeddings "
+                    "and parameters of any other module, however deeply nested.",
+                )
     with t.part("each parameter is drawn afresh from N(its own mean, its own std)", points=1):
         for i in range(2):
             new = _randomised(t, randomize_weights_, fresh(i), seed)
@@ -212,11 +256,14 @@ def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
             for a, b in combinations(sorted(z), 2):
                 if z[a].shape == z[b].shape and z[a].numel() >= 16:
                     corr = _corr(z[a], z[b])
-                    t.true(corr < 0.9, f"'{a}' and '{b}' (same shape) got independent noise "
-                           f"(their standardised values correlate at {corr:.3f})",
-                           "Create ONE generator per call and draw every parameter from it; "
-                           "reseeding for each parameter gives same-shape parameters the same "
-                           "noise.")  # fmt: skip
+                    t.true(
+                        corr < 0.9,
+                        f"'{a}' and '{b}' (same shape) got independent noise "
+                        f"(their standardised values correlate at {corr:.3f})",
+                        "Create ONE generator per call and draw every parameter from it; "
+                        "reseeding for each parameter gives same-shape parameters the same "
+                        "noise.",
+                    )
     with t.part("the seed decides the values; seed=0 by default", points=1):
         first = _randomised(t, randomize_weights_, fresh(0), seed)
         again = _randomised(t, randomize_weights_, fresh(0), seed)
@@ -225,11 +272,16 @@ def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
         zero = _randomised(t, randomize_weights_, fresh(1), 0)
         same = all(torch.equal(first[n], again[n]) for n in first)
         t.true(same, f"seed {seed} twice on identical modules gives identical values", SEED)
-        t.true(not all(torch.equal(first[n], other[n]) for n in first),
-               f"seeds {seed} and {seed + 1} give different values", SEED)  # fmt: skip
-        t.true(all(torch.equal(default[n], zero[n]) for n in zero),
-               "randomize_weights_(module) draws what randomize_weights_(module, 0) draws",
-               "Keep the default seed=0 and use it: without a seed, seed 0 decides the values.")  # fmt: skip
+        t.true(
+            not all(torch.equal(first[n], other[n]) for n in first),
+            f"seeds {seed} and {seed + 1} give different values",
+            SEED,
+        )
+        t.true(
+            all(torch.equal(default[n], zero[n]) for n in zero),
+            "randomize_weights_(module) draws what randomize_weights_(module, 0) draws",
+            "Keep the default seed=0 and use it: without a seed, seed 0 decides the values.",
+        )
 
 
 def _fresh_normal(t: Checker, name: str, value: torch.Tensor, old: torch.Tensor) -> None:
@@ -237,37 +289,64 @@ def _fresh_normal(t: Checker, name: str, value: torch.Tensor, old: torch.Tensor)
     n, mean, std = old.numel(), float(old.mean()), float(old.std())
     what = f"'{name}' ({n} values, mean {mean:.3g}, std {std:.3g})"
     if torch.equal(value.flatten().sort().values, old.flatten().sort().values):
-        t.fail(what, "Its new values are the old ones in another order.",
-               "Draw fresh values from a normal distribution; a permutation keeps the values.")  # fmt: skip
+        t.fail(
+            what,
+            "Its new values are the old ones in another order.",
+            "Draw fresh values from a normal distribution; a permutation keeps the values.",
+        )
     v = value.double()
     got_mean, got_std = float(v.mean()), float(v.std()) if n > 1 else 0.0
-    near = abs(got_mean - mean) <= 5 * std / n**0.5 and abs(got_std - std) <= 5 * std / (
-        2 * max(n - 1, 1)
-    ) ** 0.5 + 1e-7
+    near = (
+        abs(got_mean - mean) <= 5 * std / n**0.5
+        and abs(got_std - std) <= 5 * std / (2 * max(n - 1, 1)) ** 0.5 + 1e-7
+    )
     if not near:
-        standard = abs(got_mean) <= 5 / n**0.5 and abs(got_std - 1) <= 5 / (2 * max(n - 1, 1)) ** 0.5
-        t.fail(f"{what}: the new values keep about its mean and std",
-               f"They have mean {got_mean:.4g} and std {got_std:.4g}.",
-               STANDARD if standard else OWN)  # fmt: skip
+        standard = (
+            abs(got_mean) <= 5 / n**0.5 and abs(got_std - 1) <= 5 / (2 * max(n - 1, 1)) ** 0.5
+        )
+        t.fail(
+            f"{what}: the new values keep about its mean and std",
+            f"They have mean {got_mean:.4g} and std {got_std:.4g}.",
+            STANDARD if standard else OWN,
+        )
     follow = (
         "Draw fresh values from N(mean, std); do not add noise to the old values (nor scale or "
         "shift them)."
     )
     corr = _corr(v, old) if n >= 30 else 0.0
-    t.true(abs(corr) < 0.99, f"{what}: the new values do not follow the old ones (they "
-           f"correlate at {corr:.4f})", follow)  # fmt: skip
+    t.true(
+        abs(corr) < 0.99,
+        f"{what}: the new values do not follow the old ones (they correlate at {corr:.4f})",
+        follow,
+    )
     if old.dim() == 2 and min(old.shape) >= 16:
         for dim, kind in ((1, "row"), (0, "column")):
             means = _corr(v.mean(dim), old.double().mean(dim))
-            t.true(abs(means) < 5 / old.shape[1 - dim] ** 0.5, f"{what}: each {kind}'s new mean "
-                   f"does not follow its old one (they correlate at {means:.3f})",
-                   "Use ONE mean and ONE std per parameter (p.mean(), p.std()), not one per "
-                   f"{kind}.")  # fmt: skip
-    t.true(abs(corr) < min(0.9, 5 / n**0.5), f"{what}: the new values do not follow the old "
-           f"ones (they correlate at {corr:.3f})", follow)  # fmt: skip
+            t.true(
+                abs(means) < 5 / old.shape[1 - dim] ** 0.5,
+                f"{what}: each {kind}'s new mean "
+                f"does not follow its old one (they correlate at {means:.3f})",
+                f"Use ONE mean and ONE std per parameter (p.mean(), p.std()), not one per {kind}.",
+            )
+    t.true(
+        abs(corr) < min(0.9, 5 / n**0.5),
+        f"{what}: the new values do not follow the old ones (they correlate at {corr:.3f})",
+        follow,
+    )
     if n >= 1000:
         inside = float(((v - mean).abs() < std).double().mean())
-        t.close(inside, 0.6827, f"{what}: about 68% of the new values lie within one std",
-                atol=5 * (0.6827 * 0.3173 / n) ** 0.5, rtol=0.0, hint="Draw from a normal "
-                "distribution.", mistakes=[(0.5774, "The values look uniformly distributed: draw "
-                "from a NORMAL distribution (torch.randn or normal_).")])  # fmt: skip
+        t.close(
+            inside,
+            0.6827,
+            f"{what}: about 68% of the new values lie within one std",
+            atol=5 * (0.6827 * 0.3173 / n) ** 0.5,
+            rtol=0.0,
+            hint="Draw from a normal distribution.",
+            mistakes=[
+                (
+                    0.5774,
+                    "The values look uniformly distributed: draw "
+                    "from a NORMAL distribution (torch.randn or normal_).",
+                )
+            ],
+        )

@@ -4,8 +4,8 @@ patterns and modules to randomise.
 Everything here builds *inputs*; nothing computes an exercise's answer. Every callable problem is
 an ``nn.Module`` defined at module level, with everything that decides its output in its state
 (buffers or submodules, never 0-dimensional: the grader fingerprints inputs by their bytes), so
-it can be sent to the grader's worker and fingerprinted by its state. Each is exactly what it says: a check builds it, the student's function uses it, and the
-reference gets the same object.
+it can be sent to the grader's worker and fingerprinted by its state. A check builds it, the
+student's function uses it, and the reference gets the same object.
 """
 
 from __future__ import annotations
@@ -277,11 +277,12 @@ class NoGradSignal:
         return None
 
 
-def signalling_tiny(t, family: str, gen: torch.Generator) -> tuple[LabModel, Tensor]:
+def signalling_tiny(t, family: str) -> tuple[LabModel, Tensor]:
     """A tiny model (used by no other check) whose logits move by an offset when computed
-    without gradients; returns it and the offset (vocab,)."""
+    without gradients; returns it and the offset (vocab,). The offset is the same in every
+    variant: a grading worker keeps the copy of the model it was sent first."""
     lm = kit.tiny(family, seed=90_001, scale=SCALE, random_norms=True)
-    offset = 50.0 * torch.randn(lm.vocab_size, generator=gen)
+    offset = 50.0 * torch.randn(lm.vocab_size, generator=torch.Generator().manual_seed(90_001))
     lm.unembed.register_forward_hook(NoGradSignal(offset))
     return t.watch(lm, f"the tiny {family} test model"), offset
 

@@ -289,12 +289,13 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
         "max(0, L - w // 2), ..., min(n_layers, L - (-w // 2)) - 1, all in the same "
         "run, and average p(target) over the noise samples."
     )
-    with t.part("the MLP grid, windows odd, even and wider than the model", points=1):
+    with t.part("the MLP grid, windows odd, even, wider than the model and the default", points=1):
         hint = window_hint.format("mlp_out")
         against_reference(p2, "mlp", odd, hint=hint)
         against_reference(p1, "mlp", 3, hint=hint)
         against_reference(p3, "mlp", cover, hint=hint)
         against_reference(p2, "mlp", even, what=" (the same model, another window)", hint=hint)
+        against_reference(p1, "mlp", what=" (the default window)", hint=hint)
 
     with t.part("the attention grid, windows odd and even", points=1):
         hint = window_hint.format("attn_out")

@@ -33,13 +33,13 @@ from labkit.models import LabModel
 __all__ = [
     "LLAMA_LIKE",
     "SHARP",
+    "doubled_bytes",
     "families",
     "model",
     "pick_target",
     "prompt",
     "random_grids",
     "resid_at",
-    "doubled_bytes",
     "substituted",
 ]
 
@@ -54,7 +54,7 @@ def model(
     t: Checker, family: str, n_layers: int = 3, seed: int = 0, skewed: bool = False
 ) -> LabModel:
     """A sharpened tiny model of ``family`` with ``n_layers`` blocks, pristine (its embedding
-    made uneven if ``skewed``: see :func:`skew_embedding`), and watched by the check."""
+    made uneven if ``skewed``: see :func:`_skew_embedding`), and watched by the check."""
     lm = kit.tiny(family, seed=seed, n_layers=n_layers, **SHARP)
     if skewed:
         _skew_embedding(lm)
@@ -124,7 +124,7 @@ def _skew_embedding(lm: LabModel) -> None:
 
 def doubled_bytes(ids: Tensor) -> Tensor:
     """``ids`` with every byte token mapped into the first 64 bytes (the rows that
-    :func:`skew_embedding` doubles); special tokens are kept."""
+    :func:`_skew_embedding` doubles); special tokens are kept."""
     byte = ids >= _FIRST_BYTE
     return torch.where(byte, (ids - _FIRST_BYTE) % 64 + _FIRST_BYTE, ids)
 

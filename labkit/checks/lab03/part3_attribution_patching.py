@@ -192,11 +192,12 @@ def _heads_case(t: Checker, fn: Callable, p: P.Pair, metric, repeat=False) -> No
 
 @LAB.exercise("3.6", "attribution per head", points=2)
 def check_head_attribution(head_attribution: Callable, t: Checker) -> None:
-    """A grouped-query model (more query heads than key/value heads), a model of another
-    family with more than 9 layers and positions, batches of 1 and 2, the normalised metric
-    and one that is not, the first call repeated; and its definition: on a model linear in
-    its activations, a head's estimates summed over positions are exact patching of that
-    head (minus the corrupted run's metric)."""
+    """A grouped-query model (more query heads than key/value heads, and never as many
+    positions as heads), a model of another family with more than 9 layers and positions,
+    batches of 1 and 2, the normalised metric and one that is not (also on the same prompts),
+    the first call repeated; and its definition: on a model linear in its activations, a
+    head's estimates summed over positions are exact patching of that head (minus the
+    corrupted run's metric)."""
     grouped = P.model(t, t.choice(["llama", "qwen2"]), 1, n_heads=6, n_kv_heads=t.choice([2, 3]))
     other = P.model(t, t.choice(["gpt_neox", "gpt2"]), 2, n_layers=t.choice([10, 12]))
     g = P.pair(t, grouped, 61, batch=2, n_pos=t.choice([5, 7]))  # never as many as the heads

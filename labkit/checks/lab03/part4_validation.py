@@ -55,7 +55,7 @@ def check_agreement(agreement: Callable, t: Checker) -> None:
             what = _describe(estimate, kk)
             got = _numbers(t, agreement, estimate, exact, kk, what)
             answers += [
-                P.Answer(got[key], want[key], f"{what}[{key!r}]", P.pick(wrong, key))
+                P.Answer(got[key], want[key], f"{what}: {key!r}", P.pick(wrong, key))
                 for key in KEYS
             ]
         P.close_all(t, answers)

@@ -197,6 +197,19 @@ def metric_first_ids(sol, lm, clean, corrupted, targets, foils, logits):
     return _normalised(lm, clean, corrupted, first_t, first_f, logits)
 
 
+@KEY.mistake(
+    "normalised_metric@logits",
+    "Your metric reads the first prompt only (row 0). The metric averages the logit "
+    "differences of every row of the batch.",
+)
+def metric_first_row(sol, lm, clean, corrupted, targets, foils, logits):
+    if clean.shape[0] == 1:
+        raise NotThisProblem
+    first = slice(0, 1)
+    one = [int(torch.as_tensor(targets)[0])], [int(torch.as_tensor(foils)[0])]
+    return sol.normalised_metric(lm, clean[first], corrupted[first], *one)(logits[first]).detach()
+
+
 def _every_pair(logits, targets, foils):
     return logits[:, torch.as_tensor(targets)] - logits[:, torch.as_tensor(foils)]  # (b, b)
 

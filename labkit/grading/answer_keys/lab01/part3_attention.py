@@ -110,9 +110,7 @@ _rollout_mistake(
 _rollout_mistake(
     "Multiply every layer: you left out the last one.", lambda a: rolled(mixed(a)[:-1])
 )
-_rollout_mistake(
-    "Multiply the layers, do not average them.", lambda a: sum(mixed(a)) / a.shape[0]
-)
+_rollout_mistake("Multiply the layers, do not average them.", lambda a: sum(mixed(a)) / a.shape[0])
 _rollout_mistake(
     "Renormalise each layer's A_hat so its rows sum to one (they do not here).",
     lambda a: rolled(mixed(a, renormalise="none")),
@@ -187,8 +185,7 @@ _flow_mistake("Average over heads, not max.", lambda a, t: flow(mixed(a, reduce=
 
 @KEY.mistake(
     "attention_flow",
-    "Use the `target` argument: flow into (top layer, target), not always into the last "
-    "position.",
+    "Use the `target` argument: flow into (top layer, target), not always into the last position.",
 )
 def flow_ignores_target(sol, attentions, target=-1):
     if target % attentions.shape[-1] == attentions.shape[-1] - 1:

@@ -47,14 +47,20 @@ def _occlusion_mistake(hint: str, masks, r=None, build=rows) -> None:
         return scored(score, tokens)[0] - scored(score, build(tokens, masks(n), used))
 
 
-_occlusion_mistake("Off by one: row i must replace token i.", lambda n: [[(i + 1) % n] for i in range(n)])
-_occlusion_mistake("Off by one: row i must replace token i.", lambda n: [[(i - 1) % n] for i in range(n)])
+_occlusion_mistake(
+    "Off by one: row i must replace token i.", lambda n: [[(i + 1) % n] for i in range(n)]
+)
+_occlusion_mistake(
+    "Off by one: row i must replace token i.", lambda n: [[(i - 1) % n] for i in range(n)]
+)
 _occlusion_mistake(
     "You replaced every token EXCEPT i; replace only token i.",
     lambda n: [[j for j in range(n) if j != i] for i in range(n)],
 )
 _occlusion_mistake(
-    "Use the replacement_id you were given (you always used 0).", lambda n: [[i] for i in range(n)], r=0
+    "Use the replacement_id you were given (you always used 0).",
+    lambda n: [[i] for i in range(n)],
+    r=0,
 )
 _occlusion_mistake(
     "Replace the token at POSITION i only: you replaced every occurrence of its value (the "
@@ -133,7 +139,9 @@ def _shapley_mistake(hint: str, make, at_least: int = 2) -> None:
 _shapley_mistake(
     "You weighted every coalition equally (the Banzhaf value); Shapley weights a coalition of "
     "size s by s! (n - s - 1)! / n!.",
-    lambda sol, s, t, p, r: weighted(coalition_values(s, t, p, r), len(p), lambda k, n: 0.5 ** (n - 1)),
+    lambda sol, s, t, p, r: weighted(
+        coalition_values(s, t, p, r), len(p), lambda k, n: 0.5 ** (n - 1)
+    ),
 )
 _shapley_mistake(
     "That is occlusion (each token removed from the full prompt); Shapley averages over every "
@@ -141,21 +149,23 @@ _shapley_mistake(
     lambda sol, s, t, p, r: scored(s, t)[0] - scored(s, rows(t, [[q] for q in p], r)),
 )
 _shapley_mistake(
-    "That is each token added to an empty coalition alone; Shapley averages over every "
-    "coalition.",
-    lambda sol, s, t, p, r: scored(s, rows(t, [[q for q in p if q != x] for x in p], r))
-    - scored(s, rows(t, [p], r))[0],
+    "That is each token added to an empty coalition alone; Shapley averages over every coalition.",
+    lambda sol, s, t, p, r: (
+        scored(s, rows(t, [[q for q in p if q != x] for x in p], r)) - scored(s, rows(t, [p], r))[0]
+    ),
 )
 _shapley_mistake(
     "Averaging 'removed from all' and 'added to none' is exact only without interactions of "
     "three or more tokens; sum over every coalition.",
     lambda sol, s, t, p, r: (
-        scored(s, t)[0]
-        - scored(s, rows(t, [[q] for q in p], r))
-        + scored(s, rows(t, [[q for q in p if q != x] for x in p], r))
-        - scored(s, rows(t, [p], r))[0]
-    )
-    / 2,
+        (
+            scored(s, t)[0]
+            - scored(s, rows(t, [[q] for q in p], r))
+            + scored(s, rows(t, [[q for q in p if q != x] for x in p], r))
+            - scored(s, rows(t, [p], r))[0]
+        )
+        / 2
+    ),
     at_least=3,
 )
 _shapley_mistake(
@@ -166,7 +176,9 @@ _shapley_mistake(
 _shapley_mistake(
     "The weight is s! (n - s - 1)! / n!, with n - s - 1.",
     lambda sol, s, t, p, r: weighted(
-        coalition_values(s, t, p, r), len(p), lambda k, n: factorial(k) * factorial(n - k) / factorial(n)
+        coalition_values(s, t, p, r),
+        len(p),
+        lambda k, n: factorial(k) * factorial(n - k) / factorial(n),
     ),
 )
 _shapley_mistake(
@@ -181,6 +193,8 @@ _shapley_mistake(
 _shapley_mistake(
     "Replace the players' POSITIONS: you replaced every occurrence of their tokens (the prompt "
     "repeats a token).",
-    lambda sol, s, t, p, r: weighted(coalition_values(s, t, p, r, by_value), len(p), shapley_weight),
+    lambda sol, s, t, p, r: weighted(
+        coalition_values(s, t, p, r, by_value), len(p), shapley_weight
+    ),
     at_least=1,
 )

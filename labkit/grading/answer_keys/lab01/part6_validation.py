@@ -24,8 +24,7 @@ def _deletion_mistake(hint: str, masks, build=rows, at_least: int = 1) -> None:
 
 
 _deletion_mistake(
-    "Entry 0 must be the original score (nothing replaced), and entry k has the first k "
-    "replaced.",
+    "Entry 0 must be the original score (nothing replaced), and entry k has the first k replaced.",
     lambda o: [o[:k] for k in range(1, len(o) + 2)],
 )
 _deletion_mistake(
