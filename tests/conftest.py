@@ -71,6 +71,12 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(items: list) -> None:
+    for item in items:  # a test that uses the default model is marked so, whatever it says
+        if "lm" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "default_model"
+        ):
+            item.add_marker(pytest.mark.default_model)
+
     def rank(item) -> int:
         return next(
             (i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
