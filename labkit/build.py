@@ -230,9 +230,44 @@ def student_notebook(solution: nbformat.NotebookNode, source_name: str) -> nbfor
 
 
 def _student_metadata(metadata: dict) -> dict:
+    """The notebook metadata of a lab: what the kernel that runs it will report, exactly.
+
+    When JupyterLab starts a notebook's kernel it writes the kernel's ``kernelspec`` and
+    ``language_info`` into the notebook, and a value that differs from the stored one marks the
+    notebook modified before the student has done anything. So a Python lab names ipykernel's
+    kernel as ipykernel names it (``python3``, "Python 3 (ipykernel)": also what spares the
+    student a "Select Kernel" dialog) and carries every ``language_info`` field ipykernel sends.
+    The Python version comes from the solution notebook (the Python its authors ran it with),
+    so a build depends only on its input; a student on another Python sees the lab modified by
+    that version alone. Other languages keep their language's name only.
+    """
+    ipykernel_spec = {
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "name": "python3",
+    }
+    ipykernel_language = {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+    }
     kept = {k: v for k, v in metadata.items() if k in _KEEP_NOTEBOOK_METADATA}
-    if "language_info" in kept:  # the executing Python's version would make builds differ
-        kept["language_info"] = {"name": kept["language_info"].get("name", "python")}
+    language = kept.get("language_info") if isinstance(kept.get("language_info"), dict) else {}
+    spec = kept.get("kernelspec") if isinstance(kept.get("kernelspec"), dict) else {}
+    name = language.get("name") or spec.get("language") or "python"
+    if name != "python":
+        if "language_info" in kept:
+            kept["language_info"] = {"name": name}
+        return kept
+    kept["language_info"] = dict(ipykernel_language)
+    version = language.get("version")
+    if isinstance(version, str) and re.fullmatch(r"\d+\.\d+\.\d+", version):
+        kept["language_info"]["version"] = version
+    if spec.get("name", "python3") == "python3":
+        kept["kernelspec"] = dict(ipykernel_spec)
     return kept
 
 

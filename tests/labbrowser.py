@@ -3,6 +3,11 @@
 The server listens on loopback with a random token in a temporary root folder; the browser is
 Debian's chromium driven by Playwright (never a browser that Playwright downloads). Both are
 context managers that stop what they started, kernels included.
+
+Every wait is for a state, never for a time: the server exposes JupyterLab's application object
+to the page (``expose_app_in_browser``), and :class:`NotebookPage` reads the notebook's model
+through it (kernel status, cell execution counts and states, the dirty flag, the metadata). A
+busy machine then makes a test slower, not flaky.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class LabServer:
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: waits read the model
         ]
         if os.geteuid() == 0:
             command.append("--allow-root")
@@ -191,16 +197,85 @@ def chromium() -> Iterator:
 
 
 # ----- a notebook page -------------------------------------------------------------------------
+# JavaScript run in the page: the notebook panel of a path, through JupyterLab's application.
+_PANEL = """(path) => {
+    const app = window.jupyterapp;
+    if (!app) return null;
+    for (const w of app.shell.widgets('main')) {
+        if (w.context && w.context.path === path && w.content && w.content.widgets) return w;
+    }
+    return null;
+}"""
+_STATE = f"""async (path) => {{
+    const panel = ({_PANEL})(path);
+    if (!panel || !panel.context.isReady) return null;
+    const session = panel.sessionContext;
+    const kernel = session.session ? session.session.kernel : null;
+    const cells = panel.content.widgets.map(c => ({{
+        type: c.model.type,
+        count: c.model.type === 'code' ? c.model.executionCount : null,
+        state: c.model.type === 'code' ? c.model.executionState : null,
+        source: c.model.sharedModel.getSource(),
+    }}));
+    let spec = null;
+    if (kernel) {{ try {{ spec = await kernel.spec; }} catch (e) {{ spec = null; }} }}
+    return {{
+        dirty: panel.context.model.dirty,
+        kernel: kernel ? kernel.status : null,
+        kernelDisplayName: spec ? spec.display_name : null,
+        metadata: panel.context.model.toJSON().metadata,
+        cells: cells,
+        dialogs: [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText),
+    }};
+}}"""
+
+
 class NotebookPage:
-    """One notebook open in JupyterLab: run cells, type into them, read their outputs."""
+    """One notebook open in JupyterLab: run cells, type into them, read their outputs.
+
+    Waits are for states of the notebook's model (see :meth:`state`), never for a time.
+    """
 
     def __init__(self, page, server: LabServer, name: str) -> None:
         self.page, self.server, self.name = page, server, name
 
-    def open(self, timeout: float = 180) -> None:
+    # ----- state ---------------------------------------------------------------------------------
+    def state(self) -> dict | None:
+        """The notebook as JupyterLab holds it: ``dirty``, ``kernel`` (status), the kernel's
+        ``kernelDisplayName``, ``metadata``, ``cells`` (type, count, state, source) and the
+        texts of open ``dialogs``; None until the notebook has loaded."""
+        return self.page.evaluate(_STATE, self.name)
+
+    def wait_until(self, condition: Callable[[dict], bool], timeout: float, what: str) -> dict:
+        """Poll :meth:`state` until ``condition`` holds; the state it held in."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state is not None and condition(state):
+                return state
+            time.sleep(0.2)
+        brief = {k: v for k, v in (state or {}).items() if k not in ("cells", "metadata")}
+        raise TimeoutError(f"{self.name}: not {what} after {timeout:.0f} s; state: {brief}")
+
+    def open(self, timeout: float = 180) -> dict:
+        """Open the notebook; wait until its kernel is idle and JupyterLab has written the
+        kernel's kernelspec and language_info into the model (what marks a notebook modified
+        when they differ from the file's). Returns the state at that moment."""
         self.page.goto(self.server.page_url(self.name))
         self.cells().first.wait_for(timeout=timeout * 1000)
-        self.wait_for_kernel_idle(timeout)
+
+        def settled(state: dict) -> bool:
+            info = state["metadata"].get("language_info", {})
+            spec = state["metadata"].get("kernelspec", {})
+            return (
+                state["kernel"] == "idle"
+                and "version" in info  # the kernel's info reply has been applied
+                and state["kernelDisplayName"] is not None
+                and spec.get("display_name") == state["kernelDisplayName"]
+            )
+
+        return self.wait_until(settled, timeout, "open with an idle kernel")
 
     def cells(self):
         return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
@@ -208,46 +283,58 @@ class NotebookPage:
     def cell(self, index: int):
         return self.cells().nth(index)
 
-    def kernel_status(self) -> str:
-        status = self.page.locator(
-            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator"
-        ).first
-        return status.get_attribute("data-status") or ""
-
-    def wait_for_kernel_idle(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.kernel_status() == "idle":
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"the kernel of {self.name} is not idle after {timeout:.0f} s")
+    def tab_modified(self) -> bool:
+        """Whether the notebook's tab shows the "modified" dot."""
+        return self.page.evaluate(
+            """(name) => [...document.querySelectorAll('.lm-TabBar-tab.jp-mod-dirty')]
+                .some(tab => tab.innerText.includes(name))""",
+            self.name,
+        )
 
     def menu(self, top: str, item: str) -> None:
         self.page.locator("#jp-MainMenu").get_by_role("menuitem", name=top, exact=True).click()
         self.page.get_by_role("menuitem", name=item, exact=True).first.click()
 
+    # ----- running -------------------------------------------------------------------------------
+    def _counts(self) -> list:
+        return [c["count"] for c in self.state()["cells"]]
+
+    def _wait_for_run(self, before: list, started: Callable[[list], bool], timeout: float):
+        """Wait until the run has started (``started`` on the new execution counts) and ended
+        (no code cell running, the kernel idle)."""
+
+        def done(state: dict) -> bool:
+            counts = [c["count"] for c in state["cells"]]
+            running = any(c["state"] == "running" for c in state["cells"])
+            return started(counts) and not running and state["kernel"] == "idle"
+
+        self.wait_until(done, timeout, "done running")
+
     def run_all(self, timeout: float) -> float:
         """Run > Run All Cells; wait until every cell has run. Returns the seconds it took."""
         start = time.monotonic()
+        before = self._counts()
         self.menu("Run", "Run All Cells")
-        time.sleep(1.0)
-        self.wait_until_done(timeout)
+        # started: some code cell has a new execution count (all are queued at once)
+        self._wait_for_run(
+            before,
+            lambda counts: any(
+                new is not None and new != old for new, old in zip(counts, before, strict=True)
+            ),
+            timeout,
+        )
         return time.monotonic() - start
 
-    def busy_prompts(self) -> int:
-        return self.page.evaluate(
-            """() => [...document.querySelectorAll(
-                '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]
-                .filter(e => e.textContent.includes('*')).length"""
+    def run_cell(self, index: int, timeout: float) -> None:
+        """Run cell ``index`` (Ctrl+Enter) and wait until it has run."""
+        before = self._counts()
+        self.cell(index).locator(".jp-InputArea-prompt").click()
+        self.page.keyboard.press("Control+Enter")
+        self._wait_for_run(
+            before,
+            lambda counts: counts[index] is not None and counts[index] != before[index],
+            timeout,
         )
-
-    def wait_until_done(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.busy_prompts() == 0 and self.kernel_status() == "idle":
-                return
-            time.sleep(1.0)
-        raise TimeoutError(f"{self.name}: cells still running after {timeout:.0f} s")
 
     def find_cell(self, predicate: Callable[[str], bool], source: list[str]) -> int:
         """The index of the first cell whose source (from the .ipynb) satisfies ``predicate``."""
@@ -255,23 +342,25 @@ class NotebookPage:
 
     def replace_cell_text(self, index: int, text: str) -> None:
         """Click into cell ``index``, select its text and type ``text`` in its place."""
-        editor = self.cell(index).locator(".cm-content")
-        editor.click()
+        editor = self.cell(index).locator(".cm-editor")
+        editor.locator(".cm-content").click()
+        # Ctrl+A in command mode would select every cell: first wait for the editor's focus
+        self.page.wait_for_function(
+            "e => e.classList.contains('cm-focused')", arg=editor.element_handle()
+        )
         self.page.keyboard.press("Control+A")
         self.page.keyboard.press("Delete")
         # insert_text types the text as one input event: the editor's auto-indent and bracket
         # completion (which fire per key) leave it as it is.
         self.page.keyboard.insert_text(text)
-
-    def run_cell(self, index: int, timeout: float) -> None:
-        self.cell(index).locator(".jp-InputArea-prompt").click()
-        self.page.keyboard.press("Control+Enter")
-        time.sleep(0.5)
-        self.wait_until_done(timeout)
+        self.wait_until(
+            lambda state: state["cells"][index]["source"] == text, 30, f"cell {index} typed"
+        )
 
     def output_text(self, index: int) -> str:
         return self.cell(index).locator(".jp-OutputArea").inner_text()
 
     def save(self) -> None:
+        """Save (Ctrl+S) and wait until JupyterLab has written the file."""
         self.page.keyboard.press("Control+s")
-        time.sleep(1.0)
+        self.wait_until(lambda state: not state["dirty"], 60, "saved")

@@ -1,17 +1,30 @@
 """The student labs in a real browser: JupyterLab in headless Chromium, driven like a student.
 
-For each lab: open a copy in JupyterLab, type the answer to one exercise into its cell, Run All,
-and check that no cell shows an error and that the check says "passed". Then work every
-control of the lab's explorer and check that the picture changes (PNG bytes of a screenshot),
-printing how long each took; a control that must not change the picture must be disabled.
+For each lab, a student's first hour:
 
-Adding a lab's explorer is one entry in ``LABS``. The tests need Debian's chromium and
-Playwright; without them they are skipped with one line that says how to enable them.
+1. open the lab in a 1280 px window with the file browser open: it is not marked modified
+   (no dot on its tab) and no dialog (such as "Select Kernel") appears;
+2. Run All on the fresh lab, every exercise a stub: no cell shows an error, and the explorer
+   names the exercise it needs (its number from the checks' registry) and says that its own
+   cell need not run again;
+3. attempt the first exercise wrongly, then rightly, running its check each time: the points
+   shown have the same maximum unattempted, failed and passed;
+4. finish the exercises the explorer needs, one cell at a time, never re-running the explorer's
+   cell: after each, the explorer names the next unfinished one, or draws;
+5. work every control: the picture changes (PNG bytes of a screenshot) or gives way to a
+   message, and the explorer fits the page. Printed per control: seconds until the explorer
+   answers (a busy line, a message or the picture) and until the new picture.
+
+Every wait is for a state (the notebook model read through JupyterLab, the explorer's status
+line), never a fixed time. Adding a lab's explorer is one entry in ``LABS``. The tests need
+Debian's chromium and Playwright; without them they are skipped with one line that says how to
+enable them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -21,13 +34,26 @@ from pathlib import Path
 import labbrowser
 import pytest
 
-from labkit.build import MARKERS
+from labkit.build import MARKERS, STUB_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL_TIMEOUT = 900  # seconds; a 2-core laptop runs each lab in 1-4 minutes
 CONTROL_BUDGET = 180.0  # seconds for one control to redraw; printed next to each measurement
+VIEWPORT = {"width": 1280, "height": 900}  # JupyterLab opens with its file browser shown
+PICTURE = "picture"  # what the explorer shows once it has all it needs
 
 pytestmark = [pytest.mark.browser, pytest.mark.notebook]
+
+
+def exercise(name: str) -> str:
+    """How the explorers name an exercise: "exercise 2.5 (restoration_grid)", numbered by the
+    checks' registry."""
+    import labkit.checks.lab01
+    import labkit.checks.lab02
+    import labkit.checks.lab03  # noqa: F401 -- fill the registry
+    from labkit.checks.core import exercise_number
+
+    return f"exercise {exercise_number(name)} ({name})"
 
 
 # ----- what a student does with each explorer ------------------------------------------------
@@ -55,7 +81,7 @@ def type_and_enter(label: str, text: str, keystrokes: bool = False) -> Callable:
             status, picture = _status(explorer), _picture(explorer)
             box.fill("")
             box.press_sequentially(text, delay=80)
-            time.sleep(1.5)
+            time.sleep(1.5)  # a check that nothing happens can only wait
             assert (_status(explorer), _picture(explorer)) == (status, picture), (
                 f"typing {text!r} into {label} changed the explorer before Enter"
             )
@@ -73,6 +99,18 @@ def type_then_click(label: str, text: str, button: str) -> Callable:
         explorer.get_by_role("button", name=button).click()
 
     act.__name__ = f"{label} = {text!r}, then the {button} button"
+    return act
+
+
+def click_suggestion(text: str) -> Callable:
+    """Click the button that offers the model's word (" Paris" for "Paris")."""
+
+    def act(explorer) -> None:
+        button = explorer.locator(".labkit-suggestion")
+        assert button.inner_text().strip() == f"use {text!r}", button.inner_text()
+        button.click()
+
+    act.__name__ = f"click 'use {text!r}'"
     return act
 
 
@@ -104,44 +142,56 @@ class Step:
 
     act: Callable
     expect: str = "changes"  # or "hidden": a message containing `message`, no picture
-    message: str = ""
+    message: str | Callable[[], str] = ""
     disabled: list[str] = field(default_factory=list)  # slider labels disabled afterwards
+
+    def text(self) -> str:
+        return self.message() if callable(self.message) else self.message
 
 
 @dataclass
 class Lab:
     notebook: str
-    typed: str  # the exercise whose answer is typed into its cell before Run All
     explorer: str  # CSS class of the explorer's outer box
-    explorer_cell: str  # text of the cell that shows the explorer
+    # After Run All: the exercise the explorer names first. Then, in order, each exercise the
+    # student finishes (the first one attempted wrongly first, its check run each time) and
+    # what the explorer shows after its cell has run: the exercise it names next, or PICTURE.
+    waits_for: str
+    answers: list[tuple[str, str]]
     steps: list[Step]
-    # exercises the explorer needs: typed into their cells after Run All, before the explorer
-    # cell is run again (as a student who comes back to play with the explorer)
-    needs: list[str] = field(default_factory=list)
 
 
 LABS = [
     Lab(
         "01_attribution.ipynb",
-        typed="saliency",
         explorer="labkit-attribution-explorer",
-        explorer_cell="explorer = AttributionExplorer(",
+        waits_for="input_x_gradient",  # the first method: "my input x gradient"
+        answers=[("saliency", "input_x_gradient"), ("input_x_gradient", PICTURE)],
         steps=[
             Step(select("method", "inseq saliency")),
             # a pun and its literal sentence share the target ' current'
             Step(select("prompt", "literal: current")),
             Step(select("prompt", "pun: current")),
             Step(type_and_enter("target", " water", keystrokes=True)),
+            # IG is unfinished, and its baseline too: the baseline is what it names first
+            Step(
+                select("method", "my integrated gradients"),
+                expect="hidden",
+                message=lambda: exercise("space_baseline"),
+            ),
+            # saliency was finished after the explorer was built, inside a wrapper lambda
+            Step(select("method", "my saliency")),
             Step(select("method", "inseq input x gradient")),
+            Step(type_and_enter("target", "water"), expect="hidden", message="leading space"),
+            Step(click_suggestion(" water")),
             Step(type_and_enter("target", " currant"), expect="hidden", message="single token"),
         ],
     ),
     Lab(
         "02_causal_tracing.ipynb",
-        typed="corrupt_subject",
-        needs=["restoration_grid"],
         explorer="labkit-tracing-explorer",
-        explorer_cell="TracingExplorer(lm,",
+        waits_for="corrupt_subject",
+        answers=[("corrupt_subject", "restoration_grid"), ("restoration_grid", PICTURE)],
         steps=[
             Step(toggle("mlp")),
             Step(slide("window", 4)),
@@ -152,22 +202,22 @@ LABS = [
             Step(type_and_enter("prompt", "The capital city of France is")),
             Step(type_then_click("subject", " city", "trace")),
             Step(type_and_enter("target", "Paris"), expect="hidden", message="leading space"),
-            Step(type_and_enter("target", " Paris")),
+            Step(click_suggestion(" Paris")),
             Step(type_and_enter("subject", " Rome"), expect="hidden", message="not a run"),
         ],
     ),
     Lab(
         "03_attribution_patching.ipynb",
-        typed="normalised_metric",
-        needs=[
-            "activations_and_grads",
-            "attribution_patching",
-            "head_attribution",
-            "patch_grid",
-            "patch_heads",
-        ],
         explorer="labkit-patching-explorer",
-        explorer_cell="PatchingExplorer(lm, {",
+        waits_for="normalised_metric",
+        answers=[
+            ("normalised_metric", "attribution_patching"),
+            ("activations_and_grads", "attribution_patching"),  # not awaited: no redraw
+            ("attribution_patching", PICTURE),  # the fact's exact grids are saved
+            ("head_attribution", PICTURE),
+            ("patch_grid", PICTURE),
+            ("patch_heads", PICTURE),
+        ],
         steps=[
             Step(select("site", "attn_out")),
             Step(select("site", "heads")),
@@ -210,7 +260,7 @@ def lab_server(tmp_path_factory):
         yield server, browser
 
 
-# ----- the test --------------------------------------------------------------------------------
+# ----- reading the explorer ----------------------------------------------------------------------
 def _picture(explorer) -> bytes:
     """The explorer's picture as PNG bytes (b"" while none is shown)."""
     picture = explorer.locator(".labkit-picture")
@@ -229,39 +279,80 @@ def _busy(explorer) -> bool:
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``condition`` held (polled), inf if it never did within ``timeout``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if condition():
             return time.monotonic() - start
-        time.sleep(0.2)
+        time.sleep(0.1)
     return float("inf")
 
 
+def _settled(explorer) -> str:
+    """Wait until the explorer is not busy and shows a picture or a message; its status."""
+    took = _wait_for(
+        lambda: not _busy(explorer) and (_picture(explorer) != b"" or _status(explorer)),
+        CONTROL_BUDGET,
+    )
+    assert took < CONTROL_BUDGET, f"the explorer is still busy: {_status(explorer)!r}"
+    return _status(explorer)
+
+
+def _expect(explorer, shows: str, when: str) -> None:
+    """The explorer names exercise ``shows`` and how to go on, or (PICTURE) draws."""
+    if shows == PICTURE:
+        took = _wait_for(lambda: not _busy(explorer) and _picture(explorer), CONTROL_BUDGET)
+        assert took < CONTROL_BUDGET, f"{when}: no picture; status {_status(explorer)!r}"
+        return
+    wanted = exercise(shows)
+    took = _wait_for(lambda: not _busy(explorer) and wanted in _status(explorer), CONTROL_BUDGET)
+    status = _status(explorer)
+    assert took < CONTROL_BUDGET, f"{when}: expected {wanted!r} in the status, got {status!r}"
+    assert "no need to re-run this cell" in status, status
+    assert _picture(explorer) == b"", f"{when}: a picture next to the message"
+
+
+def _fits(page, explorer, when: str) -> None:
+    """Nothing of the explorer sticks out of the notebook's output area (no cut-off, no
+    horizontal scrollbar)."""
+    out = page.evaluate(
+        """box => {
+            const area = box.closest('.jp-OutputArea-output') || box.parentElement;
+            const right = area.getBoundingClientRect().right + 1;
+            const wide = [...box.querySelectorAll('*')]
+                .filter(e => e.getClientRects().length && e.getBoundingClientRect().right > right)
+                .map(e => `${e.tagName.toLowerCase()}.${[...e.classList].join('.')}`);
+            return {wide, scroll: area.scrollWidth - area.clientWidth,
+                    width: area.clientWidth};
+        }""",
+        explorer.element_handle(),
+    )
+    assert not out["wide"] and out["scroll"] <= 1, f"{when}: cut off in {out['width']} px: {out}"
+
+
+_POINTS = re.compile(r"\((\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)\)")
+
+
+def _points(text: str) -> tuple[float, float]:
+    found = _POINTS.search(text)
+    assert found, f"no points (x/y) in the check's output: {text!r}"
+    return float(found.group(1)), float(found.group(2))
+
+
+# ----- the test ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: Path(lab.notebook).stem)
 def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
     server, browser = lab_server
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(120_000)
     notebook = labbrowser.NotebookPage(page, server, lab.notebook)
     try:
-        notebook.open()
+        _open_unmodified(notebook, server.root / lab.notebook)
         sources = _sources(server.root / lab.notebook)
         solution = _sources(ROOT / "solutions" / lab.notebook)
 
-        def answer(name: str) -> int:
-            cell = notebook.find_cell(_defines(name), sources)
-            solved = next(s for s in solution if _defines(name)(s))
-            notebook.replace_cell_text(cell, _solution_source(solved))
-            return cell
-
-        # a student answers one exercise in its cell, then runs everything
-        cell = answer(lab.typed)
         seconds = notebook.run_all(RUN_ALL_TIMEOUT)
-        print(f"\n{lab.notebook}: Run All took {seconds:.0f} s")
-
-        check = notebook.output_text(cell + 1)
-        assert "passed" in check and "failed" not in check, check
-
+        print(f"\n{lab.notebook}: Run All (every exercise unattempted) took {seconds:.0f} s")
         notebook.save()
         saved = json.loads((server.root / lab.notebook).read_text())
         errors = [
@@ -279,13 +370,41 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
         )
         assert broken == 0, f"{broken} broken image(s) shown in the outputs"
 
-        for name in lab.needs:
-            notebook.run_cell(answer(name), RUN_ALL_TIMEOUT)
-        if lab.needs:
-            notebook.run_cell(
-                notebook.find_cell(lambda s: lab.explorer_cell in s, sources), RUN_ALL_TIMEOUT
-            )
-        _explore(page, lab)
+        explorer = page.locator(f".{lab.explorer}")
+        assert explorer.count() == 1, f"expected one {lab.explorer} on the page"
+        _expect(explorer, lab.waits_for, "after Run All")
+
+        def answer(name: str, text: str | None = None) -> int:
+            cell = notebook.find_cell(_defines(name), sources)
+            if text is None:
+                text = _solution_source(next(s for s in solution if _defines(name)(s)))
+            notebook.replace_cell_text(cell, text)
+            notebook.run_cell(cell, RUN_ALL_TIMEOUT)
+            return cell
+
+        first, _ = lab.answers[0]
+        check = notebook.find_cell(lambda s: f"check_{first}(" in s, sources)
+        unattempted = notebook.output_text(check)
+        wrong = sources[notebook.find_cell(_defines(first), sources)].replace(
+            STUB_MESSAGE, "return None"
+        )
+        answer(first, wrong)
+        notebook.run_cell(check, RUN_ALL_TIMEOUT)
+        failed = notebook.output_text(check)
+        for name, shows in lab.answers:
+            answer(name)
+            if name == first:
+                notebook.run_cell(check, RUN_ALL_TIMEOUT)
+                passed = notebook.output_text(check)
+            explorer.scroll_into_view_if_needed()
+            _expect(explorer, shows, f"after finishing {name}")
+        points = [_points(text) for text in (unattempted, failed, passed)]
+        print(f"{lab.notebook}: {first} points unattempted, failed, passed: {points}")
+        assert "passed" in passed and "failed" not in passed, passed
+        assert points[0][0] == points[1][0] == 0 and points[2][0] == points[2][1] > 0, points
+        assert points[0][1] == points[1][1] == points[2][1], f"maximum changed: {points}"
+
+        _explore(page, lab, explorer)
     except Exception:
         page.screenshot(path=tmp_path / "page.png", full_page=False)
         print(f"screenshot of the page: {tmp_path / 'page.png'}")
@@ -295,15 +414,44 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
         server.shut_down_kernels()
 
 
-def _explore(page, lab: Lab) -> None:
-    explorer = page.locator(f".{lab.explorer}")
-    assert explorer.count() == 1, f"expected one {lab.explorer} on the page"
+def _open_unmodified(notebook, path: Path) -> None:
+    """Open the lab; it must not be marked modified and no dialog may appear.
+
+    JupyterLab writes the kernel's kernelspec and language_info into the notebook once the
+    kernel has started, and marks the notebook modified when they differ. The labs carry what
+    ipykernel reports, with the Python version of the solution notebooks: on another Python
+    that version is the one difference, and the only one tolerated.
+    """
+    state = notebook.open()
+    assert not state["dialogs"], f"a dialog on opening {notebook.name}: {state['dialogs']}"
+    stored = json.loads(path.read_text())["metadata"]
+    held = state["metadata"]
+    version = held.get("language_info", {}).get("version")
+    if stored.get("language_info", {}).get("version") != version:
+        stored = {**stored, "language_info": {**stored["language_info"], "version": version}}
+        print(f"{notebook.name}: the kernel's Python {version} is not the lab's: modified")
+    else:
+        assert not state["dirty"] and not notebook.tab_modified(), (
+            f"{notebook.name} is marked modified on opening: file {stored}, now {held}"
+        )
+    assert held == stored, f"opening {notebook.name} changed its metadata: {stored} -> {held}"
+
+
+def _explore(page, lab: Lab, explorer) -> None:
     explorer.scroll_into_view_if_needed()
-    _wait_for(lambda: not _busy(explorer), CONTROL_BUDGET)
+    _settled(explorer)
+    _fits(page, explorer, "first picture")
     rows = []
     for step in lab.steps:
-        before = _picture(explorer)
+        before, status = _picture(explorer), _status(explorer)
+        start = time.monotonic()
         step.act(explorer)
+        answered = _wait_for(
+            lambda before=before, status=status: (
+                _status(explorer) != status or _picture(explorer) != before
+            ),
+            CONTROL_BUDGET,
+        )
         if step.expect == "changes":
             took = _wait_for(
                 lambda before=before: (
@@ -311,32 +459,33 @@ def _explore(page, lab: Lab) -> None:
                 ),
                 CONTROL_BUDGET,
             )
-            rows.append((step.act.__name__, took))
             assert took < CONTROL_BUDGET, (
                 f"{lab.notebook}: after {step.act.__name__} the picture did not change within "
                 f"{CONTROL_BUDGET:.0f} s; status: {_status(explorer)!r}"
             )
         else:
             took = _wait_for(
-                lambda step=step: not _busy(explorer) and step.message in _status(explorer),
+                lambda step=step: not _busy(explorer) and step.text() in _status(explorer),
                 CONTROL_BUDGET,
             )
-            rows.append((step.act.__name__, took))
-            assert took < CONTROL_BUDGET, f"no message {step.message!r}: {_status(explorer)!r}"
+            assert took < CONTROL_BUDGET, f"no message {step.text()!r}: {_status(explorer)!r}"
             assert _picture(explorer) == b"", "an old picture stays next to the message"
+        elapsed = time.monotonic() - start
+        rows.append((step.act.__name__, min(answered, elapsed), elapsed))
         for label in step.disabled:
             slider = explorer.locator(".widget-slider").filter(
                 has=page.locator(".widget-label", has_text=label)
             )
             assert slider.locator(".widget-readout").get_attribute("contenteditable") == "false"
             assert slider.locator(".noUi-target").get_attribute("disabled") is not None
-            rows.append((f"{label} slider disabled", 0.0))
+            rows.append((f"{label} slider disabled", 0.0, 0.0))
+    _fits(page, explorer, "after the last control")
     print(
-        f"{lab.notebook} explorer: seconds from the control to the new picture "
-        f"(budget {CONTROL_BUDGET:.0f} s each)"
+        f"{lab.notebook} explorer: seconds from the control to its first answer and to the new "
+        f"picture or message (budget {CONTROL_BUDGET:.0f} s each)"
     )
-    for name, took in rows:
-        print(f"  {name:55} {took:6.1f} s")
+    for name, answered, took in rows:
+        print(f"  {name:55} {answered:5.1f} s {took:6.1f} s")
 
 
 # ----- a saved notebook, opened without running it ---------------------------------------------

@@ -21,10 +21,12 @@ from labkit.build import (
     STUB_MESSAGE,
     BuildError,
     Change,
+    _student_metadata,
     build,
     is_generated_lab,
     is_instructor_cell,
     read_nbformat,
+    render,
     strip_code_solution,
     strip_markdown_solution,
     student_cell,
@@ -386,13 +388,59 @@ def test_repeated_ids_get_numbered_suffixes() -> None:
     ]
 
 
-def test_notebook_metadata_keeps_only_the_language_name() -> None:
-    """language_info keeps only its name (the kernel's Python version would make builds
-    differ), "python" when it has none."""
+IPYKERNEL_LANGUAGE = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+}
+IPYKERNEL_SPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def test_python_labs_carry_what_the_kernel_reports() -> None:
+    """JupyterLab writes the kernel's kernelspec and language_info into a notebook it opens and
+    marks it modified when they differ: a Python lab stores exactly what ipykernel reports (the
+    Python version from the solution notebook), and names its kernel (no "Select Kernel")."""
+    solution = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python", "version": "3.11.7", "mimetype": "text/x-python"},
+        "colab": {"provenance": []},
+        "authors": ["me"],
+    }
+    assert _student_metadata(solution) == {
+        "kernelspec": IPYKERNEL_SPEC,
+        "language_info": {**IPYKERNEL_LANGUAGE, "version": "3.11.7"},
+        "colab": {"provenance": []},
+    }
+    assert solution["kernelspec"]["display_name"] == "Python 3"  # the input is unchanged
+    nb = nbformat.v4.new_notebook(metadata={"authors": ["me"]})  # names no kernel at all
+    assert student_notebook(nb, "x.ipynb").metadata == {
+        "kernelspec": IPYKERNEL_SPEC,
+        "language_info": IPYKERNEL_LANGUAGE,
+    }
+    odd = {"language_info": {"name": "python", "version": "3.11.7+local"}}
+    assert "version" not in _student_metadata(odd)["language_info"]
+
+
+def test_a_lab_depends_only_on_its_solution_not_on_the_python_that_builds_it() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"language_info": {"version": "3.12.1"}}  # no name: Python
+    first = render(student_notebook(nb, "x.ipynb"))
+    assert first == render(student_notebook(nb, "x.ipynb"))
+    assert '"version": "3.12.1"' in first
+
+
+def test_other_kernels_and_languages_are_kept_as_named() -> None:
     nb = nbformat.v4.new_notebook(metadata={"language_info": {"name": "R", "version": "4.3"}})
     assert student_notebook(nb, "x.ipynb").metadata == {"language_info": {"name": "R"}}
-    nb.metadata = {"language_info": {"version": "3.11.7"}, "authors": ["me"]}
-    assert student_notebook(nb, "x.ipynb").metadata == {"language_info": {"name": "python"}}
+    spec = {"display_name": "Course env", "language": "python", "name": "course"}
+    nb.metadata = {"kernelspec": spec, "language_info": {"name": "python"}}
+    assert student_notebook(nb, "x.ipynb").metadata == {
+        "kernelspec": spec,
+        "language_info": IPYKERNEL_LANGUAGE,
+    }
 
 
 def test_unreadable_notebook_errors_name_the_first_line_or_the_type(tmp_path, monkeypatch):

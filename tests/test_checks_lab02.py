@@ -1538,8 +1538,16 @@ def test_what_students_get_holds_no_line_of_the_solution() -> None:
     from labkit.checks.answers import RecordedAnswers
 
     texts = {p.name: p.read_text() for p in Path(H.module.__file__).parent.glob("*.py")}
-    recorded = [v for v in RecordedAnswers("02").table.values() if isinstance(v, list)]
-    texts["the recorded hints"] = " ".join(str(pair[1]) for pairs in recorded for pair in pairs)
+
+    def strings(value) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        items = value.values() if isinstance(value, dict) else value
+        return (
+            [s for v in items for s in strings(v)] if isinstance(value, list | tuple | dict) else []
+        )
+
+    texts["the recorded hints"] = " ".join(strings(RecordedAnswers("02").table))
     lines = _solution_lines()
     for name, text in texts.items():
         text = " ".join(text.split()).lower()

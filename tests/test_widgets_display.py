@@ -21,8 +21,8 @@ from labkit.widgets.display import (
     Cache,
     NotebookWatch,
     current,
+    exercise_on_traceback,
     missing_space,
-    unfinished_exercise,
     unfinished_message,
 )
 
@@ -108,16 +108,16 @@ def integrated_gradients(f, x, baseline, n_steps):
     return baseline
 
 
-def test_the_innermost_unfinished_exercise_is_named() -> None:
+def test_the_innermost_exercise_on_traceback_is_named() -> None:
     """IG passes, its baseline (exercise 1.6) does not: the message names the baseline."""
     with pytest.raises(NotImplementedError) as caught:
         integrated_gradients(None, None, space_baseline(None, None), 32)
-    assert unfinished_exercise(caught.value) == "space_baseline"
+    assert exercise_on_traceback(caught.value) == "space_baseline"
     message = unfinished_message("space_baseline", needed_by="'my integrated gradients'")
     number = exercise_number("space_baseline")
     assert number and f"exercise {number} (space_baseline)" in message
     assert "integrated_gradients" not in message and "no need to re-run" in message
-    assert unfinished_exercise(ValueError(), fallback="patch_grid") == "patch_grid"
+    assert exercise_on_traceback(ValueError(), fallback="patch_grid") == "patch_grid"
 
 
 def test_a_message_without_a_known_exercise_still_says_what_to_do() -> None:

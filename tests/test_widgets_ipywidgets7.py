@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = Path(os.environ.get("LABKIT_IPYWIDGETS7", Path(sys.prefix) / "ipywidgets7/bin/python"))
 WIDGET_TESTS = [
+    "tests/test_widgets_display.py",
     "tests/test_widgets_attribution.py",
     "tests/test_widgets_tracing.py",
     "tests/test_widgets_patching.py",

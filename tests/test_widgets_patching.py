@@ -139,7 +139,11 @@ def test_unfinished_exercises_and_errors_give_messages_not_broken_images(lm) -> 
 
     functions["attribution_patching"] = broken
     explorer = PatchingExplorer(lm, functions, task="pun", pairs=PAIRS)
-    assert "Your attribution_patching raised ValueError: oops" in explorer.status.value
+    number = exercise_number("attribution_patching")
+    assert f"Your attribution_patching (exercise {number}) raised ValueError: oops" in (
+        explorer.status.value
+    )
+    assert "draws by itself" in explorer.status.value
 
 
 NOTEBOOK = f"""

@@ -180,6 +180,22 @@ def test_the_explorer_follows_the_notebook_exercise_by_exercise(tiny_lm, monkeyp
     assert "grid in" in explorer.status.value
 
 
+def test_a_wrong_answer_is_reported_and_its_fix_followed(tiny_lm, monkeypatch) -> None:
+    notebook = FakeNotebook(monkeypatch)
+    notebook.run(NOTEBOOK.replace(STUB, "return None", 1))  # corrupt_subject returns None
+    explorer = TracingExplorer(
+        tiny_lm, notebook["restoration_grid"], notebook["corrupt_subject"], "The cat", "cat", "s"
+    )
+    status = explorer.status.value
+    assert "Your corrupt_subject" in status and "returned NoneType, not a tensor" in status
+    assert "draws by itself" in status and explorer.image.layout.display == "none"
+    notebook.run(
+        "def corrupt_subject(lm, tokens, subject, n_samples, noise_scale, seed):\n"
+        "    return lm.embed(tokens).detach().repeat(n_samples, 1, 1) + noise_scale"
+    )
+    assert exercise_number("restoration_grid") in explorer.status.value  # the next one
+
+
 def test_what_does_not_change_is_not_computed_again(tiny_lm, monkeypatch) -> None:
     notebook = FakeNotebook(monkeypatch)
     corrupt_calls = []

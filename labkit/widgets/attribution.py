@@ -26,11 +26,12 @@ from labkit.widgets.display import (
     NotebookWatch,
     current,
     error_html,
+    exercise_on_traceback,
     explorer_bundle,
+    failure_message,
     format_probability,
     missing_space,
     row_layout,
-    unfinished_exercise,
     unfinished_message,
 )
 
@@ -188,8 +189,8 @@ class AttributionExplorer:
         self.suggestion = widgets.Button(layout=widgets.Layout(display="none", width="auto"))
         self._suggested = ""  # the target the suggestion button puts in the box
         self.suggestion.on_click(lambda button: self._use_suggestion())
-        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
-        self.html = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.status = widgets.HTML()
+        self.html = widgets.HTML()
         self._set_targets()
         self.prompt.observe(self._on_prompt, names="value")
         self.target.observe(self._on_control, names="value")
@@ -295,12 +296,14 @@ class AttributionExplorer:
             try:
                 scores = torch.as_tensor(method(self.lm, tokens, target_id)).detach().cpu()
             except NotImplementedError as err:
-                function = unfinished_exercise(err)
+                function = exercise_on_traceback(err)
                 self._message(unfinished_message(function, needed_by=repr(name)))
                 self._watch.wait_for(function)
                 return
             except Exception as err:  # the student's method failed: say so, keep the widget alive
-                self._message(f"'{name}' raised {type(err).__name__}: {err}")
+                function = exercise_on_traceback(err)
+                self._message(f"'{name}': " + failure_message(function, err))
+                self._watch.wait_for(function)
                 return
             cached = (scores.reshape(-1), time.perf_counter() - start)
             self._scores.put(key, cached)

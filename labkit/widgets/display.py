@@ -15,7 +15,7 @@ An explorer runs the student's own functions, and a student often builds it befo
 them (Run All on a fresh lab). So at every update an explorer looks each function up again
 (:func:`current`): finishing an exercise is enough, the explorer cell need not run again. When
 a function is unfinished, the message names the exercise by its number in the checks' registry
-(:func:`unfinished_exercise`, :func:`unfinished_message`), and :class:`NotebookWatch` redraws
+(:func:`exercise_on_traceback`, :func:`unfinished_message`), and :class:`NotebookWatch` redraws
 once the student has run that exercise's cell. What an explorer computed is kept in a
 :class:`Cache` until the student runs another cell (which may redefine any function).
 """
@@ -38,12 +38,13 @@ __all__ = [
     "Spacing",
     "current",
     "error_html",
+    "exercise_on_traceback",
     "explorer_bundle",
+    "failure_message",
     "format_probability",
     "missing_space",
     "picture_layout",
     "row_layout",
-    "unfinished_exercise",
     "unfinished_message",
 ]
 
@@ -175,10 +176,10 @@ def _current(function, namespace: dict, depth: int):
 
 
 # ----- unfinished exercises, named by the checks' registry ---------------------------------------
-def unfinished_exercise(error: BaseException, fallback: str | None = None) -> str | None:
-    """The exercise function whose stub raised ``error``: the innermost frame of its traceback
-    that runs a function registered as an exercise (``labkit.checks.core.exercise_number``);
-    ``fallback`` when there is none."""
+def exercise_on_traceback(error: BaseException, fallback: str | None = None) -> str | None:
+    """The exercise function that raised ``error``: the innermost frame of its traceback that
+    runs a function registered as an exercise (``labkit.checks.core.exercise_number``), e.g.
+    the stub of an unfinished one; ``fallback`` when there is none."""
     from labkit.checks.core import exercise_number
 
     found = None
@@ -189,6 +190,25 @@ def unfinished_exercise(error: BaseException, fallback: str | None = None) -> st
             found = name
         trace = trace.tb_next
     return found or fallback
+
+
+def failure_message(function: str | None, error: BaseException) -> str:
+    """What to say when the student's ``function`` raised ``error``: what happened, and that
+    the explorer follows a fix without its cell being run again."""
+    from labkit.checks.core import exercise_number
+
+    number = exercise_number(function) if function else None
+    who = f"Your {function}" if function else "Your code"
+    where = f" (exercise {number})" if number else ""
+    follow = (
+        "Fix it above and run its cell: this explorer then draws by itself"
+        if function
+        else "Fix it above and run its cell, then change a control here"
+    )
+    return (
+        f"{who}{where} raised {type(error).__name__}: {error}. {follow} (no need to re-run "
+        "this cell)."
+    )
 
 
 def unfinished_message(function: str | None, needed_by: str | None = None) -> str:

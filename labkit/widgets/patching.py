@@ -31,10 +31,11 @@ from labkit.widgets.display import (
     NotebookWatch,
     current,
     error_html,
+    exercise_on_traceback,
     explorer_bundle,
+    failure_message,
     picture_layout,
     row_layout,
-    unfinished_exercise,
     unfinished_message,
 )
 
@@ -72,7 +73,7 @@ class PatchingExplorer:
         self.pair = widgets.Dropdown(
             description="pair", layout=widgets.Layout(width="100%", max_width="420px")
         )
-        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.status = widgets.HTML()
         self.heatmaps = widgets.Image(format="png", layout=picture_layout("none"))
         self.scatter = widgets.Image(format="png", layout=picture_layout("none"))
         self.estimate: torch.Tensor | None = None
@@ -182,12 +183,14 @@ class PatchingExplorer:
                 )
                 self._results.put(key, found)
         except NotImplementedError as err:
-            function = unfinished_exercise(err, fallback=running[0])
+            function = exercise_on_traceback(err, fallback=running[0])
             self._message(unfinished_message(function))
             self._watch.wait_for(function)
             return
         except Exception as err:  # the student's code failed: say so, keep the widget alive
-            self._message(f"Your {running[0]} raised {type(err).__name__}: {err}")
+            function = exercise_on_traceback(err, fallback=running[0])
+            self._message(failure_message(function, err))
+            self._watch.wait_for(function)
             return
         self.estimate, self.exact_grid, seconds = found
         if self.estimate.shape != self.exact_grid.shape:

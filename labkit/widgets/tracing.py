@@ -31,12 +31,13 @@ from labkit.widgets.display import (
     NotebookWatch,
     current,
     error_html,
+    exercise_on_traceback,
     explorer_bundle,
+    failure_message,
     format_probability,
     missing_space,
     picture_layout,
     row_layout,
-    unfinished_exercise,
     unfinished_message,
 )
 
@@ -94,7 +95,12 @@ class TracingExplorer:
         self.suggestion = widgets.Button(layout=widgets.Layout(display="none", width="auto"))
         self._suggested = ""  # the target the suggestion button puts in the box
         self.site = widgets.ToggleButtons(
-            options=["resid", "mlp", "attn"], value=site, description="site", style=label
+            options=["resid", "mlp", "attn"],
+            value=site,
+            description="site",
+            style={**label, "button_width": "64px"},
+            # the label beside its buttons, as for the other controls (not above them)
+            layout=widgets.Layout(width="auto", display="flex", align_items="center"),
         )
         # continuous_update=False: one grid when the slider is released, not one per step.
         self.window = widgets.IntSlider(
@@ -124,7 +130,7 @@ class TracingExplorer:
         )
         self.button = widgets.Button(description="trace", button_style="primary", icon="play")
         self.hint = widgets.HTML("<small>Enter in a box, or the button, traces again.</small>")
-        self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
+        self.status = widgets.HTML()
         self.progress = widgets.IntProgress(
             value=0, min=0, max=1, layout=widgets.Layout(display="none", width="100%")
         )
@@ -169,6 +175,7 @@ class TracingExplorer:
         self.suggestion.add_class("labkit-suggestion")
         self.progress.add_class("labkit-progress")
         self.image.add_class("labkit-picture")
+        self.site.add_class("widget-inline-hbox")  # its label right-aligned like the others
         self.window.disabled = site == "resid"
         self._watch = NotebookWatch(self)
         self.update()
@@ -300,30 +307,35 @@ class TracingExplorer:
         grid_key = (grid_fn, noise_key, target_id, site, window)
         shape = (grid_fn, tokens.shape[1], tuple(subject), site, window, samples)
         start = time.perf_counter()
+        running = "corrupt_subject"  # the student's function being called, for the messages
         try:
             corrupted = self._corrupted.get(noise_key)
             if corrupted is None:
                 corrupted = corrupt(lm, tokens, subject, samples, noise, self.seed)
-                corrupted = torch.as_tensor(corrupted).detach()
+                corrupted = _as_tensor(corrupted, "corrupt_subject")
                 self._corrupted.put(noise_key, corrupted)
             found = self._grids.get(grid_key)
             if found is None:
+                running = "restoration_grid"
                 with self._counting_passes(shape) as passes:
                     # copies: a function that writes into its inputs cannot spoil the cache
                     grid = grid_fn(lm, tokens.clone(), corrupted.clone(), target_id, site, window)
                 self._passes[shape] = passes[0]
-                found = (torch.as_tensor(grid).detach().cpu(), time.perf_counter() - start)
+                grid = _as_tensor(grid, "restoration_grid").cpu()
+                found = (grid, time.perf_counter() - start)
                 self._grids.put(grid_key, found)
                 when = f"grid in {found[1]:.1f} s"
             else:
                 when = f"grid kept from before (computed in {found[1]:.1f} s)"
         except NotImplementedError as err:
-            function = unfinished_exercise(err)
+            function = exercise_on_traceback(err, fallback=running)
             self._message(unfinished_message(function))
             self._watch.wait_for(function)
             return
         except Exception as err:  # the student's code failed: say so, keep the widget alive
-            self._message(f"Your function raised {type(err).__name__}: {err}")
+            function = exercise_on_traceback(err, fallback=running)
+            self._message(failure_message(function, err))
+            self._watch.wait_for(function)
             return
         self.grid, self.seconds = found
         clean = float(self._clean_probs(tokens)[target_id])
@@ -359,3 +371,10 @@ class TracingExplorer:
                 probs = self.lm.next_token_probs(tokens).detach()
             self._probs.put(key, probs)
         return probs
+
+
+def _as_tensor(value, function: str) -> torch.Tensor:
+    """What the student's ``function`` returned, as a tensor without gradient."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"it returned {type(value).__name__}, not a tensor")
+    return value.detach()

@@ -15,6 +15,8 @@ from labkit.checks.lab02 import problems
 from labkit.checks.lab02.lab import LAB
 
 _SIGMAS = 6.0  # statistical tests: a correct answer fails about once in 10^9 tests
+# Grids: float32 runs of 13 sharpened layers differ from float64 ones by up to 1e-5 + 4e-4 x p.
+_GRID = {"atol": 5e-5, "rtol": 2e-3}
 
 
 def _count(n: int, what: str) -> str:
@@ -262,8 +264,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             got,
             want,
             f"{text}: every cell against a reference restoration of that cell",
-            atol=2e-5,
-            rtol=1e-4,
+            **_GRID,
             mistakes=wrong,
             hint=hint,
         )
@@ -313,8 +314,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             torch.full((lm.n_layers, span[0]), low),
             f"{text}: restoring a position before the corrupted ones changes nothing, so "
             "those cells hold the corrupted run's p(target), averaged over the samples",
-            atol=2e-5,
-            rtol=1e-4,
+            **_GRID,
             hint="Run the corrupted embeddings you were given, and restore the clean "
             "activation at one position of one layer per cell.",
         )
@@ -323,8 +323,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             high,
             f"{text}: restoring the last layer's resid_post at the last position gives the "
             "clean run's p(target)",
-            atol=2e-5,
-            rtol=1e-4,
+            **_GRID,
             hint="The residual stream leaving the last block at the last position decides "
             "the prediction: restored, it gives the clean probability.",
         )
@@ -337,8 +336,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
                 got,
                 torch.full(got.shape, high),
                 f"{text}: with nothing corrupted every cell is the clean run's p(target)",
-                atol=2e-5,
-                rtol=1e-4,
+                **_GRID,
                 hint="Run the embeddings you were given (lm.model(inputs_embeds=...)); add no "
                 "noise of your own; return raw probabilities (not normalised).",
             )
@@ -350,8 +348,7 @@ def check_restoration_grid(restoration_grid: Callable, t: Checker) -> None:
             got[:1].expand_as(got),
             f"{text}: with a window of {cover} layers every row restores every layer, so "
             "every row is the same",
-            atol=2e-5,
-            rtol=1e-4,
+            **_GRID,
             hint="Clip the window to the model's layers: max(0, L - w // 2) up to "
             "min(n_layers, L - (-w // 2)).",
         )

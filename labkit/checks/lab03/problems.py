@@ -9,7 +9,10 @@ exercise's answer (the checks ask ``t.expected`` for those).
   (its coefficients come from ``t.expected``) or a random one (a metric the spec leaves free);
 * :func:`linear_model` -- a tiny model that is linear in every activation (no norms, a linear
   MLP, fixed uniform attention), on which attribution patching must be exact;
-* :func:`scores` and friends -- score tables without ties, for the validation exercises.
+* :func:`agreement_scores`, :func:`noisy_scores`, :func:`ranked_scores` -- score tables
+  without ties, for the validation exercises; :func:`attention_scores` for the QK fix;
+* :func:`close_all`, :func:`whole`, :func:`pick` -- comparisons that name a known mistake only
+  when it explains the whole answer.
 """
 
 from __future__ import annotations
@@ -29,15 +32,31 @@ from labkit.tiny import tiny_model
 
 __all__ = [
     "SITES",
+    "Answer",
     "LinearMetric",
     "Pair",
+    "agreement_scores",
+    "as_float64",
+    "attention_scores",
+    "close_all",
+    "describe_model",
     "families",
     "float64",
+    "kv_heads",
     "last_logits",
     "linear_model",
+    "linear_problem",
     "model",
+    "noisy_scores",
+    "normalised",
     "pair",
+    "pick",
     "random_metric",
+    "ranked_scores",
+    "retarget",
+    "scale_of",
+    "tie_free",
+    "whole",
 ]
 
 SITES = ("resid_pre", "attn_out", "mlp_out")  # the sites the lab patches per (layer, position)
@@ -112,7 +131,7 @@ def model(
 
 
 def describe_model(lm: LabModel) -> str:
-    kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
+    kv = kv_heads(lm)
     heads = f"{lm.n_heads} heads" + (f" sharing {kv} key/value heads" if kv != lm.n_heads else "")
     return f"a tiny {lm.family} model ({lm.n_layers} layers, {heads})"
 
@@ -203,11 +222,6 @@ class Pair:
     def first_change(self) -> int:
         """The first position at which some row's clean and corrupted tokens differ."""
         return int((self.clean != self.corrupted).any(0).nonzero()[0])
-
-    @property
-    def unchanged(self) -> list[int]:
-        """Positions where every row's clean and corrupted tokens agree."""
-        return (self.clean == self.corrupted).all(0).nonzero().flatten().tolist()
 
     def describe(self) -> str:
         prompts = "1 prompt pair" if self.batch == 1 else f"{self.batch} prompt pairs"
