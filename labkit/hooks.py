@@ -410,7 +410,10 @@ def key_value_prefix(cache: Cache, length: int, repeat: int = 1) -> DynamicCache
 
 
 def run_from(
-    lm: LabModel, layer: int, resid: torch.Tensor, past: Cache | None = None
+    lm: LabModel,
+    layer: int | Sequence[int],
+    resid: torch.Tensor,
+    past: Cache | None = None,
 ) -> torch.Tensor:
     """Finish a forward pass from the residual stream entering block ``layer``.
 
@@ -422,10 +425,22 @@ def run_from(
 
     With ``past`` (from :func:`key_value_prefix`), ``resid`` holds only the positions after
     the cached ones, and position indices inside hooks count from the first of them.
+
+    ``layer`` may also give each row its own layer (a non-decreasing list, one per row): row
+    ``i`` enters block ``layer[i]`` with ``resid[i]`` as its resid_pre, and is not computed
+    below it. The batch grows on the way up: a hook at layer ``l`` sees only the rows that
+    have entered at or below ``l``, which are the first rows (``act.shape[0]`` of them), in
+    order. So one pass computes what a pass per starting layer would, without the rows that
+    have not started yet. (A ``resid_pre`` hook at ``l`` sees the rows that enter there too.)
     """
+    resid = resid.to(lm.device)
+    if not isinstance(layer, int | torch.Tensor) or (
+        isinstance(layer, torch.Tensor) and layer.dim() > 0
+    ):
+        return _run_rows_from(lm, _layer_list(lm, layer), resid, past)
+    layer = _whole_number(layer, "The layer")
     if not 0 <= layer <= lm.n_layers:
         raise IndexError(f"layer {layer} is not in 0..{lm.n_layers} for run_from.")
-    resid = resid.to(lm.device)
 
     def inject(mod, args, kwargs):
         if args:
@@ -436,14 +451,68 @@ def run_from(
     with ExitStack() as stack:
         handle = target.register_forward_pre_hook(inject, with_kwargs=True)
         stack.callback(handle.remove)
-        for block in list(lm.blocks)[:layer]:
-            block.forward = _pass_through  # an instance attribute shadows the class's forward
-            stack.callback(delattr, block, "forward")
-        out = lm.model.base_model(
-            inputs_embeds=resid, past_key_values=past, use_cache=past is not None
-        )
+        return _finish(lm, stack, layer, resid, past)
+
+
+def _finish(
+    lm: LabModel, stack: ExitStack, lowest: int, resid: torch.Tensor, past: Cache | None
+) -> torch.Tensor:
+    """Run the model with the blocks below ``lowest`` passed through; the last position's
+    logits (batch, vocab)."""
+    for block in list(lm.blocks)[:lowest]:
+        block.forward = _pass_through  # an instance attribute shadows the class's forward
+        stack.callback(delattr, block, "forward")
+    out = lm.model.base_model(inputs_embeds=resid, past_key_values=past, use_cache=past is not None)
     final = out.last_hidden_state  # (batch, pos, d_model), after the final norm
     # Unembed only the last position, as a contiguous (batch, d_model) matrix: a strided
     # (batch, 1, d_model) slice (what logits_to_keep=1 gives) makes torch copy the whole
     # unembedding matrix once per row, which cost more than the transformer blocks here.
     return lm.unembed(final[:, -1].contiguous())
+
+
+def _run_rows_from(
+    lm: LabModel, starts: list[int], resid: torch.Tensor, past: Cache | None
+) -> torch.Tensor:
+    """run_from with a starting layer per row (see there): the batch grows block by block."""
+    if len(starts) != resid.shape[0]:
+        raise ValueError(
+            f"run_from got {len(starts)} layers for {resid.shape[0]} rows: give one per row."
+        )
+    if any(not 0 <= s <= lm.n_layers for s in starts):
+        raise IndexError(f"layers {starts} are not all in 0..{lm.n_layers} for run_from.")
+    if any(b < a for a, b in zip(starts, starts[1:])):
+        raise ValueError("run_from's layers per row must not decrease: sort the rows by layer.")
+    # entered[l]: how many rows have entered at or below layer l (they are the first ones).
+    entered = [sum(s <= layer for s in starts) for layer in range(lm.n_layers + 1)]
+    if past is not None:  # each layer's keys and values for the rows computed there
+        # (at least one row: a skipped layer's cache still tells the model the prefix length)
+        kept = [max(1, entered[i]) for i in range(len(past.layers))]
+        past = DynamicCache(
+            ddp_cache_data=[
+                (cached.keys[: kept[i]], cached.values[: kept[i]])
+                for i, cached in enumerate(past.layers)
+            ]
+        )
+
+    def enter(layer: int):
+        begin, end = (entered[layer - 1] if layer else 0), entered[layer]
+
+        def grow(mod, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            new = resid[begin:end]
+            hidden = new if begin == 0 else torch.cat([hidden, new])  # (entered, pos, d)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return grow
+
+    with ExitStack() as stack:
+        targets = [*lm.blocks, lm.final_norm]
+        for layer in sorted(set(starts)):
+            # prepend: hooks opened earlier at this block (a resid_pre patch) see the new rows
+            handle = targets[layer].register_forward_pre_hook(
+                enter(layer), with_kwargs=True, prepend=True
+            )
+            stack.callback(handle.remove)
+        return _finish(lm, stack, starts[0], resid[:1], past)

@@ -15,6 +15,9 @@ For each lab, a student's first hour:
    message, and the explorer fits the page. Printed per control: seconds until the explorer
    answers (a busy line, a message or the picture) and until the new picture.
 
+Screenshots of the explorer at each stage are left in the test's temporary folder
+(``explorer-*.png``), the whole page as well where a test fails.
+
 Every wait is for a state (the notebook model read through JupyterLab, the explorer's status
 line), never a fixed time. Adding a lab's explorer is one entry in ``LABS``. The tests need
 Debian's chromium and Playwright; without them they are skipped with one line that says how to
@@ -262,11 +265,23 @@ def lab_server(tmp_path_factory):
 
 # ----- reading the explorer ----------------------------------------------------------------------
 def _picture(explorer) -> bytes:
-    """The explorer's picture as PNG bytes (b"" while none is shown)."""
+    """The explorer's picture as PNG bytes (b"" while none is shown).
+
+    The picture can be hidden between the look and the screenshot (a control's answer is a
+    message): then look again, rather than wait for a picture that is not coming.
+    """
+    from playwright.sync_api import Error as PlaywrightError
+
     picture = explorer.locator(".labkit-picture")
-    if not picture.is_visible() or picture.bounding_box()["height"] < 2:
-        return b""
-    return picture.screenshot(animations="disabled")
+    for _ in range(5):
+        box = picture.bounding_box() if picture.is_visible() else None
+        if box is None or box["height"] < 2:
+            return b""
+        try:
+            return picture.screenshot(animations="disabled", timeout=5_000)
+        except PlaywrightError:  # hidden or resized meanwhile
+            continue
+    return b""
 
 
 def _status(explorer) -> str:
@@ -373,6 +388,7 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
         explorer = page.locator(f".{lab.explorer}")
         assert explorer.count() == 1, f"expected one {lab.explorer} on the page"
         _expect(explorer, lab.waits_for, "after Run All")
+        explorer.screenshot(path=tmp_path / "explorer-0-after-run-all.png")
 
         def answer(name: str, text: str | None = None) -> int:
             cell = notebook.find_cell(_defines(name), sources)
@@ -398,6 +414,7 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
                 passed = notebook.output_text(check)
             explorer.scroll_into_view_if_needed()
             _expect(explorer, shows, f"after finishing {name}")
+            explorer.screenshot(path=tmp_path / f"explorer-1-after-{name}.png")
         points = [_points(text) for text in (unattempted, failed, passed)]
         print(f"{lab.notebook}: {first} points unattempted, failed, passed: {points}")
         assert "passed" in passed and "failed" not in passed, passed
@@ -405,6 +422,7 @@ def test_lab_in_the_browser(lab_server, lab: Lab, tmp_path: Path) -> None:
         assert points[0][1] == points[1][1] == points[2][1], f"maximum changed: {points}"
 
         _explore(page, lab, explorer)
+        explorer.screenshot(path=tmp_path / "explorer-2-after-the-controls.png")
     except Exception:
         page.screenshot(path=tmp_path / "page.png", full_page=False)
         print(f"screenshot of the page: {tmp_path / 'page.png'}")
@@ -444,34 +462,34 @@ def _explore(page, lab: Lab, explorer) -> None:
     rows = []
     for step in lab.steps:
         before, status = _picture(explorer), _status(explorer)
+        if step.expect == "changes":
+
+            def done(before=before) -> bool:
+                return not _busy(explorer) and _picture(explorer) not in (b"", before)
+        else:
+
+            def done(step=step) -> bool:
+                return not _busy(explorer) and step.text() in _status(explorer)
+
         start = time.monotonic()
         step.act(explorer)
-        answered = _wait_for(
-            lambda before=before, status=status: (
-                _status(explorer) != status or _picture(explorer) != before
-            ),
-            CONTROL_BUDGET,
+        answered = took = float("inf")  # first change of the status line; the end state
+        while time.monotonic() - start < CONTROL_BUDGET:
+            now = time.monotonic() - start
+            if answered == float("inf") and _status(explorer) != status:
+                answered = now
+            if done():
+                took = time.monotonic() - start
+                break
+            time.sleep(0.1)
+        assert took < CONTROL_BUDGET, (
+            f"{lab.notebook}: after {step.act.__name__}, no "
+            + ("new picture" if step.expect == "changes" else f"message {step.text()!r}")
+            + f" within {CONTROL_BUDGET:.0f} s; status: {_status(explorer)!r}"
         )
-        if step.expect == "changes":
-            took = _wait_for(
-                lambda before=before: (
-                    not _busy(explorer) and _picture(explorer) not in (b"", before)
-                ),
-                CONTROL_BUDGET,
-            )
-            assert took < CONTROL_BUDGET, (
-                f"{lab.notebook}: after {step.act.__name__} the picture did not change within "
-                f"{CONTROL_BUDGET:.0f} s; status: {_status(explorer)!r}"
-            )
-        else:
-            took = _wait_for(
-                lambda step=step: not _busy(explorer) and step.text() in _status(explorer),
-                CONTROL_BUDGET,
-            )
-            assert took < CONTROL_BUDGET, f"no message {step.text()!r}: {_status(explorer)!r}"
+        if step.expect != "changes":
             assert _picture(explorer) == b"", "an old picture stays next to the message"
-        elapsed = time.monotonic() - start
-        rows.append((step.act.__name__, min(answered, elapsed), elapsed))
+        rows.append((step.act.__name__, min(answered, took), took))
         for label in step.disabled:
             slider = explorer.locator(".widget-slider").filter(
                 has=page.locator(".widget-label", has_text=label)

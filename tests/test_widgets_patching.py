@@ -201,3 +201,28 @@ def test_pictures_shrink_and_wrap_to_fit(lm) -> None:
         assert image.layout.max_width == "100%" and image.layout.height == "auto"
     assert explorer.widget.children[0].layout.flex_flow == "row wrap"
     assert explorer.pair.layout.width == "100%"
+
+
+def test_progress_counts_forward_passes(lm, monkeypatch) -> None:
+    from labkit.widgets import display
+
+    monkeypatch.setattr(display, "PROGRESS_EVERY", 0.0)
+    notebook = FakeNotebook(monkeypatch)
+    calls, seen, ref = Calls(), [], []
+
+    def grid(lm, clean, corrupted, metric, site):
+        for _ in range(2):
+            lm.model(clean)
+            if ref:
+                seen.append(ref[0].status.value)
+        return torch.rand(lm.n_layers, clean.shape[1])
+
+    functions = {**calls.functions(), "patch_grid": grid}
+    ref.append(PatchingExplorer(lm, functions, task="fact", pairs=PAIRS))
+    explorer = ref[0]
+    explorer.site.value = "attn_out"
+    assert "computing… forward pass 2," in seen[-1] and "about" not in seen[-1]
+    notebook.run("x = 1")  # results forgotten; how many passes it takes is not
+    explorer.site.value = "resid_pre"
+    explorer.site.value = "attn_out"
+    assert "computing… forward pass 2 of about 2" in seen[-1]

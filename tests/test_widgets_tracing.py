@@ -9,7 +9,7 @@ from test_widgets_display import STUB, FakeNotebook
 
 from labkit.checks.core import exercise_number
 from labkit.tiny import tiny_model
-from labkit.widgets import tracing
+from labkit.widgets import display
 from labkit.widgets.tracing import TracingExplorer
 
 pytest.importorskip("ipywidgets")
@@ -219,7 +219,7 @@ def test_what_does_not_change_is_not_computed_again(tiny_lm, monkeypatch) -> Non
 
 
 def test_progress_counts_forward_passes(tiny_lm, monkeypatch) -> None:
-    monkeypatch.setattr(tracing, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(display, "PROGRESS_EVERY", 0.0)
     seen, ref = [], []
 
     def grid_fn(lm, tokens, corrupted, target_id, site, window):

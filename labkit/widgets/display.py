@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import time
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "explorer_bundle",
     "failure_message",
     "format_probability",
+    "forward_passes",
     "missing_space",
     "picture_layout",
     "row_layout",
@@ -273,6 +276,33 @@ def missing_space(lm, prompt: str, target: str, probs) -> Spacing | None:
         "the target box, or click the button.",
         spaced,
     )
+
+
+# ----- progress while the student's code runs ---------------------------------------------------
+PROGRESS_EVERY = 0.25  # seconds between two progress messages
+
+
+@contextmanager
+def forward_passes(lm, show: Callable[[int, float], None]) -> Iterator[list[int]]:
+    """Count the model's forward passes while the ``with`` block runs (the final norm runs once
+    per pass, whichever way the pass was started) and call ``show(passes, seconds)`` at most
+    every :data:`PROGRESS_EVERY` seconds. Yields a one-item list: the count so far."""
+    count, start, shown = [0], time.perf_counter(), [0.0]
+
+    def seen(module, args) -> None:
+        count[0] += 1
+        now = time.perf_counter()
+        if now - shown[0] >= PROGRESS_EVERY:
+            shown[0] = now
+            show(count[0], now - start)
+
+    norm = getattr(lm, "final_norm", None)
+    handle = norm.register_forward_pre_hook(seen) if norm is not None else None
+    try:
+        yield count
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 # ----- what an explorer computed, until the notebook changes -------------------------------------

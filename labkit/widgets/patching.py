@@ -34,6 +34,7 @@ from labkit.widgets.display import (
     exercise_on_traceback,
     explorer_bundle,
     failure_message,
+    forward_passes,
     picture_layout,
     row_layout,
     unfinished_message,
@@ -80,6 +81,7 @@ class PatchingExplorer:
         self.exact_grid: torch.Tensor | None = None
         self._quiet = False
         self._results = Cache(32)  # everything a picture depends on -> (estimate, exact, s)
+        self._passes: dict[tuple, int] = {}  # forward passes the last computation took
         self._set_pairs()
         self.task.observe(lambda change: (self._set_pairs(), self.update()), names="value")
         self.site.observe(lambda change: self.update(), names="value")
@@ -126,6 +128,13 @@ class PatchingExplorer:
             self.pair.value = options[0]
         finally:
             self._quiet = False
+
+    def _show_progress(self, expected: int | None) -> Callable[[int, float], None]:
+        def show(passes: int, seconds: float) -> None:
+            of = f" of about {expected}" if expected else ""
+            self.status.value = f"<i>computing… forward pass {passes}{of}, {seconds:.0f} s</i>"
+
+        return show
 
     def _message(self, text: str) -> None:
         self.status.value = error_html(text)
@@ -178,9 +187,12 @@ class PatchingExplorer:
             key = (self.task.value, site, tuple(p["id"] for p in pairs), *functions.values())
             found = self._results.get(key)
             if found is None:
-                found = self._compute(
-                    functions, running, clean, corrupted, targets, foils, site, exact
-                )
+                shape = key[:3]  # the same task, site and pairs take as many passes again
+                with forward_passes(lm, self._show_progress(self._passes.get(shape))) as passes:
+                    found = self._compute(
+                        functions, running, clean, corrupted, targets, foils, site, exact
+                    )
+                self._passes[shape] = passes[0]
                 self._results.put(key, found)
         except NotImplementedError as err:
             function = exercise_on_traceback(err, fallback=running[0])

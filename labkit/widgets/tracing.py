@@ -18,8 +18,7 @@ import html
 import io
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 
@@ -35,6 +34,7 @@ from labkit.widgets.display import (
     explorer_bundle,
     failure_message,
     format_probability,
+    forward_passes,
     missing_space,
     picture_layout,
     row_layout,
@@ -45,7 +45,6 @@ __all__ = ["TracingExplorer"]
 
 GridFn = Callable[..., torch.Tensor]
 CorruptFn = Callable[..., torch.Tensor]
-PROGRESS_EVERY = 0.25  # seconds between two progress messages while a grid runs
 
 
 class TracingExplorer:
@@ -250,34 +249,20 @@ class TracingExplorer:
             self._probs.put(key, found)
         return found
 
-    @contextmanager
-    def _counting_passes(self, shape: tuple) -> Iterator[list[int]]:
-        """Count the model's forward passes (its final norm runs once per pass) and show them."""
-        expected = self._passes.get(shape)
-        count, start, shown = [0], time.perf_counter(), [0.0]
+    def _show_progress(self, expected: int | None) -> Callable[[int, float], None]:
+        """What shows the forward passes of a grid (``expected``: as many as last time)."""
         progress = self.progress
         progress.value, progress.max = 0, expected or 1
         progress.bar_style = "info" if expected else ""
 
-        def seen(module, args) -> None:
-            count[0] += 1
-            now = time.perf_counter()
-            if now - shown[0] < PROGRESS_EVERY:
-                return
-            shown[0] = now
+        def show(passes: int, seconds: float) -> None:
             of = f" of about {expected}" if expected else ""
-            self.status.value = f"<i>tracing… forward pass {count[0]}{of}, {now - start:.0f} s</i>"
+            self.status.value = f"<i>tracing… forward pass {passes}{of}, {seconds:.0f} s</i>"
             if expected:
-                progress.value = min(count[0], expected)
+                progress.value = min(passes, expected)
                 progress.layout.display = None
 
-        norm = getattr(self.lm, "final_norm", None)
-        handle = norm.register_forward_pre_hook(seen) if norm is not None else None
-        try:
-            yield count
-        finally:
-            if handle is not None:
-                handle.remove()
+        return show
 
     def _update(self) -> None:
         from labkit.plot.grids import plot_restoration_grid
@@ -317,7 +302,8 @@ class TracingExplorer:
             found = self._grids.get(grid_key)
             if found is None:
                 running = "restoration_grid"
-                with self._counting_passes(shape) as passes:
+                show = self._show_progress(self._passes.get(shape))
+                with forward_passes(lm, show) as passes:
                     # copies: a function that writes into its inputs cannot spoil the cache
                     grid = grid_fn(lm, tokens.clone(), corrupted.clone(), target_id, site, window)
                 self._passes[shape] = passes[0]

@@ -51,7 +51,8 @@ def check_integrated_gradients(integrated_gradients, t: Checker) -> None:
     with t.part("smooth non-polynomial functions, n_steps 3, 1 and 6", points=1):
         f, x, b = P.wavy(gen, t.choice([5, 11, 3]), t.choice([4, 2, 6]), phase=5.0)
         g, y = P.smooth(gen, t.choice([12, 2, 9]), 3)
-        t.watch(f, "the test function"), t.watch(g, "the test function")
+        for h in (f, g):
+            t.watch(h, "the test function")
         c = 0.5 * torch.randn(y.shape, generator=gen)
         what = f"f(e) = sum_p c_p sin(<w_p, e_p>) of {x.shape[1]} positions"
         calls = [

@@ -221,7 +221,7 @@ def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
     same-shape parameters get their own noise; and the seed decides the values."""
     gen = kit.generator(t, 18)
     family = kit.families(t, 1, first="gpt_neox")[0]
-    originals = P.modules_to_randomise(t, gen, family)
+    originals = P.modules_to_randomise(gen, family)
     old = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in originals]
     seed = t.seed(19) % 1000 + 1
 

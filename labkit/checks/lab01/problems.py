@@ -319,7 +319,7 @@ class Assorted(nn.Module):
         self.requires_grad_(False)
 
 
-def modules_to_randomise(t, gen: torch.Generator, family: str) -> list[nn.Module]:
+def modules_to_randomise(gen: torch.Generator, family: str) -> list[nn.Module]:
     """An :class:`Assorted` module and a copy of a tiny model's block, frozen like
     ``load_model()``'s. Fresh objects, nobody else's."""
     block = copy.deepcopy(kit.tiny(family, seed=2, scale=SCALE, random_norms=True).blocks[0])

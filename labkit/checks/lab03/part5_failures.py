@@ -44,7 +44,7 @@ def check_qk_fix(qk_fix: Callable, t: Checker) -> None:
                 want,
                 f"{what}: the QK-fix estimate",
                 atol=1e-5,
-                scale=P.scale_of(want),
+                scale=P.scale_of(scores[2]),  # the size of the terms, not of their sum
                 mistakes=wrong,
             )
 
@@ -62,7 +62,7 @@ def check_qk_fix(qk_fix: Callable, t: Checker) -> None:
             f"{what} with a constant added to each query's clean scores (the "
             "pattern is the same, so is the estimate)",
             atol=1e-5,
-            scale=P.scale_of(want),
+            scale=P.scale_of(grad),
         )
         zero = torch.zeros(want.shape)
         got = t.tensor(t.call(qk_fix, clean, corrupted, per_query), what, shape=want.shape)
