@@ -380,6 +380,14 @@ def _pass_through(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return hidden_states
 
 
+def _put_back_forward(module: nn.Module, forward) -> None:
+    """Undo ``module.forward = ...``: restore the instance's own forward, or the class's."""
+    if forward is None:
+        del module.forward
+    else:
+        module.forward = forward
+
+
 def key_value_prefix(cache: Cache, length: int, repeat: int = 1) -> DynamicCache | None:
     """The keys and values of a run's first ``length`` positions, for every layer.
 
@@ -460,8 +468,10 @@ def _finish(
     """Run the model with the blocks below ``lowest`` passed through; the last position's
     logits (batch, vocab)."""
     for block in list(lm.blocks)[:lowest]:
-        block.forward = _pass_through  # an instance attribute shadows the class's forward
-        stack.callback(delattr, block, "forward")
+        # An instance attribute shadows the class's forward. The block may have one already
+        # (nnsight puts its own on every module it wraps): put that back afterwards.
+        stack.callback(_put_back_forward, block, block.__dict__.get("forward"))
+        block.forward = _pass_through
     out = lm.model.base_model(inputs_embeds=resid, past_key_values=past, use_cache=past is not None)
     final = out.last_hidden_state  # (batch, pos, d_model), after the final norm
     # Unembed only the last position, as a contiguous (batch, d_model) matrix: a strided

@@ -176,6 +176,11 @@ class Checker:
             self._stopped = self._stopped or "Not run: an earlier call took too long."
         except CheckFailed as err:
             result.passed, result.message = False, str(err)
+        except (NotAttempted, TimedOut):
+            raise
+        except Exception as err:  # the check's own code failed: say so in this part, then stop
+            result.passed, result.message = False, _internal_error(err)
+            raise
         else:
             result.passed = True
 
@@ -466,8 +471,11 @@ class Lab:
         *,
         points: float = 1.0,
         timeout: float | None = DEFAULT_TIMEOUT,
+        check_name: str | None = None,
     ) -> Callable[[Callable], Check]:
-        """Register ``check_<name>`` as the check of exercise ``number`` ("1.1")."""
+        """Register ``check_<name>`` as the check of exercise ``number`` ("1.1"). The notebook's
+        function is ``<name>``; ``check_name`` names the check otherwise (a function named
+        ``randomize_weights_``, checked by ``check_randomize_weights``)."""
         if not number.startswith(f"{int(self.number)}."):
             raise ValueError(f"Exercise {number} is not in lab {self.number}.")
 
@@ -478,6 +486,8 @@ class Lab:
             if name in self._checks or any(c.number == number for c in self._checks.values()):
                 raise ValueError(f"Exercise {number} ({name}) is registered twice.")
             check = Check(self, name, number, title, body, points, timeout)
+            if check_name is not None:
+                check.__name__ = check.__qualname__ = check_name
             self._checks[name] = check
             return check
 
@@ -571,7 +581,7 @@ def run_check(
     max_score = _total(t.parts, _declared_total(check, answers))
     score = sum(p.score for p in parts)
     failed = [p for p in parts if p.passed is not True]
-    messages = [p.message for p in failed[:1] if p.message]
+    messages = [p.message for p in failed if p.message][:1]
     return CheckResult(
         name,
         not failed,

@@ -76,11 +76,15 @@ def tiny(family: str = "llama", **settings) -> LabModel:
     spec = TinySpec(family, **settings)
     lm, pristine, hooks = _build(spec)
     net = lm.model
-    extra = hook_keys(net) - hooks
+    extra = hook_keys(net) - hooks  # a check's or a student's (transformers' own stay: it
+    # installs its output capturing once and counts on it)
     if extra:
         modules = dict(net.named_modules())
         for name, kind, key in extra:
             getattr(modules[name], kind).pop(key, None)
+            for more in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                         "_forward_pre_hooks_with_kwargs"):  # fmt: skip
+                getattr(modules[name], more, {}).pop(key, None)
     with torch.no_grad():
         for name, value in net.state_dict().items():
             if not torch.equal(value, pristine[name]):

@@ -111,7 +111,7 @@ def digest(value: Any, depth: int = 0) -> str | None:
                 return False
             t = v.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}{v.requires_grad}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             return True
         if isinstance(v, torch.nn.Module):
             h.update(f"M{type(v).__module__}.{type(v).__qualname__}".encode())

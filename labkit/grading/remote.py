@@ -19,7 +19,7 @@ import select
 import time
 import types
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,8 +69,10 @@ class Outbox:
             def reducer_override(self, obj: Any) -> Any:
                 if isinstance(obj, (types.FunctionType, types.MethodType, type)):
                     module = getattr(obj, "__module__", "") or ""
-                    if module.startswith(FORBIDDEN_MODULES) or module == "__main__" or (
-                        ":" in module
+                    if (
+                        module.startswith(FORBIDDEN_MODULES)
+                        or module == "__main__"
+                        or (":" in module)
                     ):
                         raise pickle.PicklingError(
                             f"a check tried to send {describe(obj)} from {module} to the "
@@ -89,6 +91,35 @@ class Outbox:
                 f"a check tried to send something that is not data to the student's code ({err})"
             ) from None
         return buffer.getvalue()
+
+
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+    "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)  # fmt: skip
+
+
+@contextmanager
+def _without_hooks(model: Any):
+    """A model pickles without its hooks (transformers' own output capturing, a check's):
+    hooks are code, and the worker's copy needs none."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    saved = []
+    for module in model.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name, None)
+            if hooks:
+                saved.append((module, name, hooks))
+                setattr(module, name, type(hooks)())
+    try:
+        yield
+    finally:
+        for module, name, hooks in saved:
+            setattr(module, name, hooks)
 
 
 def _is_model(obj: Any) -> bool:
@@ -130,7 +161,9 @@ class RemoteRunner:
     @property
     def notes(self) -> list[str]:
         notes = self.hello.get("notes", [])
-        return [_cap(n) for n in notes if isinstance(n, str)][:50] if isinstance(notes, list) else []
+        return (
+            [_cap(n) for n in notes if isinstance(n, str)][:50] if isinstance(notes, list) else []
+        )
 
     def function(self, name: str) -> StudentFunction:
         return StudentFunction(name, name)
@@ -206,7 +239,8 @@ class RemoteRunner:
         if obj is not getattr(obj, "model", obj):  # a LabModel: its network first, so that the
             self._define(obj.model)  # worker's LabModel and watched network are one object
         number = len(self.outbox.sent)
-        send_frame(self.worker.channel, self.outbox.dumps(("define", number, obj)))
+        with _without_hooks(getattr(obj, "model", obj)):  # the grader's hooks stay here
+            send_frame(self.worker.channel, self.outbox.dumps(("define", number, obj)))
         self.outbox.sent[id(obj)] = (number, obj)  # keep a reference: ids are never reused
 
     def _receive(self, deadline: float) -> Any:

@@ -208,12 +208,13 @@ def _randomised(t: Checker, randomize_weights_, module: torch.nn.Module, *seed) 
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    a, b = a - a.mean(), b - b.mean()
-    return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
+    """How much new weights still follow the old ones (a correlation of the values)."""
+    old, new = (v.double().flatten() for v in (a, b))
+    old, new = old - old.mean(), new - new.mean()
+    return float((old @ new) / (old.norm() * new.norm()).clamp_min(1e-300))
 
 
-@LAB.exercise("1.16", "randomise weights", points=4)
+@LAB.exercise("1.16", "randomise weights", points=4, check_name="check_randomize_weights")
 def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
     """Two frozen modules (parameters of every kind, nested; a tiny model's block of a family
     the variant picks): every parameter changes in place; each is drawn afresh from N(its own

@@ -45,9 +45,8 @@ def check_corrupt_subject(corrupt_subject: Callable, t: Checker) -> None:
     long, short = t.choice((12, 11, 14)), t.choice((4, 3, 5))
     size, start = t.choice((3, 2, 4)), t.choice((4, 1, 6))
     subject = _span(start, size)
-    tokens = problems.doubled_bytes(
-        problems.prompt(a, gen, long, repeats=[(start + size + 1, start)])
-    )
+    again_at = start + size + 1 if start + size + 1 < long - 1 else start - 1  # outside it
+    tokens = problems.doubled_bytes(problems.prompt(a, gen, long, repeats=[(again_at, start)]))
     other = problems.doubled_bytes(problems.prompt(a, gen, long))
     other_subject = _span(t.choice((2, 1, 5)), t.choice((2, 1, 4)))
     tokens_b = problems.doubled_bytes(problems.prompt(b, gen, short))
