@@ -2,34 +2,42 @@
 
 Both compute the same grid on the default model with the seed notebook's prompt ("Why do
 electricians make good swimmers? Because they know the" -> " current", subject
-" electricians"), the same seeded noise samples, for the residual stream and for MLP outputs
-restored over a window of 10 layers. Printed: seconds for each, the speed-up (measured in this
-run), and the largest difference between the two grids. The lab's grid is timed as the best
-of three runs (it takes seconds, so a busy moment on a shared machine would swamp one run); the
-loop, which takes minutes, runs once.
+" electricians"), the same seeded noise samples, for the residual stream and for MLP and
+attention outputs restored over a window of 10 layers. Printed for each site: seconds for each
+(wall clock, and CPU time of this process, which a busy shared machine disturbs far less), the
+speed-ups measured in this run, and the largest difference between the grids. The lab's grid is
+timed as the best of three runs; the loop, which takes minutes, runs once. With ``--baseline
+OTHER.ipynb`` the grid of another version of the solution notebook is timed in the same run
+(before/after). ``--profile`` adds where the time of one lab grid goes, by layer and by
+operation.
 
-The lab's implementation batches many cells per forward pass, starts each pass at the lowest
-restored layer (the corrupted run below it is reused) and computes only the positions from the
-restored one on (the corrupted run's keys and values before it are reused). It is read from
-solutions/02_causal_tracing.ipynb, so this measures the code students see.
+The lab's implementation runs one forward pass per restored position. Each batch row (one per
+restored layer and noise sample) starts at the first layer where it differs from the corrupted
+run (``run_from`` with a layer per row: the batch grows on the way up), positions before the
+restored one reuse the corrupted run's keys and values, and only the last position is unembedded.
+It is read from solutions/02_causal_tracing.ipynb, so this measures the code students see.
 
-Measured on 2 CPU cores (2026-11-23): resid 10.7x, MLP 7.7x, attention 9.5x, max difference
-4.2e-09; on 2026-11-24, idle: resid 9.5x (190.9 s vs 20.2 s), MLP 7.7x (171.4 s vs 22.1 s).
-Run:  HF_HUB_OFFLINE=1 python benchmarks/causal_tracing_grid.py
+Measured on 2 CPU cores, one thread, load 3-5 from other jobs (2026-12-06), CPU-time speed-ups:
+see the closing note of issue 31. The work left is matrix products (about three quarters of the
+time): what the lab computes is what differs from the corrupted run, so the remaining limit is
+the work inside the passes, not their number.
+Run:  HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/causal_tracing_grid.py \
+      --sites resid,mlp,attn [--baseline OLD.ipynb] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 import labkit
-from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.hooks import capture, patch, span_positions
+from labkit.notebooks import notebook_definitions as solution_functions
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Why do electricians make good swimmers? Because they know the"
@@ -57,14 +65,77 @@ def grid_one_forward_per_cell(lm, tokens, corrupted_embeds, target_id, site, win
     return grid
 
 
+def timed(fn, repeats: int = 1):
+    """(result, best wall seconds, best CPU seconds) of ``repeats`` calls."""
+    wall = cpu = float("inf")
+    for _ in range(repeats):
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        wall = min(wall, time.perf_counter() - start_wall)
+        cpu = min(cpu, time.process_time() - start_cpu)
+    return result, wall, cpu
+
+
+def profile(lm, grid) -> None:
+    """Where one grid's time goes: CPU seconds per block, outside the blocks, and per kind of
+    operation (torch.profiler's self time, which includes waiting on a busy machine)."""
+    per_layer, started, handles = defaultdict(float), {}, []
+    for i, block in enumerate(lm.blocks):
+        handles.append(
+            block.register_forward_pre_hook(
+                lambda m, a, i=i: started.__setitem__(i, time.process_time())
+            )
+        )
+        handles.append(
+            block.register_forward_hook(
+                lambda m, a, o, i=i: per_layer.__setitem__(
+                    i, per_layer[i] + time.process_time() - started[i]
+                )
+            )
+        )
+    try:
+        _, _, total = timed(grid)
+    finally:
+        for handle in handles:
+            handle.remove()
+    blocks = sum(per_layer.values())
+    print(
+        f"  one grid: {total:.2f} s CPU; in the blocks {blocks:.2f} s, outside them (clean and "
+        f"corrupted runs, unembedding, Python) {total - blocks:.2f} s"
+    )
+    print("  per layer (s): " + " ".join(f"{i}:{per_layer[i]:.2f}" for i in range(lm.n_layers)))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        grid()
+    kinds = {
+        "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+        "softmax": ("aten::_softmax",),
+        "copies and concatenation": ("aten::copy_", "aten::cat", "aten::clone", "aten::index_put_"),
+    }
+    events = prof.key_averages()
+    whole = sum(e.self_cpu_time_total for e in events)
+    for kind, names in kinds.items():
+        share = sum(e.self_cpu_time_total for e in events if e.key in names) / whole
+        print(f"  {kind:25}: {100 * share:4.1f}% of the profiled time")
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+    print(
+        "  top operations: "
+        + ", ".join(
+            f"{e.key} {100 * e.self_cpu_time_total / whole:.1f}% ({e.count} calls)" for e in top
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=3, help="noise samples (lab: 3)")
+    parser.add_argument("--samples", type=int, default=3, help="noise samples (lab: 2)")
     parser.add_argument("--sites", default="resid,mlp", help="comma-separated: resid,mlp,attn")
+    parser.add_argument("--baseline", type=Path, help="another solution notebook to time too")
+    parser.add_argument("--profile", action="store_true", help="profile one lab grid per site")
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     lab = solution_functions(ROOT / "solutions" / "02_causal_tracing.ipynb")
+    other = solution_functions(args.baseline, "baseline") if args.baseline else None
     lm = labkit.load_model()
     tokens = lm.to_tokens(PROMPT, prepend_anchor=True)
     subject = span_positions(lm, tokens, SUBJECT)
@@ -76,19 +147,31 @@ def main() -> None:
     )
     for site in args.sites.split(","):
         window = 1 if site == "resid" else 10
-        t_lab = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            fast = lab["restoration_grid"](lm, tokens, corrupted, target_id, site, window)
-            t_lab = min(t_lab, time.perf_counter() - start)
-        start = time.perf_counter()
-        slow = grid_one_forward_per_cell(lm, tokens, corrupted, target_id, site, window)
-        t_loop = time.perf_counter() - start
-        print(
-            f"{site:5s} window {window:2d}: one forward per cell {t_loop:6.1f} s | lab "
-            f"{t_lab:5.1f} s | speed-up {t_loop / t_lab:4.1f}x | max |grid difference| "
-            f"{(fast - slow).abs().max().item():.1e}"
+
+        def grid(functions=lab, site=site, window=window):
+            return functions["restoration_grid"](lm, tokens, corrupted, target_id, site, window)
+
+        fast, wall, cpu = timed(grid, repeats=3)
+        slow, loop_wall, loop_cpu = timed(
+            lambda site=site, window=window: grid_one_forward_per_cell(
+                lm, tokens, corrupted, target_id, site, window
+            )
         )
+        print(
+            f"{site:5s} window {window:2d}: one forward per cell {loop_wall:6.1f} s "
+            f"({loop_cpu:5.1f} s CPU) | lab {wall:5.1f} s ({cpu:4.1f} s CPU) | speed-up "
+            f"{loop_wall / wall:4.1f}x ({loop_cpu / cpu:4.1f}x in CPU time) | max |grid "
+            f"difference| {(fast - slow).abs().max().item():.1e}"
+        )
+        if other is not None:
+            before, other_wall, other_cpu = timed(lambda: grid(other), repeats=3)
+            print(
+                f"{'':16}baseline {other_wall:5.1f} s ({other_cpu:4.1f} s CPU) | speed-up "
+                f"{loop_wall / other_wall:4.1f}x ({loop_cpu / other_cpu:4.1f}x in CPU time) | "
+                f"max |grid difference| {(before - slow).abs().max().item():.1e}"
+            )
+        if args.profile:
+            profile(lm, grid)
 
 
 if __name__ == "__main__":

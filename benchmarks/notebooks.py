@@ -10,15 +10,25 @@ the time inside every top-level ``...ForCausalLM`` forward call and inside every
 (``torch.autograd.grad`` and ``Tensor.backward``). That share is the floor no rewrite of the
 surrounding Python can go below without running fewer passes.
 
+To compare two versions of a notebook (before and after a change), name both and add
+``--repeat N``: the notebooks run in turn, N rounds (A B A B ...), so that a change of load hits
+both alike, and the summary gives each one's median time, model time and passes, and the ratios
+to the first notebook named. For example:
+    git show HEAD:solutions/01_attribution.ipynb > /tmp/old01.ipynb
+    python benchmarks/notebooks.py --model-time --repeat 2 \\
+        /tmp/old01.ipynb solutions/01_attribution.ipynb
+
 Goals (issue 16): each solution at most 60 s on 2 cores, each check cell at most 2 s; Run All on
 a student lab (``--labs``, exercises unattempted) at most 15 s. Run:
-    HF_HUB_OFFLINE=1 python benchmarks/notebooks.py [--labs] [--model-time] [--slowest 5] [NB ...]
+    HF_HUB_OFFLINE=1 python benchmarks/notebooks.py [--labs] [--model-time] [--slowest 5]
+        [--repeat N] [NB ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +38,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
+# A cell that runs a check calls it at the start of a line (``needs=checks.check_x`` in a claim
+# only names one).
+CHECK_CALL = re.compile(r"^\s*checks\.check_\w+\(", re.MULTILINE)
 
 
 def cell_seconds(cell: nbformat.NotebookNode) -> float | None:
@@ -82,27 +95,33 @@ print("@@model", *(_bench[key] for key in ("forward", "forwards", "backward", "b
 """
 
 
-def model_time(cell: nbformat.NotebookNode) -> str:
-    """The --model-time report cell's output as one line."""
+def model_numbers(cell: nbformat.NotebookNode) -> tuple[float, int, float, int] | None:
+    """(forward s, forward calls, backward s, backward passes) from the report cell, if it ran."""
     text = "".join(out.get("text", "") for out in cell.get("outputs", []))
     fields = next(
         (line.split()[1:] for line in text.splitlines() if line.startswith("@@model")), None
     )
     if not fields:
+        return None
+    return float(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
+
+
+def model_time(cell: nbformat.NotebookNode) -> str:
+    """The --model-time report cell's output as one line."""
+    numbers = model_numbers(cell)
+    if numbers is None:
         return "  model time: not reported (the run stopped before the last cell)"
-    forward, forwards, backward, backwards = (
-        float(fields[0]),
-        int(fields[1]),
-        float(fields[2]),
-        int(fields[3]),
-    )
+    forward, forwards, backward, backwards = numbers
     return (
         f"  model time: {forward + backward:.1f} s = {forward:.1f} s in {forwards} forward calls "
         f"+ {backward:.1f} s in {backwards} backward passes"
     )
 
 
-def run_notebook(path: Path, slowest: int, timeout: int, measure_model: bool = False) -> float:
+def run_notebook(
+    path: Path, slowest: int, timeout: int, measure_model: bool = False
+) -> tuple[float, tuple[float, int, float, int] | None]:
+    """Run one notebook and print where its time went: (total seconds, model numbers or None)."""
     notebook = nbformat.read(path, as_version=4)
     if measure_model:
         notebook.cells.insert(0, nbformat.v4.new_code_cell(MODEL_TIMER))
@@ -140,11 +159,34 @@ def run_notebook(path: Path, slowest: int, timeout: int, measure_model: bool = F
     print(f"  {slowest} slowest cells:")
     for seconds, index, cell in sorted(timed, key=lambda t: -t[0])[:slowest]:
         print(f"    {seconds:6.2f} s  cell {index + 1:>3}  {first_line(cell.source)}")
-    checks = [t for t in timed if "checks.check_" in t[2].source]  # cells that run a check
+    checks = [t for t in timed if CHECK_CALL.search(t[2].source)]  # cells that run a check
     if checks:
         seconds, index, cell = max(checks, key=lambda t: t[0])
         print(f"  slowest check cell: {seconds:.2f} s  cell {index + 1}  {first_line(cell.source)}")
-    return total
+    return total, model_numbers(notebook.cells[-1]) if measure_model else None
+
+
+def compare(paths: list[Path], runs: dict[Path, list[tuple]]) -> None:
+    """Median time, model time and passes per notebook, and the ratios to the first one."""
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731 (upper median)
+    rows = {}
+    for path in paths:
+        totals = [total for total, _ in runs[path]]
+        models = [numbers for _, numbers in runs[path] if numbers is not None]
+        model = median([n[0] + n[2] for n in models]) if models else None
+        passes = (models[0][1], models[0][3]) if models else None
+        rows[path] = (median(totals), model, passes)
+    first_total, first_model, _ = rows[paths[0]]
+    print(f"\nComparison over {len(runs[paths[0]])} round(s), medians:")
+    for path, (total, model, passes) in rows.items():
+        line = f"  {path.name}: total {total:.1f} s (x{first_total / total:.2f})"
+        if model is not None and first_model is not None:
+            line += (
+                f"; model time {model:.1f} s (x{first_model / model:.2f}); "
+                f"{passes[0]} forward calls, {passes[1]} backward passes"
+            )
+        print(line)
+    print("  (x: the first notebook's median divided by this one's; above 1 is faster)")
 
 
 def main() -> None:
@@ -156,6 +198,12 @@ def main() -> None:
         "--model-time", action="store_true", help="also time the model's forward/backward passes"
     )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the notebooks in turn this many rounds and compare them (medians, ratios)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -164,10 +212,14 @@ def main() -> None:
     folder = ROOT / ("labs" if args.labs else "solutions")
     paths = [p.resolve() for p in args.notebooks] or sorted(folder.glob("*.ipynb"))
     print(f"{len(paths)} notebook(s), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    totals = {
-        path.name: run_notebook(path, args.slowest, args.timeout, args.model_time) for path in paths
-    }
+    runs: dict[Path, list[tuple]] = {path: [] for path in paths}
+    for _ in range(args.repeat):
+        for path in paths:
+            runs[path].append(run_notebook(path, args.slowest, args.timeout, args.model_time))
+    totals = {path.name: runs[path][-1][0] for path in paths}
     print("\nTotals: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in totals.items()))
+    if args.repeat > 1 or len(paths) > 1:
+        compare(paths, runs)
 
 
 if __name__ == "__main__":

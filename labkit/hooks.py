@@ -490,7 +490,7 @@ def _run_rows_from(
         )
     if any(not 0 <= s <= lm.n_layers for s in starts):
         raise IndexError(f"layers {starts} are not all in 0..{lm.n_layers} for run_from.")
-    if any(b < a for a, b in zip(starts, starts[1:])):
+    if starts != sorted(starts):
         raise ValueError("run_from's layers per row must not decrease: sort the rows by layer.")
     # entered[l]: how many rows have entered at or below layer l (they are the first ones).
     entered = [sum(s <= layer for s in starts) for layer in range(lm.n_layers + 1)]

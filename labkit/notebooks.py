@@ -298,8 +298,9 @@ def _static(node: ast.AST) -> bool:
 
 def is_definition(node: ast.stmt) -> bool:
     """Whether a top-level statement *defines* (and so runs when definitions are run):
-    imports, ``def``, ``class``, ``del`` of names, and assignments to plain names of values
-    that call nothing (``EPS = 1e-6``, ``softmax = torch.softmax``, a lambda)."""
+    imports, ``def``, ``class``, ``del`` of names, assignments to plain names of values that
+    call nothing (``eps = 1e-6``, ``softmax = torch.softmax``, a lambda), and assignments to
+    UPPER_CASE names, the notebook's constants, whatever they compute."""
     if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)):
         return True
     if isinstance(node, ast.ClassDef):
@@ -308,8 +309,16 @@ def is_definition(node: ast.stmt) -> bool:
         return all(isinstance(t, ast.Name) for t in node.targets)
     if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        return all(isinstance(t, ast.Name) for t in targets) and _static(node.value)
+        if not all(isinstance(t, ast.Name) for t in targets):
+            return False
+        return _static(node.value) or _constant_names(targets)
     return False
+
+
+def _constant_names(targets: list) -> bool:
+    """UPPER_CASE names: the notebook's constants (``PATTERN = re.compile(...)``) run even when
+    they compute."""
+    return all(isinstance(t, ast.Name) and t.id.isupper() for t in targets)
 
 
 def _bound_names(node: ast.AST) -> set[str]:
@@ -366,6 +375,8 @@ def run_definitions(
     * Cells run in order; in each, every top-level statement that :func:`is_definition`
       accepts runs, in order, compiled on its own with no compiler flags but the notebook's own
       ``from __future__`` imports. So a name deleted or redefined later is what Run All leaves.
+      A computed constant that fails here (it needs the model a heavy cell loaded) is left
+      undefined, with a note, and the definitions go on.
     * Statements that compute (calls, loops, ``with`` blocks, plots) do not run. A name they
       would bind becomes unknown: a later definition that reads it does not run either, and an
       exercise function it rebinds is no longer defined.
@@ -440,6 +451,18 @@ def run_definitions(
                     exec(code, namespace)  # noqa: S102 -- a worker runs student code here
             except BaseException as err:  # noqa: BLE001 -- SystemExit, KeyboardInterrupt too
                 detail = f": {err}" if str(err) else ""
+                computed = isinstance(node, (ast.Assign, ast.AnnAssign)) and not _static(node.value)
+                if computed:  # a constant that needs what only the whole notebook computes
+                    why = "took too long" if type(err).__name__ == "TimedOut" else (
+                        f"raised {type(err).__name__}{detail}")  # fmt: skip
+                    result.notes.append(
+                        f"Cell {index}, line {node.lineno}: the constant could not be computed "
+                        f"when grading ({why}); it is undefined there."
+                    )
+                    for name in _bound_names(node):
+                        namespace.pop(name, None)
+                        unknown.add(name)
+                    continue
                 if type(err).__name__ == "TimedOut":
                     return stop(index, node.lineno, f"{_what(node)} took longer than "
                                 f"{statement_seconds:g} s.")  # fmt: skip

@@ -67,21 +67,23 @@ def _snoop():
     return seen
 """,
     "snoop_files": """
-import os, time
+import os, re, time
+SECRET = re.compile(r'(SOLUTION|CLASSMATE)-MARK-[0-9a-f]{12}|BESIDE-THE-ZIP-[0-9a-f]{12}|seed-[0-9a-f]{12}')
 def _snoop():
     seen, started = [], time.monotonic()
     for top in ('/', '/root', '/work', '/tmp', '/home', '/srv', '/autograder'):
         for folder, dirs, files in os.walk(top):
-            if time.monotonic() - started > 2 or folder.startswith(('/proc', '/sys', '/usr', '/lib')):
+            if time.monotonic() - started > 3 or folder.startswith(('/proc', '/sys', '/usr', '/lib')):
                 dirs[:] = []
                 continue
             for name in files:
-                if name.endswith(('.ipynb', '.json', '.txt', '.csv', '.py', '.zip', '.st')):
+                if name.endswith(('.ipynb', '.json', '.txt', '.csv', '.py', '.zip', '.st', '.toml')):
                     try:
-                        text = open(os.path.join(folder, name), 'rb').read(200_000).decode(errors='replace')
+                        text = open(os.path.join(folder, name), 'rb').read(400_000).decode(errors='replace')
                     except OSError:
                         continue
-                    if 'MARK' in text or 'BEGIN SOLUTION' in text or 'seed-' in text:
+                    solution = name.endswith('.ipynb') and '# BEGIN SOLUTION' in text
+                    if solution or SECRET.search(text):
                         seen.append(os.path.join(folder, name) + ': ' + text[:300])
     return seen
 """,
@@ -110,9 +112,11 @@ def _snoop():
         for name in files:
             if name.endswith('.zip'):
                 try:
-                    seen.append(name + ': ' + ', '.join(zipfile.ZipFile(os.path.join(folder, name)).namelist()[:50]))
+                    names = zipfile.ZipFile(os.path.join(folder, name)).namelist()
                 except Exception:
-                    pass
+                    continue
+                if any(n.endswith('.ipynb') for n in names):  # a class's hand-ins
+                    seen.append(name + ': ' + ', '.join(names[:50]))
     return seen
 """,
     "snoop_memory": """
@@ -285,7 +289,7 @@ DISRUPTIONS = {
     "fork_bomb": """
 import os, time
 def _disrupt():
-    for _ in range(60):
+    for _ in range(30):  # a bounded fork bomb, within the submission's process limit
         if os.fork() == 0:
             time.sleep(600)
             os._exit(0)
@@ -348,14 +352,16 @@ def defining_cell(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode
 
 
 def wrapped(nb: nbformat.NotebookNode, name: str, before: str, call: str) -> None:
-    """``name`` now runs ``before``'s ``call`` first, then the honest solution."""
+    """``name`` now runs ``before``'s ``call`` first, then the honest solution (all in the
+    cell that defined it, so the check cell below still finds it, as in Run All)."""
     cell = defining_cell(nb, name)
-    cell.source = cell.source.replace(f"def {name}(", f"def _honest_{name}(")
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            before + LEAK + f"\n\ndef {name}(*args, **kwargs):\n    {call}\n"
-            f"    return _honest_{name}(*args, **kwargs)\n"
-        )
+    cell.source = (
+        cell.source.replace(f"def {name}(", f"def _honest_{name}(")
+        + "\n\n"
+        + before
+        + LEAK
+        + f"\n\ndef {name}(*args, **kwargs):\n    {call}\n"
+        f"    return _honest_{name}(*args, **kwargs)\n"
     )
 
 
@@ -389,7 +395,8 @@ def make_class(folder: Path) -> Path:
         save(nb, name, lost={exercise})
     for name, code in DISRUPTIONS.items():
         nb = solution()
-        wrapped(nb, "input_x_gradient", code, "_disrupt()")
+        once = "if not _DONE:\n        _DONE.append(1)\n        _disrupt()"  # once per worker
+        wrapped(nb, "input_x_gradient", code + "\n_DONE = []\n", once)
         save(nb, name, lost=None if name == "memory_children" else set())
     nb = solution()  # Run All stops at the first cell that reads a name no cell above defines
     nb.cells.insert(3, nbformat.v4.new_code_cell("print(saliency)\n"))

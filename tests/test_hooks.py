@@ -1,6 +1,7 @@
 """labkit.hooks: capture and patch activations the same way in every family; hooks always go."""
 
 import inspect
+from contextlib import ExitStack
 from types import SimpleNamespace
 
 import pytest
@@ -210,6 +211,89 @@ def test_run_from_reuses_earlier_positions_keys_and_values(tiny: labkit.LabModel
         key_value_prefix(run.past_key_values, 99)
     with pytest.raises(TypeError, match="use_cache=True"):
         key_value_prefix(None, 2)
+
+
+def test_run_from_with_a_layer_per_row_equals_a_run_per_layer(tiny: labkit.LabModel) -> None:
+    """Rows that start at different layers (the batch grows on the way up) give what a run_from
+    per layer gives, with and without reused keys and values, and hooks see the rows that have
+    started: the first act.shape[0] of them."""
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True).repeat(2, 1)  # (2, pos)
+    tokens[1, 1] = tiny.to_tokens("Q").item()  # rows that differ inside every prefix
+    with capture(tiny, ("resid_pre", "resid_post")) as cache:
+        run = tiny.model(input_ids=tokens, use_cache=True)
+    n = tiny.n_layers
+    starts = [0, 0, 1, n - 1, n]  # the last: only the final norm and the unembedding
+    start_rows = [s for s in starts for _ in range(2)]  # rows (start, prompt), prompt fastest
+
+    def entering(layer: int, p: int) -> torch.Tensor:  # resid_pre[layer] at positions p..
+        return (cache["resid_pre", layer] if layer < n else cache["resid_post", n - 1])[:, p:]
+
+    def shift(layer: int):  # a hook that moves the rows it is given, so the hook has an effect
+        return lambda act: act + 0.1 * (layer + 1)
+
+    for p in (0, 3):
+        past = key_value_prefix(run.past_key_values, p, repeat=len(starts)) if p else None
+        resid = torch.cat([entering(s, p) for s in starts])  # (10, pos - p, d_model)
+        seen = {}
+
+        def record(layer: int, seen: dict = seen):
+            def fn(act):
+                seen[layer] = act.shape[0]
+                return shift(layer)(act)
+
+            return fn
+
+        with hooked(tiny, "mlp_out", n - 1, record(n - 1)), hooked(tiny, "mlp_out", 0, record(0)):
+            together = run_from(tiny, start_rows, resid, past=past)  # (10, vocab)
+        assert seen == {0: 4, n - 1: 8}  # rows that start at the final norm never reach a block
+        for i, start in enumerate(starts):
+            one_past = key_value_prefix(run.past_key_values, p) if p else None
+            with ExitStack() as stack:
+                for layer in (0, n - 1):
+                    if layer >= start:
+                        stack.enter_context(hooked(tiny, "mlp_out", layer, shift(layer)))
+                alone = run_from(tiny, start, entering(start, p), past=one_past)
+            torch.testing.assert_close(together[2 * i : 2 * i + 2], alone, atol=1e-5, rtol=1e-4)
+    assert n_hooks(tiny) == 0
+
+
+def test_run_from_with_a_layer_per_row_says_what_is_wrong(tiny: labkit.LabModel) -> None:
+    resid = torch.zeros(3, 2, tiny.d_model)
+    with pytest.raises(ValueError, match="2 layers for 3 rows"):
+        run_from(tiny, [0, 1], resid)
+    with pytest.raises(ValueError, match="must not decrease"):
+        run_from(tiny, [1, 0, 1], resid)
+    with pytest.raises(IndexError, match="run_from"):
+        run_from(tiny, [0, 0, tiny.n_layers + 1], resid)
+    assert n_hooks(tiny) == 0
+
+
+def test_run_from_puts_back_a_forward_set_on_a_block(tiny: labkit.LabModel) -> None:
+    """nnsight sets its own ``forward`` on every module it wraps: run_from skips blocks by
+    shadowing ``forward`` and must restore that one, not delete it."""
+    tokens = tiny.to_tokens(CLEAN, prepend_anchor=True)
+    with capture(tiny, "resid_pre") as cache:
+        full = tiny.model(input_ids=tokens).logits[:, -1]
+    block = tiny.blocks[0]
+    calls = []
+
+    def own_forward(*args, **kwargs):
+        calls.append(1)
+        return type(block).forward(block, *args, **kwargs)
+
+    block.forward = own_forward
+    try:
+        for layer in (1, [1]):
+            torch.testing.assert_close(
+                run_from(tiny, layer, cache["resid_pre", 1]), full, atol=1e-5, rtol=1e-4
+            )
+            assert block.__dict__["forward"] is own_forward
+        tiny.model(input_ids=tokens)
+        assert calls == [1]  # skipped inside run_from, called again afterwards
+    finally:
+        del block.forward
+    run_from(tiny, 1, cache["resid_pre", 1])
+    assert "forward" not in block.__dict__  # a block with no forward of its own keeps none
 
 
 @pytest.mark.default_model

@@ -35,11 +35,12 @@ def test_only_definitions_run() -> None:
         "scale = 2 ** 0.5",
         "square = lambda x: x ** 2",
         "del f",
+        "STEPS = make_steps(8)",  # an UPPER_CASE constant runs even when it computes
+        "PATTERN = re.compile('x')",
     ]:
         assert runs(statement), statement
     for statement in [
         "lm = labkit.load_model()",
-        "STEPS = make_steps(8)",  # calls something: computes
         "results['x'] = saliency(f, x)",
         "print('hi')",
         "for i in range(3):\n    pass",
@@ -113,6 +114,18 @@ def test_computed_names_make_later_definitions_skip_not_stop() -> None:
     assert found.stopped_at is None
     assert "model" not in found.namespace and "uses" not in found.namespace
     assert found.namespace["fine"]() == 1
+
+
+def test_a_constant_that_cannot_be_computed_is_left_undefined_not_a_stop() -> None:
+    found = defs(
+        "import re\n\ndef load():\n    raise RuntimeError('needs the default model')\n",
+        "PATTERN = re.compile('a+')\nMODEL = load()\n",  # computes; the second one fails
+        "lm = load()\nN_LAYERS = lm.n_layers\n",  # lm: only Run All knows it
+        "def f(x):\n    return PATTERN.match(x) is not None\n",
+    )
+    assert found.stopped_at is None and found.namespace["f"]("aa")
+    assert "MODEL" not in found.namespace and "N_LAYERS" not in found.namespace
+    assert "could not be computed" in found.notes[0] and "RuntimeError" in found.notes[0]
 
 
 def test_magics_other_languages_and_failed_imports() -> None:

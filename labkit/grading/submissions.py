@@ -94,10 +94,11 @@ def discover(
         raise FileNotFoundError(f"{source} is a symbolic link: give the folder or .zip itself.")
     if not source.exists():
         raise FileNotFoundError(f"No submissions at {source}: give a folder or a .zip file.")
+    refused: list[tuple[str, str]] = []  # archive entries never unpacked: (path, why)
     if source.is_file():
         if source.suffix.lower() != ".zip":
             return _group([source], seen) if not single else [_one(source.parent, seen)]
-        source = unpack(source, unpack_to, seen)
+        source = unpack(source, unpack_to, seen, refused)
     if single:
         return [_one(source, seen)]
     students: dict[str, Submission] = {}
@@ -116,6 +117,13 @@ def discover(
             key = _student_key(entry.name)
             sub = students.setdefault(key, Submission(key, source=shown(entry.name)))
             _collect_into(sub, entry, shown(entry.name), seen)
+    top_prefix = "" if source == Path(unpack_to) else source.name + "/"
+    for path, why in refused:  # a refused entry still gets its student a row, and a note
+        inside = path[len(top_prefix):] if path.startswith(top_prefix) else path
+        head, _, rest = inside.partition("/")
+        key = _student_key(head if rest else Path(head).stem)
+        sub = students.setdefault(key, Submission(key, source=head))
+        sub.refused.append((rest or head, why))
     loose = [p for p in entries if p.is_file() and not p.is_symlink() and p.name not in _JUNK]
     for sub in _group(loose, seen):
         if sub.student in students:  # a loose file named like a folder: same student
@@ -231,10 +239,14 @@ def _unique(key: str, used: set[str]) -> str:
     return candidate
 
 
-def unpack(archive: Path, target: Path, seen: list | None = None) -> Path:
+def unpack(
+    archive: Path, target: Path, seen: list | None = None, refused: list | None = None
+) -> Path:
     """Unpack a zip safely (no paths outside ``target``, no links, bounded size); returns its
-    top folder. Every entry is listed in ``seen``."""
+    top folder. Every entry is listed in ``seen``; links and special files, never unpacked,
+    in ``refused`` as (path, why)."""
     seen = seen if seen is not None else []
+    refused = refused if refused is not None else []
     target = Path(target)
     if target.exists():
         shutil.rmtree(target)
@@ -250,20 +262,27 @@ def unpack(archive: Path, target: Path, seen: list | None = None) -> Path:
             taken: set[str] = set()
             for member in members:
                 text = member.filename if member.flag_bits & 0x800 else _cp437(member)
-                name = shown(text.replace("\\", "/"))  # backslashes: a zip made on Windows
-                parts = [p for p in name.split("/") if p not in ("", ".", "..")]
+                text = text.replace("\\", "/")  # backslashes: a zip made on Windows
+                name = shown(text)  # for the inventory; the file keeps its own name
+                parts = [p for p in text.split("/") if p not in ("", ".", "..")]
                 mode = member.external_attr >> 16
                 if member.is_dir() or not parts:
                     continue
                 kind = stat.S_IFMT(mode)  # 0 when the archive does not say (zipfile's own)
                 if kind and kind != stat.S_IFREG:
-                    seen.append((name, "refused: a link or special file inside the archive"))
+                    why = (
+                        "a symbolic link, which the grader never follows: hand in the file itself"
+                        if kind == stat.S_IFLNK
+                        else "not a regular file: hand in the notebook file itself"
+                    )
+                    seen.append((name, "refused: " + why))
+                    refused.append(("/".join(parts), why))
                     continue
-                relative = "/".join(unicodedata.normalize("NFC", p) for p in parts)
-                if relative.lower() in taken:
+                relative = "/".join(parts)  # as written: names NFC-equal stay two files
+                if relative in taken:
                     seen.append((name, "refused: a second entry with the same name"))
                     continue
-                taken.add(relative.lower())
+                taken.add(relative)
                 if ".." in member.filename.replace("\\", "/").split("/"):
                     seen.append((name, f"unpacked as {relative} (its '..' removed)"))
                 destination = target.joinpath(*relative.split("/"))
