@@ -46,6 +46,15 @@ MARKS = (SEED, SOLUTION_MARK, CLASSMATE_MARK, BESIDE_MARK, TAG)
 
 # What every snoop does with what it finds: raise it, so that it lands in the feedback.
 LEAK = """
+_SEEN = []
+
+
+def _snoop_once():  # a snoop costs seconds: once per worker
+    if not _SEEN:
+        _SEEN.append(_snoop())
+    return _SEEN[0]
+
+
 def _leak(found):
     found = [str(f) for f in found if f]
     if found:
@@ -387,7 +396,7 @@ def make_class(folder: Path) -> Path:
     save(nb, "control_a")
     for name, code in SNOOPS.items():
         nb = solution()
-        wrapped(nb, "saliency", code, "_leak(_snoop())")
+        wrapped(nb, "saliency", code, "_leak(_snoop_once())")
         save(nb, name)
     for name, (exercise, code) in HOSTILE_FUNCTIONS.items():
         nb = solution()
