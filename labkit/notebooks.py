@@ -22,6 +22,7 @@ import __future__
 import ast
 import builtins
 import json
+import linecache
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -445,6 +446,8 @@ def run_definitions(
                     )
             module = ast.Module(body=[node], type_ignores=[])
             guard = time_limit(statement_seconds) if time_limit else nullcontext()
+            # The cell's source where tracebacks (and nnsight, which reads a trace's body) look.
+            linecache.cache[f"<cell {index}>"] = (len(text), None, text.splitlines(True), "")
             try:
                 code = compile(module, f"<cell {index}>", "exec", flags=flags, dont_inherit=True)
                 with guard:

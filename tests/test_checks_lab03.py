@@ -1603,12 +1603,6 @@ def activations_and_grads(lm, tokens, metric, site):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="labkit.notebooks.run_definitions compiles a cell as '<cell N>' without putting its "
-    "source in linecache, and nnsight reads a trace's body from there: an nnsight answer "
-    "fails in the grader's worker (WithBlockNotFoundError) though it passes in a notebook",
-)
 def test_an_nnsight_answer_passes_as_the_grader_defines_it() -> None:
     """The nnsight answer as the grader's worker defines a student's cell (issue 30: the check
     must accept an nnsight answer and a hooks answer alike, in the notebook and when graded)."""
