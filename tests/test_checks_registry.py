@@ -67,3 +67,37 @@ def test_every_exercise_stub_in_the_labs_has_a_check() -> None:
             for m in re.finditer(r"^def (\w+)\(", cell.source, re.MULTILINE)
         }
         assert stubs <= set(lab.exercises), stubs - set(lab.exercises)
+
+
+def _none(*args, **kwargs):
+    return None
+
+
+def _first(*args, **kwargs):
+    return args[0] if args else None
+
+
+def _zero(*args, **kwargs):
+    return 0.0
+
+
+def _zeros(*args, **kwargs):
+    import torch
+
+    shaped = [a for a in args if isinstance(a, torch.Tensor)]
+    return torch.zeros_like(shaped[0], dtype=torch.float32) if shaped else torch.zeros(1)
+
+
+def _copy_inputs(*args, **kwargs):
+    return tuple(args)
+
+
+@pytest.mark.parametrize("trivial", [_none, _first, _zero, _zeros, _copy_inputs])
+def test_a_trivial_answer_earns_nothing(harness: LabHarness, trivial) -> None:
+    """No part of any check passes for an answer that computes nothing."""
+    earned = {}
+    for name, check in harness.exercises.items():
+        result = run_check(check, trivial)
+        if result.score > 0:
+            earned[name] = [p.name for p in result.parts if p.passed]
+    assert earned == {}, earned

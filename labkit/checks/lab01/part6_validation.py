@@ -253,6 +253,12 @@ def check_randomize_weights_(randomize_weights_, t: Checker) -> None:
     with t.part("parameters of the same shape get their own noise", points=1):
         for i in range(2):
             new = _randomised(t, randomize_weights_, fresh(i), seed)
+            kept = [n for n, v in new.items() if torch.equal(v, old[i][n])]
+            t.true(
+                not kept,
+                f"randomize_weights_ gives every parameter new values ({len(kept)} kept theirs)",
+                NOTHING_CHANGED,
+            )  # independence of values that never changed would prove nothing
             z = {n: ((v - old[i][n].mean()) / old[i][n].std()).flatten() for n, v in new.items()}
             for a, b in combinations(sorted(z), 2):
                 if z[a].shape == z[b].shape and z[a].numel() >= 16:
