@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -35,7 +35,13 @@ from labkit.widgets.display import (
     unfinished_message,
 )
 
-__all__ = ["AttributionExplorer", "default_prompts", "inseq_attribution", "inseq_method"]
+__all__ = [
+    "AttributionExplorer",
+    "default_prompts",
+    "inseq_attribution",
+    "inseq_method",
+    "quiet_transformers",
+]
 
 Method = Callable[[LabModel, torch.Tensor, int], torch.Tensor]
 
@@ -61,6 +67,23 @@ def _inseq_baseline(inseq_model, lm: LabModel, baseline_id: int | None):
     finally:
         tokenizer.unk_token_id = old_unk
         inseq_model.eos_token_id = old_eos
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """inseq's calls into transformers 4.x print notices that are not for students ("Asking to
+    truncate to max_length ...", "The attention mask is not set ..."): keep transformers' log
+    at errors only, and warnings off, for the duration."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def inseq_attribution(
@@ -90,8 +113,7 @@ def inseq_attribution(
     unk = lm.tokenizer.unk_token_id  # inseq.load_model sets an unset unk to the pad token
     try:
         inseq_model = inseq.load_model(lm.model, method, tokenizer=lm.tokenizer)
-        with _inseq_baseline(inseq_model, lm, baseline_id), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _inseq_baseline(inseq_model, lm, baseline_id), quiet_transformers():
             out = inseq_model.attribute(
                 text, text + target, show_progress=False, skip_special_tokens=False, **kwargs
             )
