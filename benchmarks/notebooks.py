@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import time
 from datetime import datetime
 from pathlib import Path
@@ -167,26 +168,31 @@ def run_notebook(
 
 
 def compare(paths: list[Path], runs: dict[Path, list[tuple]]) -> None:
-    """Median time, model time and passes per notebook, and the ratios to the first one."""
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731 (upper median)
-    rows = {}
+    """Each notebook's median time, model time and passes, and the ratios to the first one: of the
+    medians, and round by round (a round runs every notebook once, one after the other)."""
+    first = paths[0]
+    rounds = len(runs[first])
+    model = {
+        path: [n[0] + n[2] if n is not None else None for _, n in runs[path]] for path in paths
+    }
+    print(f"\nComparison over {rounds} round(s):")
     for path in paths:
-        totals = [total for total, _ in runs[path]]
-        models = [numbers for _, numbers in runs[path] if numbers is not None]
-        model = median([n[0] + n[2] for n in models]) if models else None
-        passes = (models[0][1], models[0][3]) if models else None
-        rows[path] = (median(totals), model, passes)
-    first_total, first_model, _ = rows[paths[0]]
-    print(f"\nComparison over {len(runs[paths[0]])} round(s), medians:")
-    for path, (total, model, passes) in rows.items():
-        line = f"  {path.name}: total {total:.1f} s (x{first_total / total:.2f})"
-        if model is not None and first_model is not None:
-            line += (
-                f"; model time {model:.1f} s (x{first_model / model:.2f}); "
-                f"{passes[0]} forward calls, {passes[1]} backward passes"
-            )
+        total = statistics.median(t for t, _ in runs[path])
+        line = f"  {path.name}: median total {total:.1f} s"
+        if path != first:
+            line += f" (x{statistics.median(t for t, _ in runs[first]) / total:.2f})"
+        known = [m for m in model[path] if m is not None]
+        if known:
+            numbers = next(n for _, n in runs[path] if n is not None)
+            line += f"; median model time {statistics.median(known):.1f} s"
+            line += f" ({numbers[1]} forward calls, {numbers[3]} backward passes)"
+            pairs = [(a, b) for a, b in zip(model[first], model[path], strict=True) if a and b]
+            if path != first and pairs:
+                ratios = ", ".join(f"x{a / b:.2f}" for a, b in pairs)
+                mean_ratio = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
+                line += f"; model time ratio by round {ratios}, over all rounds x{mean_ratio:.2f}"
         print(line)
-    print("  (x: the first notebook's median divided by this one's; above 1 is faster)")
+    print("  (x: the first notebook's time divided by this one's; above 1 is faster)")
 
 
 def main() -> None:
