@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 import labkit
-from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.data import patching_pairs
+from labkit.notebooks import notebook_definitions as solution_functions
 
 ROOT = Path(__file__).resolve().parents[1]
 

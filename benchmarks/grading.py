@@ -93,9 +93,7 @@ def main() -> None:
         counts = make_submissions(scratch / "submissions", args.n, args.mix)
         limits = Limits()
         started = time.perf_counter()
-        pool = [
-            Sandbox(limits, slot=k, preload=preload_modules(LAB)) for k in range(args.jobs)
-        ]
+        pool = [Sandbox(limits, slot=k, preload=preload_modules(LAB)) for k in range(args.jobs)]
         start_all(pool)
         startup = time.perf_counter() - started
         started = time.perf_counter()

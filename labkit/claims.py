@@ -45,7 +45,8 @@ class ClaimResult:
     shown: str = ""
 
     def __repr__(self) -> str:
-        return f"<claim {'holds' if self.holds else 'skipped' if self.holds is None else 'fails'}: {self.text}>"
+        verdict = "skipped" if self.holds is None else "holds" if self.holds else "fails"
+        return f"<claim {verdict}: {self.text}>"
 
 
 def _numbers_of(needs: Any) -> str:

@@ -36,6 +36,8 @@ _BADGE_NOT_SET = re.compile(r"<!-- Open in Colab: [^>]*-->")
 _GITHUB = re.compile(
     r"^(?:https://|ssh://git@)github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$"
 )
+
+
 class ReleaseError(RuntimeError):
     """The release cannot be written (or would leak solutions)."""
 
@@ -151,5 +153,3 @@ def stamp_release(notebook: nbformat.NotebookNode, name: str, settings: ReleaseS
         elif cell.cell_type == "markdown":
             for pattern in (_BADGE, _BADGE_NOT_SET):
                 cell.source = pattern.sub(lambda m: settings.badge(name), cell.source)
-
-

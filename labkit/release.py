@@ -59,7 +59,7 @@ def copy_public_package(dest: Path, source: Path = PACKAGE) -> Path:
     return dest
 
 
-# ----- solution text -----------------------------------------------------------------------------
+# ----- solution text ------------------------------------------------------------------------------
 def _norm(text: str) -> str:
     return " ".join(text.split()).lower()
 
@@ -126,7 +126,7 @@ def leaks(tree: Path, solutions: Path, labs: Path | None = None) -> list[str]:
     return found
 
 
-# ----- the release -------------------------------------------------------------------------------
+# ----- the release --------------------------------------------------------------------------------
 STUDENT_README = """\
 # Why did the model say that? Course labs
 
@@ -229,7 +229,7 @@ def write_release(dest: Path, root: Path = Path("."), force: bool = False) -> li
     return sorted(p for p in dest.rglob("*") if p.is_file())
 
 
-# ----- answers hidden in behaviour -----------------------------------------------------------------
+# ----- answers hidden in behaviour ----------------------------------------------------------------
 AUDIT_SKIPS = (  # modules whose functions act on the machine (files, processes, namespaces)
     "labkit.cli", "labkit.build", "labkit.release", "labkit.publish", "labkit.doctor",
     "labkit.worker", "labkit.notebooks", "labkit.models", "labkit.grading",
@@ -315,7 +315,8 @@ for lab in ("01", "02", "03"):
                 signal.alarm(0)
             if result.passed or result.score > 0:
                 passed.append([lab, name, key, result.score])
-print(json.dumps({"passed": passed, "candidates": len(candidates), "pairs": len(pairs), "runs": runs}))
+summary = {"passed": passed, "candidates": len(candidates), "pairs": len(pairs), "runs": runs}
+print(json.dumps(summary))
 """
 
 

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import labkit
-from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.data import facts, pun
+from labkit.notebooks import notebook_definitions as solution_functions
 from labkit.widgets.attribution import inseq_attribution
 
 pytestmark = pytest.mark.default_model

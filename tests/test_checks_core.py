@@ -4,16 +4,15 @@ subclass, or damage its inputs, models or gradient mode unnoticed)."""
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
 import pytest
 import torch
+from support.checks import one_exercise
 
 from labkit.checks.core import Checker, Results, skip_if_unattempted
 from labkit.checks.results import CheckResult
-from support.checks import one_exercise
 
 check = one_exercise
 

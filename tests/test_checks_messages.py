@@ -10,7 +10,6 @@ is due shows up as a diff to review. Record again after a deliberate change:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -22,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.checks import one_exercise
 from support.snapshots import stored_snapshots
 
 from labkit.checks.core import DEFAULT_TIMEOUT, Checker, Results, run_check, skip_if_unattempted
 from labkit.checks.results import CheckFailed, CheckResult, NotAttempted, TimedOut
-from support.checks import one_exercise
 
 check = one_exercise
 

@@ -6,12 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from support.checks import LabHarness
 
 from labkit.checks.core import run_check
 from labkit.grading.answers import write_recordings
 from labkit.grading.scoring import structure
 from labkit.notebooks import read_nbformat
-from support.checks import LabHarness
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ("01", "02", "03")

@@ -15,7 +15,9 @@ class FakeCheck:
 def test_a_claim_that_holds_prints_its_values(capsys, monkeypatch) -> None:
     monkeypatch.delenv("LABKIT_STRICT_CLAIMS", raising=False)
     result = claim("occlusion beats random", 0.41 < 0.55, "AUC 0.41 vs 0.55")
-    assert result.holds and capsys.readouterr().out == "✓ occlusion beats random (AUC 0.41 vs 0.55)\n"
+    assert (
+        result.holds and capsys.readouterr().out == "✓ occlusion beats random (AUC 0.41 vs 0.55)\n"
+    )
 
 
 def test_a_drifted_claim_fails_a_solution_run(monkeypatch) -> None:

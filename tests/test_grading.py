@@ -18,9 +18,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from support import grading_fixture_lab
 import nbformat
 import pytest
+from support import grading_fixture_lab
 
 from labkit.grading.config import GradingError, Limits
 from labkit.grading.gradebook import Gradebook, merge

@@ -6,7 +6,7 @@ from labkit.grading.escape import cap_utf8, csv_cell, markdown_block, name, plai
 
 
 def test_spreadsheet_formulas_are_made_text() -> None:
-    for formula in ("=HYPERLINK(\"http://x\")", "+1+1", "-2", "@SUM(A1)", "\t=1"):
+    for formula in ('=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)", "\t=1"):
         assert csv_cell(formula).startswith("'")
     assert csv_cell("a normal answer") == "a normal answer"
 

@@ -126,8 +126,10 @@ def f():
 
 
 def test_labkit_grading_cannot_be_imported(sandbox) -> None:
-    source = "def f():\n    try:\n        import labkit.grading.answers\n        return 'imported'\n" \
-             "    except ImportError as err:\n        return 'refused'\n"  # fmt: skip
+    source = (
+        "def f():\n    try:\n        import labkit.grading.answers\n"
+        "        return 'imported'\n    except ImportError:\n        return 'refused'\n"
+    )
     value, runner = run(sandbox, source)
     runner.close()
     assert value == "refused"
@@ -275,7 +277,8 @@ class Evil:
         return (print, ('pwned',))
 
 def f():
-    return [torch.zeros(2).as_subclass(torch.nn.Parameter), Evil(), torch.zeros(10**8, dtype=torch.bool)]
+    big = torch.zeros(10**8, dtype=torch.bool)
+    return [torch.zeros(2).as_subclass(torch.nn.Parameter), Evil(), big]
 """
     value, runner = run(sandbox, source)
     runner.close()

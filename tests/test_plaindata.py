@@ -59,10 +59,19 @@ def _forged(header: dict, body: bytes = b"") -> bytes:
         b"",
         b"\x00" * 7,
         struct.pack("<Q", 2**60) + b"{}",  # a header larger than the message
-        _forged({"__metadata__": {"plaindata": '{"tensor": "0"}'}, "0": {"dtype": "F32",
-                 "shape": [10**9], "data_offsets": [0, 4 * 10**9]}}),  # fmt: skip
-        _forged({"__metadata__": {"plaindata": '{"tensor": "0"}'}, "0": {"dtype": "F32",
-                 "shape": [4], "data_offsets": [0, 16]}}, b"\x00" * 8),  # fmt: skip
+        _forged(
+            {
+                "__metadata__": {"plaindata": '{"tensor": "0"}'},
+                "0": {"dtype": "F32", "shape": [10**9], "data_offsets": [0, 4 * 10**9]},
+            }
+        ),  # fmt: skip
+        _forged(
+            {
+                "__metadata__": {"plaindata": '{"tensor": "0"}'},
+                "0": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+            },
+            b"\x00" * 8,
+        ),  # fmt: skip
         _forged({"__metadata__": {"plaindata": '{"eval": "os.system"}'}}),
         _forged({"__metadata__": {"plaindata": "[" * 10000 + "]" * 10000}}),
         _forged({"__metadata__": {"plaindata": '{"tensor": "missing"}'}}),

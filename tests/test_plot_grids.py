@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from support.figures import cell_under, clim, ticks, top_to_bottom
 from matplotlib.figure import Figure
+from support.figures import cell_under, clim, ticks, top_to_bottom
 
 from labkit.plot import grids
 from labkit.plot.grids import plot_indirect_effects, plot_layer_curves, plot_restoration_grid

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from support.figures import cell_under, clim, ticks, top_to_bottom
 from matplotlib.figure import Figure
+from support.figures import cell_under, clim, ticks, top_to_bottom
 
 from labkit.plot import tokens as plot
 

@@ -81,9 +81,9 @@ def test_no_release_function_answers_an_exercise(release: Path) -> None:
 
 
 def test_the_release_holds_no_grader() -> None:
-    from labkit.release import copy_public_package
-
     import tempfile
+
+    from labkit.release import copy_public_package
 
     with tempfile.TemporaryDirectory() as folder:
         copy_public_package(Path(folder))

@@ -54,7 +54,7 @@ from typing import Any, Protocol
 
 import torch
 
-from labkit.checks.answers import Request, Answers, MissingAnswer, NoAnswers, RecordedAnswers
+from labkit.checks.answers import Answers, MissingAnswer, NoAnswers, RecordedAnswers, Request
 from labkit.checks.guards import WatchedModel, describe, guarded_call, is_library
 from labkit.checks.results import (
     CheckFailed,

@@ -19,6 +19,7 @@ of the notebook's own problems (:func:`record_lab`), which is all a student's ch
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import types
@@ -183,14 +184,17 @@ class ComputedAnswers:
 
     def expected(self, request: Request, name: str, args: tuple, kwargs: dict) -> Any:
         reference = self._reference(name)
-        return self._cached("expected", name, args, kwargs, lambda: _plain(self._run(reference, args, kwargs)))
+        return self._cached(
+            "expected", name, args, kwargs, lambda: _plain(self._run(reference, args, kwargs))
+        )
 
     def mistakes(self, request: Request, name: str, args: tuple, kwargs: dict) -> list:
         def make() -> list:
             found = []
             for mistake in self.key.mistakes.get(name, []):
+                wrong = functools.partial(mistake.compute, self.sol)
                 try:
-                    value = self._run(lambda *a, **k: mistake.compute(self.sol, *a, **k), args, kwargs)
+                    value = self._run(wrong, args, kwargs)
                 except Exception:  # noqa: BLE001 -- a mistake that does not apply here
                     continue
                 found.append((_plain(value), mistake.hint))
@@ -289,8 +293,10 @@ def same_answers(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> bool
     if isinstance(a, float) and isinstance(b, float):
         return abs(a - b) <= atol + rtol * abs(b) or (a != a and b != b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(
-            same_answers(x, y, rtol, atol) for x, y in zip(a, b, strict=True)
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_answers(x, y, rtol, atol) for x, y in zip(a, b, strict=True))
         )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same_answers(a[k], b[k], rtol, atol) for k in a)

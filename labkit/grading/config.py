@@ -138,7 +138,9 @@ class RunConfig:
         the solution notebook the references come from."""
         digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode())
         for path in grade_inputs(solution):
-            where = path.relative_to(PACKAGE_ROOT) if path.is_relative_to(PACKAGE_ROOT) else "solution"
+            where = (
+                path.relative_to(PACKAGE_ROOT) if path.is_relative_to(PACKAGE_ROOT) else "solution"
+            )
             digest.update(f"{where}".encode() + b"\0" + path.read_bytes() + b"\0")
         return digest.hexdigest()[:16]
 

@@ -298,9 +298,7 @@ def feedback(
             counts = " (this one counts)" if len(record.files) > 1 else ""
             lines.append(f"  - {name(f.name)}: graded{counts}")
         else:
-            lines.append(
-                f"  - {name(f.name)}: graded, {_num(f.score)} points, lower than the best"
-            )
+            lines.append(f"  - {name(f.name)}: graded, {_num(f.score)} points, lower than the best")
     if not record.files:
         lines.append("  - no notebook (.ipynb)")
     written_max = sum(written_points(points, q.id) for q in questions)

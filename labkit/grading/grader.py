@@ -36,7 +36,7 @@ from labkit.grading.config import SEED_VARIABLE, GradingError, Lab, Limits, RunC
 from labkit.grading.gradebook import FileReport, Gradebook, Record
 from labkit.grading.points import check_names, load_points
 from labkit.grading.remote import RemoteRunner
-from labkit.grading.sandbox import SANDBOX_ENV, Sandbox, exposed
+from labkit.grading.sandbox import Sandbox, exposed
 from labkit.grading.scoring import (
     CHECK_LOCK,
     ExerciseResult,
@@ -49,7 +49,13 @@ from labkit.grading.scoring import (
 )
 from labkit.grading.submissions import Submission, discover
 from labkit.grading.written import Question, answers, questions
-from labkit.notebooks import Notebook, NotebookError, notebook_definitions, python_source, read_notebook
+from labkit.notebooks import (
+    Notebook,
+    NotebookError,
+    notebook_definitions,
+    python_source,
+    read_notebook,
+)
 
 # Advice added to a failure message in the grader (the notebook shows the message alone).
 ADVICE = {
@@ -230,7 +236,9 @@ def grade_notebook(
             with CHECK_LOCK:
                 parts = structure(check, grading.answers)
             if check.name not in runner.defined:
-                results.append(missing_exercise(check, parts, grading.config.points, runner.defined))
+                results.append(
+                    missing_exercise(check, parts, grading.config.points, runner.defined)
+                )
                 continue
             runner.deadline = min(time.monotonic() + limits.seconds_per_exercise, deadline)
             runner.waiting = released

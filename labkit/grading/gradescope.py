@@ -65,7 +65,9 @@ fi
 /autograder/venv/bin/python -c "import labkit.grading.gradescope"  # fail the build, not a student
 # Only root may read the grader's files: the workers run student code as other users.
 chmod -R go-rwx /autograder/source
-chmod -R go-rwx "$(/autograder/venv/bin/python -c 'import labkit.grading, os; print(os.path.dirname(labkit.grading.__file__))')"
+GRADING="$(/autograder/venv/bin/python -c \
+    'import labkit.grading, os; print(os.path.dirname(labkit.grading.__file__))')"
+chmod -R go-rwx "$GRADING"
 """
 
 RUN_AUTOGRADER = """\

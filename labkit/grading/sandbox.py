@@ -46,7 +46,7 @@ UID_BASE = 64000  # slot k's workers run as UID_BASE + k when the grader is root
 SANDBOX_ENV = "LABKIT_SANDBOX"
 
 
-# ----- control groups ---------------------------------------------------------------------------
+# ----- control groups -----------------------------------------------------------------------------
 def _own_cgroup(controller: str) -> str:
     """This process's cgroup path for ``controller`` (v1), or for the unified hierarchy ('')."""
     try:
@@ -87,7 +87,10 @@ class ControlGroups:
         folders = []
         try:
             for controller, settings in (
-                ("memory", [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]),
+                (
+                    "memory",
+                    [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)],
+                ),
                 ("pids", [("pids.max", processes)]),
             ):
                 root = v2 / controller
@@ -214,7 +217,7 @@ def end_uid(uid: int, seconds: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-# ----- what a worker may see -----------------------------------------------------------------------
+# ----- what a worker may see ----------------------------------------------------------------------
 SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/sbin", "/etc", "/sys")
 
 

@@ -136,7 +136,11 @@ def score_exercise(
         return failed_exercise(check, parts, table, "failed", "Not graded: nothing ran.")
     if not results[0][1].attempted:
         return failed_exercise(
-            check, parts, table, "not attempted", "Not attempted: it still raises NotImplementedError."
+            check,
+            parts,
+            table,
+            "not attempted",
+            "Not attempted: it still raises NotImplementedError.",
         )
     scored: list[PartScore] = []
     aligned = (

@@ -119,7 +119,7 @@ def discover(
             _collect_into(sub, entry, shown(entry.name), seen)
     top_prefix = "" if source == Path(unpack_to) else source.name + "/"
     for path, why in refused:  # a refused entry still gets its student a row, and a note
-        inside = path[len(top_prefix):] if path.startswith(top_prefix) else path
+        inside = path[len(top_prefix) :] if path.startswith(top_prefix) else path
         head, _, rest = inside.partition("/")
         key = _student_key(head if rest else Path(head).stem)
         sub = students.setdefault(key, Submission(key, source=head))

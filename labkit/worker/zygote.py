@@ -2,8 +2,9 @@
 
 Importing torch and transformers takes seconds; forking a process that has already imported
 them takes milliseconds. The grader starts one zygote per job slot, with only the public labkit
-on its path and an empty environment, and talks to it over a Unix socket (its fd in ``$LABKIT_ZYGOTE_FD``): JSON lines,
-and, with each request for a worker, that worker's own channel as a passed file descriptor. The
+on its path and an empty environment, and talks to it over a Unix socket (its file descriptor
+in ``$LABKIT_ZYGOTE_FD``): JSON lines, and, with each request for a worker, that worker's own
+channel as a passed file descriptor. The
 zygote never sees a student's notebook (the grader sends it to the worker directly), an
 expected value or the seed, so a worker's memory, which starts as a copy of the zygote's, holds
 none of them either.

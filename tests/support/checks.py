@@ -104,7 +104,11 @@ class LabHarness:
             assert result.passed, f"{case.id} on hidden variant {variant}:\n{result.report()}"
 
     def assert_fails(self, case: Wrong, variants: list[int]) -> None:
-        runs = [] if case.where == "hidden" else [("the notebook", self.notebook(case.exercise, case.fn))]
+        runs = (
+            []
+            if case.where == "hidden"
+            else [("the notebook", self.notebook(case.exercise, case.fn))]
+        )
         runs += [(f"hidden variant {v}", self.hidden(case.exercise, case.fn, v)) for v in variants]
         if case.where == "hidden":
             assert any(not r.passed for _, r in runs), f"{case.id} passed every hidden variant"
@@ -130,7 +134,7 @@ def table_counts(cases: list, exercises: list[str]) -> dict[str, tuple[int, int,
     return counts
 
 
-# ----- checks written inside tests ------------------------------------------------------------------
+# ----- checks written inside tests ----------------------------------------------------------------
 def one_exercise(title: str, points: float = 1.0, timeout: float | None = 10.0):
     """Register a check written in a test as the only exercise of its own lab (the registry
     refuses an exercise registered twice, and tests define checks over and over)."""

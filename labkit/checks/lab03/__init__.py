@@ -31,6 +31,14 @@ from labkit.checks.lab03.part4_validation import (  # noqa: F401
 )
 from labkit.checks.lab03.part5_failures import check_qk_fix  # noqa: F401
 from labkit.checks.lab03.part6_integrated import check_integrated_patching  # noqa: F401
+from labkit.checks.lab03.part7_direct_effects import (  # noqa: F401
+    check_direct_logit_attribution,
+    check_logit_lens,
+)
+from labkit.checks.lab03.part8_path_patching import check_path_patching  # noqa: F401
+from labkit.checks.lab03.part9_edges import check_edge_attribution_patching  # noqa: F401
+from labkit.checks.lab03.part10_directions import check_patch_head_set  # noqa: F401
+from labkit.checks.lab03.part11_faithfulness import check_circuit_faithfulness  # noqa: F401
 from labkit.checks.lab03.problems import SITES
 
 EXERCISES = LAB.exercises

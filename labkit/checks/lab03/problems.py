@@ -42,6 +42,7 @@ __all__ = [
     "describe_model",
     "families",
     "float64",
+    "heads_of",
     "kv_heads",
     "last_logits",
     "linear_model",
@@ -237,19 +238,22 @@ def pair(
     n_pos: int,
     changes: int = 2,
     as_tensor: bool = False,
+    keep_last: bool = False,
 ) -> Pair:
     """Random clean prompts (an anchor first, a repeated token last) and corrupted ones that
     differ at 1 to ``changes`` positions per row; with several rows, the first row's first
     change comes after another row's. Each row's target rises from the corrupted to the clean
     run and its foil falls; neither is the clean run's top token, and target ids are below
-    their foils in some rows and above in others."""
+    their foils in some rows and above in others. With ``keep_last`` no row changes its last
+    token (then every head's corrupted output makes the last position the corrupted run's)."""
     gen = kit.generator(t, offset)
     clean = kit.token_ids(lm, gen, n_pos, batch=batch)
     corrupted = clean.clone()
     earliest = n_pos - 1
     for row in [*range(1, batch), 0]:  # the first row last: its changes come after the others'
         low = 1 if row or batch == 1 else earliest + 1
-        high = n_pos - 1 if row == 0 or batch == 1 else n_pos - 2
+        high = n_pos - 1 if (row == 0 or batch == 1) and not keep_last else n_pos - 2
+        low = min(low, high)
         count = min(1 + int(torch.randint(changes, (), generator=gen)), high - low + 1)
         where = low + torch.randperm(high - low + 1, generator=gen)[:count]
         shift = torch.randint(1, 256, (count,), generator=gen)
@@ -292,6 +296,23 @@ def _contrast(lm: LabModel, clean: Tensor, corrupted: Tensor, gen, avoid=()) -> 
         foils.append(d)
         below = not below
     return targets, foils
+
+
+def heads_of(t, lm: LabModel, offset: int, count: int, *, repeat: bool = False) -> list:
+    """``count`` different (layer, head) pairs of ``lm`` in no sorted order (the first pair's
+    layer above the second's, and at least two heads of one layer when there are enough), as
+    plain ints; with ``repeat``, the first pair once more at the end."""
+    gen = kit.generator(t, offset)
+    every = [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
+    order = torch.randperm(len(every), generator=gen).tolist()
+    chosen = [every[i] for i in order[:count]]
+    if count >= 3 and len({layer for layer, _ in chosen}) == count and lm.n_heads > 1:
+        layer, head = chosen[0]
+        chosen[-1] = (layer, (head + 1 + int(torch.randint(lm.n_heads - 1, (), generator=gen)))
+                      % lm.n_heads)  # two heads of one layer
+    if count >= 2 and chosen[0][0] < chosen[1][0]:
+        chosen[0], chosen[1] = chosen[1], chosen[0]  # not sorted by layer
+    return chosen + chosen[:1] if repeat else chosen
 
 
 # ----- score tables (exercises 3.7 to 3.9) -------------------------------------------------------

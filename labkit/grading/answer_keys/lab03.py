@@ -1060,3 +1060,799 @@ def ig_fixed_steps(sol, lm, clean, corrupted, metric, n_steps=16):
     if n_steps == 16:
         raise NotThisProblem
     return sol.integrated_patching(lm, clean, corrupted, metric, 16)
+
+
+# ===== Parts 7-11: from components to a mechanism ================================================
+def _ids(lm, ids) -> Tensor:
+    return torch.as_tensor(ids, device=lm.device).long()
+
+
+def _head_vectors(lm, z: Tensor, layer: int, *, bias: bool = False) -> Tensor:
+    """Each head's output through its own slice of W_O: (..., n_heads, d_head) -> (...,
+    n_heads, d_model); with ``bias``, W_O's bias added to every head (a mistake)."""
+    n_heads, d_head = lm.n_heads, lm.d_head
+    alone = torch.zeros(*z.shape[:-2], n_heads, n_heads, d_head, dtype=z.dtype)
+    alone[..., range(n_heads), range(n_heads), :] = z
+    alone = alone.flatten(-2)
+    proj = lm.attn_out_proj(layer)
+    return proj(alone) if bias else proj(alone) - proj(torch.zeros_like(alone))
+
+
+def _chunks(x: Tensor, n_heads: int) -> Tensor:
+    """(..., d_model) cut into n_heads chunks: (..., n_heads, d_model) with zeros elsewhere."""
+    size = x.shape[-1] // n_heads
+    out = torch.zeros(*x.shape[:-1], n_heads, x.shape[-1], dtype=x.dtype)
+    for h in range(n_heads):
+        out[..., h, h * size : (h + 1) * size] = x[..., h * size : (h + 1) * size]
+    return out
+
+
+def _run_cache(lm, tokens: Tensor, sites) -> object:
+    with torch.no_grad(), capture(lm, sites) as cache:
+        lm.model.base_model(tokens)
+    return cache
+
+
+def _final_scale(lm, final: Tensor) -> Tensor:
+    norm = lm.final_norm
+    if isinstance(norm, torch.nn.LayerNorm):
+        return (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    return (final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+
+
+def _is_layer_norm(lm) -> bool:
+    return isinstance(lm.final_norm, torch.nn.LayerNorm)
+
+
+def _dla(
+    lm,
+    tokens,
+    targets,
+    foils,
+    site="head_out",
+    *,
+    norm="frozen",
+    heads="head_out",
+    bias=False,
+    position=-1,
+    reduce="mean",
+    sign=1.0,
+) -> Tensor:
+    """Direct logit attribution and its wrong versions. ``norm``: "frozen" (right), "none",
+    "recomputed" (the final norm applied to each component), "no_weight", "no_centre",
+    "gradient" (the gradient through the norm, scale derivative included); ``heads``:
+    "head_out" (right), "attn_out" or "resid_pre" (a d_model vector cut into chunks)."""
+    targets, foils = _ids(lm, targets), _ids(lm, foils)
+    last = lm.n_layers - 1
+    cache = _run_cache(lm, tokens, ["head_out", "attn_out", "mlp_out", "resid_pre", "resid_post"])
+    final = cache["resid_post", last][:, position]  # (batch, d_model)
+    unembed = lm.unembed.weight
+    raw = unembed[targets] - unembed[foils]  # (batch, d_model)
+    if site == "head_out":
+        if heads == "head_out":
+            parts = [_head_vectors(lm, cache["head_out", L][:, position], L, bias=bias)
+                     for L in range(lm.n_layers)]  # fmt: skip
+        else:
+            parts = [_chunks(cache[heads, L][:, position], lm.n_heads) for L in range(lm.n_layers)]
+        vectors = torch.stack(parts)  # (L, batch, H, d)
+    else:
+        vectors = cache.stack(site)[:, :, position]  # (L, batch, d)
+    with torch.no_grad():
+        if norm == "none":
+            values = (vectors * (raw if site != "head_out" else raw[:, None])).sum(-1)
+        elif norm == "recomputed":
+            logits_dir = raw if site != "head_out" else raw[:, None]
+            values = (lm.final_norm(vectors) * logits_dir).sum(-1)
+        elif norm == "gradient":
+            x = final.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                value = (lm.final_norm(x) * raw).sum()
+                (grad,) = torch.autograd.grad(value, x)
+            values = (vectors * (grad if site != "head_out" else grad[:, None])).sum(-1)
+        else:
+            direction = raw if norm == "no_weight" else lm.final_norm.weight * raw
+            if _is_layer_norm(lm) and norm != "no_centre":
+                direction = direction - direction.mean(-1, keepdim=True)
+            direction = direction / _final_scale(lm, final)
+            values = (vectors * (direction if site != "head_out" else direction[:, None])).sum(-1)
+    values = sign * values  # (L, batch) or (L, batch, H)
+    return (values.sum(1) if reduce == "sum" else values.mean(1)).detach()
+
+
+# ----- 3.11 direct_logit_attribution -------------------------------------------------------------
+@KEY.mistake(
+    "direct_logit_attribution",
+    "This is the component times the unembedding with no final norm. The model reads the "
+    "residual stream through the final norm: multiply by its weight and divide by the scale "
+    "it computed on this run's final residual stream.",
+)
+def dla_no_norm(sol, lm, tokens, targets, foils, site="head_out"):
+    return _dla(lm, tokens, targets, foils, site, norm="none")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You applied the final norm to each component on its own, so its scale was recomputed "
+    "from that component. Freeze the scale at the run's final residual stream: then the "
+    "components add up to the logit difference.",
+)
+def dla_norm_recomputed(sol, lm, tokens, targets, foils, site="head_out"):
+    return _dla(lm, tokens, targets, foils, site, norm="recomputed")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You divided by the norm's scale but left out its weight: the final norm multiplies by "
+    "its weight (one number per dimension) too.",
+)
+def dla_no_weight(sol, lm, tokens, targets, foils, site="head_out"):
+    return _dla(lm, tokens, targets, foils, site, norm="no_weight")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "This model's final norm is a LayerNorm: it subtracts each vector's mean before it "
+    "scales. Centre the component too (or, equivalently, the direction).",
+)
+def dla_no_centre(sol, lm, tokens, targets, foils, site="head_out"):
+    if not _is_layer_norm(lm):
+        raise NotThisProblem
+    return _dla(lm, tokens, targets, foils, site, norm="no_centre")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "That is the component times the gradient of the logit difference: the gradient includes "
+    "how the norm's scale would change. Direct logit attribution freezes the scale.",
+)
+def dla_gradient(sol, lm, tokens, targets, foils, site="head_out"):
+    return _dla(lm, tokens, targets, foils, site, norm="gradient")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You cut the attention output (after W_O mixed the heads) into chunks. A head's output is "
+    "its slice of the input of W_O, multiplied by its own slice of W_O.",
+)
+def dla_attn_out_chunks(sol, lm, tokens, targets, foils, site="head_out"):
+    if site != "head_out":
+        raise NotThisProblem
+    return _dla(lm, tokens, targets, foils, site, heads="attn_out")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You cut the residual stream into chunks. A head's output is its slice of the input of "
+    "W_O (site 'head_out'), multiplied by its own slice of W_O.",
+)
+def dla_resid_chunks(sol, lm, tokens, targets, foils, site="head_out"):
+    if site != "head_out":
+        raise NotThisProblem
+    return _dla(lm, tokens, targets, foils, site, heads="resid_pre")
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "Each head got W_O's bias added: the bias belongs to no head. Subtract it (apply W_O to "
+    "zeros and take that away).",
+)
+def dla_bias_per_head(sol, lm, tokens, targets, foils, site="head_out"):
+    if site != "head_out" or getattr(lm.attn_out_proj(0), "bias", None) is None:
+        raise NotThisProblem
+    return _dla(lm, tokens, targets, foils, site, bias=True)
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "The sign is flipped: the logit difference is target minus foil.",
+)
+def dla_sign(sol, lm, tokens, targets, foils, site="head_out"):
+    return -sol.direct_logit_attribution(lm, tokens, targets, foils, site)
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You summed over the prompts: the logit difference is a mean over the batch.",
+)
+def dla_batch_sum(sol, lm, tokens, targets, foils, site="head_out"):
+    if tokens.shape[0] == 1:
+        raise NotThisProblem
+    return tokens.shape[0] * sol.direct_logit_attribution(lm, tokens, targets, foils, site)
+
+
+@KEY.mistake(
+    "direct_logit_attribution",
+    "You read the first position. The logits that predict the next token are the last "
+    "position's: index -1.",
+)
+def dla_first_position(sol, lm, tokens, targets, foils, site="head_out"):
+    return _dla(lm, tokens, targets, foils, site, position=0)
+
+
+# ----- 3.12 logit_lens ---------------------------------------------------------------------------
+@KEY.reference("logit_lens@model")
+def model_logit_diff(sol, lm, tokens, targets, foils, position=-1):
+    """The model's own mean logit difference at ``position``: the lens's last entry."""
+    targets, foils = _ids(lm, targets), _ids(lm, foils)
+    with torch.no_grad():
+        logits = lm.model(tokens).logits[:, position]
+    rows = torch.arange(tokens.shape[0])
+    return float((logits[rows, targets] - logits[rows, foils]).mean())
+
+
+def _lens(lm, tokens, targets, foils, position=-1, *, norm="recompute", shift=False,
+          double_last=False, reduce="mean") -> Tensor:  # fmt: skip
+    targets, foils = _ids(lm, targets), _ids(lm, foils)
+    cache = _run_cache(lm, tokens, ["resid_pre", "resid_post"])
+    last = lm.n_layers - 1
+    if shift:
+        streams = [cache["resid_post", L][:, position] for L in range(lm.n_layers)]
+    else:
+        streams = [cache["resid_pre", L][:, position] for L in range(lm.n_layers)]
+    streams.append(cache["resid_post", last][:, position])
+    x = torch.stack(streams)  # (L + 1, batch, d)
+    unembed = lm.unembed.weight
+    direction = unembed[targets] - unembed[foils]
+    with torch.no_grad():
+        if norm == "none":
+            read = x
+        elif norm == "frozen":
+            scale = _final_scale(lm, x[-1])
+            centred = x - x.mean(-1, keepdim=True) if _is_layer_norm(lm) else x
+            read = lm.final_norm.weight * centred / scale
+            if _is_layer_norm(lm):
+                read = read + lm.final_norm.bias
+        else:
+            read = lm.final_norm(x)
+            if double_last:
+                read = torch.cat([read[:-1], lm.final_norm(read[-1:])])
+        values = (read * direction).sum(-1)
+    return values.sum(-1) if reduce == "sum" else values.mean(-1)
+
+
+@KEY.mistake(
+    "logit_lens",
+    "You unembedded the residual stream without the final norm. The model never reads its "
+    "stream raw: apply lm.final_norm first, as the model does at the end.",
+)
+def lens_no_norm(sol, lm, tokens, targets, foils, position=-1):
+    return _lens(lm, tokens, targets, foils, position, norm="none")
+
+
+@KEY.mistake(
+    "logit_lens",
+    "Your last entry went through the final norm twice: the last hidden state transformers "
+    "returns (hidden_states[-1], last_hidden_state) is already normalised.",
+)
+def lens_double_norm(sol, lm, tokens, targets, foils, position=-1):
+    return _lens(lm, tokens, targets, foils, position, double_last=True)
+
+
+@KEY.mistake(
+    "logit_lens",
+    "Entry L reads the residual stream entering layer L (resid_pre; entry 0 is the "
+    "embeddings); yours reads the stream leaving it (resid_post), one layer late.",
+)
+def lens_resid_post(sol, lm, tokens, targets, foils, position=-1):
+    return _lens(lm, tokens, targets, foils, position, shift=True)
+
+
+@KEY.mistake(
+    "logit_lens",
+    "You froze the norm's scale at the final residual stream, as direct logit attribution "
+    "does. The lens asks what the model would say if it stopped at layer L: normalise each "
+    "layer's stream with its own scale (call lm.final_norm on it).",
+)
+def lens_frozen_scale(sol, lm, tokens, targets, foils, position=-1):
+    return _lens(lm, tokens, targets, foils, position, norm="frozen")
+
+
+@KEY.mistake("logit_lens", "The sign is flipped: the logit difference is target minus foil.")
+def lens_sign(sol, lm, tokens, targets, foils, position=-1):
+    return -sol.logit_lens(lm, tokens, targets, foils, position)
+
+
+@KEY.mistake("logit_lens", "You summed over the prompts: average the logit difference.")
+def lens_batch_sum(sol, lm, tokens, targets, foils, position=-1):
+    if tokens.shape[0] == 1:
+        raise NotThisProblem
+    return _lens(lm, tokens, targets, foils, position, reduce="sum")
+
+
+@KEY.mistake(
+    "logit_lens",
+    "You read the last position whatever `position` was: read the position you are given.",
+)
+def lens_always_last(sol, lm, tokens, targets, foils, position=-1):
+    if position in (-1, tokens.shape[1] - 1):
+        raise NotThisProblem
+    return sol.logit_lens(lm, tokens, targets, foils, -1)
+
+
+# ----- 3.13 path_patching ------------------------------------------------------------------------
+def _paths(lm, clean, corrupted, metric, heads, path="direct", *, how="right") -> Tensor:
+    """Path patching head by head, one forward pass each (the slow, obvious way) and its wrong
+    versions. ``how``: "right"; "leak" (patched as usual: every later layer sees it);
+    "frozen" (direct, with the final norm's scale of the corrupted run); "whole" (direct: the
+    clean head output added, not the change); "block" (indirect: the change removed right after
+    the head's layer); "last" (the head patched at the last position only)."""
+    last = lm.n_layers - 1
+    with torch.no_grad():
+        c_cache = _run_cache(lm, clean, "head_out")
+        k_cache = _run_cache(lm, corrupted, ["head_out", "resid_post"])
+    final = k_cache["resid_post", last][:, -1]
+    found = []
+    for layer, head in heads:
+        layer, head = int(layer), int(head)
+        change = _head_vectors(lm, c_cache["head_out", layer][:, -1] - k_cache["head_out", layer][:, -1], layer)[:, head]  # fmt: skip
+        with torch.no_grad():
+            if path == "direct" and how in ("right", "whole", "frozen"):
+                if how == "whole":
+                    change = _head_vectors(lm, c_cache["head_out", layer][:, -1], layer)[:, head]
+                if how == "frozen":
+                    scale = _final_scale(lm, final)
+                    x = final + change
+                    centred = x - x.mean(-1, keepdim=True) if _is_layer_norm(lm) else x
+                    normed = lm.final_norm.weight * centred / scale
+                    if _is_layer_norm(lm):
+                        normed = normed + lm.final_norm.bias
+                    logits = lm.unembed(normed)
+                else:
+                    logits = lm.unembed(lm.final_norm(final + change))
+            else:
+                positions = [clean.shape[1] - 1] if how == "last" else None
+                stack = [patch(lm, "head_out", layer, c_cache["head_out", layer],
+                               heads=[head], positions=positions)]  # fmt: skip
+                if path == "indirect" and how not in ("leak",):
+                    where = layer if how == "block" else last
+
+                    def remove(act, change=change):
+                        act = act.clone()
+                        act[:, -1] -= change
+                        return act
+
+                    stack.append(patch(lm, "resid_post", where, remove))
+                with stack[0], (stack[1] if len(stack) > 1 else torch.no_grad()):
+                    logits = lm.model(corrupted).logits[:, -1]
+            found.append(float(metric(logits)))
+    return torch.tensor(found)
+
+
+@KEY.mistake(
+    "path_patching",
+    "Your direct path leaks: the head's clean output reached the later layers too (that is "
+    "patching the head as usual, its total effect). On the direct path only the final "
+    "residual stream gets it; every later layer must read the corrupted output.",
+)
+def paths_leak(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "direct":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "direct", how="leak")
+
+
+@KEY.mistake(
+    "path_patching",
+    "Your indirect path still reaches the logits directly (that is patching the head as "
+    "usual, its total effect). Take the head's change back out of the final residual stream "
+    "at the last position.",
+)
+def paths_indirect_total(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "indirect":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "indirect", how="leak")
+
+
+@KEY.mistake(
+    "path_patching",
+    "You froze the final norm's scale (as direct logit attribution does). Path patching runs "
+    "the model: the final norm recomputes its scale on the patched stream.",
+)
+def paths_frozen_norm(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "direct":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "direct", how="frozen")
+
+
+@KEY.mistake(
+    "path_patching",
+    "You added the head's whole clean output to the final residual stream, which already "
+    "holds its corrupted output: add the change, clean minus corrupted.",
+)
+def paths_whole_output(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "direct":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "direct", how="whole")
+
+
+@KEY.mistake(
+    "path_patching",
+    "You took the head's change out right after its own layer, so no later layer saw it "
+    "either. On the indirect path every later layer reads the clean output; only the final "
+    "residual stream (what the logits read) must not.",
+)
+def paths_blocked(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "indirect":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "indirect", how="block")
+
+
+@KEY.mistake(
+    "path_patching",
+    "You patched the head at the last position only. Its clean output goes in at every "
+    "position; the later layers read the other positions too.",
+)
+def paths_last_position(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "indirect":
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, heads, "indirect", how="last")
+
+
+@KEY.mistake(
+    "path_patching",
+    "This is the noising direction (the corrupted output taking the path in the clean run). "
+    "Path-patch the clean output into the corrupted run.",
+)
+def paths_noising(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    return sol.path_patching(lm, corrupted, clean, metric, heads, path)
+
+
+# ----- 3.14 edge_attribution_patching -------------------------------------------------------------
+def _edge_order(lm) -> Tensor:
+    """Each sender's place among the receivers: embeddings -1, heads of layer L 2L, MLP L 2L+1."""
+    order = [-1]
+    for layer in range(lm.n_layers):
+        order += [2 * layer] * lm.n_heads + [2 * layer + 1]
+    return torch.tensor(order)
+
+
+def _eap(
+    lm,
+    clean,
+    corrupted,
+    metric,
+    *,
+    grad_at="corrupted",
+    sign=1.0,
+    receivers="branch",
+    heads="head_out",
+    masked=True,
+    embeddings=True,
+    reduce="sum",
+) -> Tensor:
+    """EAP and its wrong versions. ``receivers``: "branch" (right), "stream" (the gradient at
+    the stream, skip connection included), "swapped" (attention and MLP gradients exchanged),
+    "own" (each sender's own gradient: node attribution, broadcast)."""
+    n_layers = lm.n_layers
+    sites = ["resid_pre", "attn_out", "mlp_out"]
+    c_cache = _run_cache(lm, clean, ["head_out", "attn_out", "mlp_out", "resid_pre"])
+    k_cache = _run_cache(lm, corrupted, ["head_out", "attn_out", "mlp_out", "resid_pre"])
+    grads = {}
+    for site in sites:
+        grads[site] = _acts_grads(lm, clean if grad_at == "clean" else corrupted, metric, site)[1]
+    g_pre, g_attn, g_mlp = grads["resid_pre"], grads["attn_out"], grads["mlp_out"]
+    receive = []
+    for layer in range(n_layers):
+        if receivers == "stream":
+            receive += [g_pre[layer], g_attn[layer]]
+        elif receivers == "swapped":
+            receive += [g_attn[layer] - g_mlp[layer], g_pre[layer] - g_attn[layer]]
+        else:
+            receive += [g_pre[layer] - g_attn[layer], g_attn[layer] - g_mlp[layer]]
+    receive.append(g_mlp[n_layers - 1])
+    receive = torch.stack(receive)  # (R, batch, pos, d)
+    embed_change = c_cache["resid_pre", 0] - k_cache["resid_pre", 0]
+    send = [embed_change if embeddings else torch.zeros_like(embed_change)]
+    own = [g_pre[0]]
+    for layer in range(n_layers):
+        if heads == "head_out":
+            z = c_cache["head_out", layer] - k_cache["head_out", layer]
+            vectors = _head_vectors(lm, z, layer)
+        else:
+            vectors = _chunks(c_cache["attn_out", layer] - k_cache["attn_out", layer], lm.n_heads)
+        send += list(vectors.unbind(2))
+        send.append(c_cache["mlp_out", layer] - k_cache["mlp_out", layer])
+        own += [g_attn[layer]] * lm.n_heads + [g_mlp[layer]]
+    send = torch.stack(send)
+    with torch.no_grad():
+        if receivers == "own":
+            scores = (send * torch.stack(own)).sum((-1, -2, -3))[:, None].expand(-1, 2 * n_layers + 1)
+        elif reduce == "mean":
+            scores = torch.einsum("sbpd,rbpd->sr", send, receive) / clean.shape[0]
+        else:
+            scores = torch.einsum("sbpd,rbpd->sr", send, receive)
+        scores = sign * scores
+        if masked:
+            after = torch.arange(2 * n_layers + 1)[None, :] > _edge_order(lm)[:, None]
+            scores = scores * after
+    return scores.detach().clone()
+
+
+@KEY.reference("patch_edges")
+def exact_edges(sol, lm, clean, corrupted, metric, edges):
+    """Exact edge patching (the solution notebook's patch_edges)."""
+    return sol.patch_edges(lm, clean, corrupted, metric, edges)
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "The sign is flipped: the change of the sender is clean minus corrupted.",
+)
+def eap_sign(sol, lm, clean, corrupted, metric):
+    return -sol.edge_attribution_patching(lm, clean, corrupted, metric)
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "The gradients come from the clean run. A clean-into-corrupted edge patch is linearised "
+    "around the corrupted run: take the gradients there.",
+)
+def eap_grad_at_clean(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, grad_at="clean")
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "That is the noising estimate ((corrupted - clean) . gradient at the clean run); this "
+    "exercise asks for denoising.",
+)
+def eap_noising(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, grad_at="clean", sign=-1.0)
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "Your receivers' gradients are the stream's, skip connection included: they count every "
+    "later component, not only the receiver. Take the part that goes through the receiver: "
+    "the gradient before it minus the gradient after it.",
+)
+def eap_stream_gradient(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, receivers="stream")
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "Attention and MLP receivers are swapped: the attention's input is the stream entering "
+    "the block (resid_pre), the MLP's is the stream after the attention.",
+)
+def eap_swapped_receivers(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, receivers="swapped")
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "You cut the attention output into chunks for the heads. A head's output is its slice of "
+    "the input of W_O times its own slice of W_O.",
+)
+def eap_attn_out_chunks(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, heads="attn_out")
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "An edge exists only from a sender to a receiver that comes after it (attention 0, MLP 0, "
+    "attention 1, ...): set the other entries to 0.",
+)
+def eap_unmasked(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, masked=False)
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "That is node attribution (each sender's change times the gradient at its own output), "
+    "the same for every receiver. An edge's score uses the gradient at the receiver's input.",
+)
+def eap_node(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, receivers="own")
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "Row 0 is the embeddings' edges: their change is the clean minus the corrupted "
+    "embeddings (the stream entering layer 0).",
+)
+def eap_no_embeddings(sol, lm, clean, corrupted, metric):
+    return _eap(lm, clean, corrupted, metric, embeddings=False)
+
+
+@KEY.mistake(
+    "edge_attribution_patching",
+    "You averaged over the batch. The metric already averages over the prompts, so the "
+    "estimates add up over the batch: sum.",
+)
+def eap_batch_mean(sol, lm, clean, corrupted, metric):
+    if clean.shape[0] == 1:
+        raise NotThisProblem
+    return _eap(lm, clean, corrupted, metric, reduce="mean")
+
+
+# ----- 3.15 patch_head_set -----------------------------------------------------------------------
+def _head_set(lm, source, target, metric, heads, *, positions=None, group=False, each=False):
+    """The metric of the run on ``target`` with ``heads`` from the run on ``source``; with
+    ``each``, every head patched alone and the changes added up."""
+    cache = _run_cache(lm, source, "head_out")
+    base = _corrupted_metric(lm, target, metric)
+    chosen = sorted({(int(L), int(h)) for L, h in heads})
+    kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
+    size = lm.n_heads // kv
+
+    def run(which):
+        contexts = []
+        for layer in sorted({L for L, _ in which}):
+            mine = [h for L, h in which if L == layer]
+            if group:
+                mine = sorted({g for h in mine for g in range(h // size * size, (h // size + 1) * size)})
+            contexts.append(patch(lm, "head_out", layer, cache["head_out", layer], heads=mine,
+                                  positions=positions))  # fmt: skip
+        with torch.no_grad():
+            from contextlib import ExitStack
+
+            with ExitStack() as stack:
+                for context in contexts:
+                    stack.enter_context(context)
+                return float(metric(lm.model(target).logits[:, -1]))
+
+    if each:
+        return torch.tensor(base + sum(run([h]) - base for h in chosen))
+    return torch.tensor(run(chosen))
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "Denoising and noising are swapped: denoising puts the clean outputs into the corrupted "
+    "run (is the set sufficient?), noising puts the corrupted outputs into the clean run (is "
+    "it necessary?).",
+)
+def set_swapped(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    other = "noise" if direction == "denoise" else "denoise"
+    return sol.patch_head_set(lm, clean, corrupted, metric, heads, other)
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "You returned how much the metric fell (its clean value minus the patched one). Return "
+    "the metric of the patched run itself, in both directions.",
+)
+def set_loss(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    if direction != "noise":
+        raise NotThisProblem
+    high = _corrupted_metric(lm, clean, metric)
+    return high - sol.patch_head_set(lm, clean, corrupted, metric, heads, direction)
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "You patched the heads one at a time and added up their effects. Patch them all in one "
+    "run: heads interact, and their effects do not add up.",
+)
+def set_each(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    if len({tuple(h) for h in heads}) < 2:
+        raise NotThisProblem
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    return _head_set(lm, source, target, metric, heads, each=True)
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "You patched the heads at the last position only. Patch their outputs at every position.",
+)
+def set_last_position(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    return _head_set(lm, source, target, metric, heads, positions=[clean.shape[1] - 1])
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "You patched every query head that shares a key/value head with a chosen one. Each query "
+    "head has its own output: patch only the heads you are given.",
+)
+def set_kv_group(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    kv = lm.model.config.to_dict().get("num_key_value_heads") or lm.n_heads
+    if kv == lm.n_heads:
+        raise NotThisProblem
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    return _head_set(lm, source, target, metric, heads, group=True)
+
+
+@KEY.mistake(
+    "patch_head_set",
+    "Only the first head of the list was patched: patch every (layer, head) in it.",
+)
+def set_first_only(sol, lm, clean, corrupted, metric, heads, direction="denoise"):
+    if len({tuple(h) for h in heads}) < 2:
+        raise NotThisProblem
+    return sol.patch_head_set(lm, clean, corrupted, metric, list(heads)[:1], direction)
+
+
+# ----- 3.16 circuit_faithfulness -----------------------------------------------------------------
+def _faithful(lm, clean, corrupted, targets, foils, heads, *, keep=True, run="clean",
+              positions=None, scale="pair", mean=False) -> Tensor:  # fmt: skip
+    """Faithfulness and its wrong versions: ``keep`` False corrupts the heads in the set
+    instead of the others; ``run`` "corrupted" denoises the set in the corrupted run."""
+    targets, foils = _ids(lm, targets), _ids(lm, foils)
+    rows = torch.arange(clean.shape[0])
+    chosen = {(int(L), int(h)) for L, h in heads}
+
+    def diff(tokens, contexts=()):
+        from contextlib import ExitStack
+
+        with torch.no_grad(), ExitStack() as stack:
+            for context in contexts:
+                stack.enter_context(context)
+            logits = lm.model(tokens).logits[:, -1]
+        return logits[rows, targets] - logits[rows, foils]
+
+    high, low = diff(clean), diff(corrupted)
+    if run == "corrupted":
+        cache = _run_cache(lm, clean, "head_out")
+        contexts = [
+            patch(lm, "head_out", L, cache["head_out", L], heads=[h for h in range(lm.n_heads) if (L, h) in chosen])
+            for L in range(lm.n_layers) if any((L, h) in chosen for h in range(lm.n_heads))
+        ]  # fmt: skip
+        now = diff(corrupted, contexts)
+    else:
+        cache = _run_cache(lm, corrupted, "head_out")
+        contexts = []
+        for L in range(lm.n_layers):
+            which = [h for h in range(lm.n_heads) if ((L, h) in chosen) != keep]
+            if which:
+                contexts.append(patch(lm, "head_out", L, cache["head_out", L], heads=which,
+                                      positions=positions))  # fmt: skip
+        now = diff(clean, contexts)
+    if scale == "clean":
+        found = now / high
+    elif scale == "batch":
+        found = ((now.mean() - low.mean()) / (high.mean() - low.mean())).expand(len(rows))
+    else:
+        found = (now - low) / (high - low)
+    return found.mean() if mean else found.clone()
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You corrupted the heads in the set and kept the others: that ablates the circuit. Keep "
+    "the set clean and give every *other* head its corrupted output.",
+)
+def faith_ablates_set(sol, lm, clean, corrupted, targets, foils, heads):
+    return _faithful(lm, clean, corrupted, targets, foils, heads, keep=False)
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You normalised the batch's mean logit difference once. Faithfulness is per prompt pair: "
+    "(LD_circuit - LD_corrupted) / (LD_clean - LD_corrupted) for each row, so that its spread "
+    "shows.",
+)
+def faith_batch(sol, lm, clean, corrupted, targets, foils, heads):
+    if clean.shape[0] == 1:
+        raise NotThisProblem
+    return _faithful(lm, clean, corrupted, targets, foils, heads, scale="batch")
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You denoised the set (its clean outputs in the corrupted run, everything else computed "
+    "from the corrupted prompt). Faithfulness runs the clean prompt and corrupts every head "
+    "*outside* the set.",
+)
+def faith_denoised_set(sol, lm, clean, corrupted, targets, foils, heads):
+    return _faithful(lm, clean, corrupted, targets, foils, heads, run="corrupted")
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You divided by the clean logit difference only. Subtract the corrupted run's first: "
+    "(LD_circuit - LD_corrupted) / (LD_clean - LD_corrupted).",
+)
+def faith_clean_only(sol, lm, clean, corrupted, targets, foils, heads):
+    return _faithful(lm, clean, corrupted, targets, foils, heads, scale="clean")
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You corrupted the other heads at the last position only. Give them their corrupted "
+    "outputs at every position: information reaches the last position through earlier ones.",
+)
+def faith_last_position(sol, lm, clean, corrupted, targets, foils, heads):
+    return _faithful(
+        lm, clean, corrupted, targets, foils, heads, positions=[clean.shape[1] - 1]
+    )
