@@ -188,15 +188,20 @@ def processes_of(uid: int) -> list[int]:
 
 
 def memory_of(uid: int) -> int:
-    """Resident memory, in bytes, of every process of ``uid``."""
+    """Memory, in bytes, of every process of ``uid`` together: each process's proportional set
+    size (pages shared after a fork count once in all), its resident size where the kernel has
+    no smaps_rollup."""
     total = 0
     for pid in processes_of(uid):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            pass
+        for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+            try:
+                text = Path(f"/proc/{pid}/{name}").read_text()
+            except OSError:
+                continue
+            line = next((x for x in text.splitlines() if x.startswith(key)), None)
+            if line is not None:
+                total += int(line.split()[1]) * 1024
+                break
     return total
 
 
