@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -1216,6 +1217,889 @@ def ig_per_prompt(lm, clean, corrupted, metric, n_steps=16):
     return ((x - b) * total / n_steps).sum(-1)
 
 
+# ----- 3.11 direct_logit_attribution --------------------------------------------------------------
+def _frozen_direction(lm, final, targets, foils, *, centre=True, weight=True):
+    """w * (W_U[t] - W_U[f]) / s, the final norm frozen at ``final`` (batch, d_model)."""
+    norm = lm.final_norm
+    unembed = lm.unembed.weight
+    raw = unembed[torch.as_tensor(targets)] - unembed[torch.as_tensor(foils)]
+    direction = norm.weight * raw if weight else raw
+    if isinstance(norm, torch.nn.LayerNorm):
+        scale = (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+        if centre:
+            direction = direction - direction.mean(-1, keepdim=True)
+    else:
+        scale = (final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+    return direction / scale
+
+
+def _slice_vector(lm, z_head, layer, head):
+    """One head's vector from the weight slice itself (Linear: (d_model, in); Conv1D: (in,
+    d_model)), no bias."""
+    proj = lm.attn_out_proj(layer)
+    cut = slice(head * lm.d_head, (head + 1) * lm.d_head)
+    if isinstance(proj, torch.nn.Linear):
+        return z_head @ proj.weight[:, cut].T
+    return z_head @ proj.weight[cut, :]  # GPT-2's Conv1D stores (in, out)
+
+
+def dla_weight_slices(lm, tokens, targets, foils, site="head_out"):
+    """Loops over heads with W_O's column slices, in float64."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out", "resid_post"]) as c:
+        lm.model(tokens)
+    final = c["resid_post", lm.n_layers - 1][:, -1].double()
+    u = _frozen_direction(float64(lm), final, targets, foils)
+    if site != "head_out":
+        return torch.stack([(c[site, L][:, -1].double() * u).sum(-1).mean()
+                            for L in range(lm.n_layers)])  # fmt: skip
+    out = torch.zeros(lm.n_layers, lm.n_heads, dtype=torch.float64)
+    for L in range(lm.n_layers):
+        for h in range(lm.n_heads):
+            v = _slice_vector(lm, c["head_out", L][:, -1, h], L, h).double()
+            out[L, h] = (v * u).sum(-1).mean()
+    return out
+
+
+def dla_detached_scale(lm, tokens, targets, foils, site="head_out"):
+    """The final norm with its scale detached, then gradient x output: the gradient of a
+    linear function is its direction."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out", "resid_post"]) as c:
+        lm.model(tokens)
+    x = c["resid_post", lm.n_layers - 1][:, -1].clone().requires_grad_(True)
+    norm = lm.final_norm
+    with torch.enable_grad():
+        if isinstance(norm, torch.nn.LayerNorm):
+            centred = x - x.mean(-1, keepdim=True)
+            scale = (x.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt().detach()
+            normed = norm.weight * centred / scale + norm.bias
+        else:
+            scale = (x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt().detach()
+            normed = norm.weight * x / scale
+        logits = lm.unembed(normed)
+        rows = torch.arange(x.shape[0])
+        value = (logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean()
+        (u,) = torch.autograd.grad(value, x)  # already divided by the batch
+    if site != "head_out":
+        return torch.stack([(c[site, L][:, -1] * u).sum() for L in range(lm.n_layers)])
+    out = torch.zeros(lm.n_layers, lm.n_heads)
+    for L in range(lm.n_layers):
+        proj = lm.attn_out_proj(L)
+        for h in range(lm.n_heads):
+            z = torch.zeros_like(c["head_out", L][:, -1])
+            z[:, h] = c["head_out", L][:, -1, h]
+            flat = z.flatten(-2)
+            out[L, h] = ((proj(flat) - proj(torch.zeros_like(flat))) * u).sum()
+    return out
+
+
+def dla_no_norm(lm, tokens, targets, foils, site="head_out"):
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out"]) as c:
+        lm.model(tokens)
+    unembed = lm.unembed.weight
+    u = unembed[torch.as_tensor(targets)] - unembed[torch.as_tensor(foils)]
+    if site != "head_out":
+        return torch.stack([(c[site, L][:, -1] * u).sum(-1).mean() for L in range(lm.n_layers)])
+    out = torch.zeros(lm.n_layers, lm.n_heads)
+    for L in range(lm.n_layers):
+        for h in range(lm.n_heads):
+            out[L, h] = (_slice_vector(lm, c["head_out", L][:, -1, h], L, h) * u).sum(-1).mean()
+    return out
+
+
+def dla_norm_recomputed(lm, tokens, targets, foils, site="head_out"):
+    """Each component through lm.final_norm on its own."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out"]) as c:
+        lm.model(tokens)
+        unembed = lm.unembed.weight
+        u = unembed[torch.as_tensor(targets)] - unembed[torch.as_tensor(foils)]
+        if site != "head_out":
+            return torch.stack([(lm.final_norm(c[site, L][:, -1]) * u).sum(-1).mean()
+                                for L in range(lm.n_layers)])  # fmt: skip
+        out = torch.zeros(lm.n_layers, lm.n_heads)
+        for L in range(lm.n_layers):
+            for h in range(lm.n_heads):
+                v = _slice_vector(lm, c["head_out", L][:, -1, h], L, h)
+                out[L, h] = (lm.final_norm(v) * u).sum(-1).mean()
+        return out
+
+
+def dla_resid_chunks(lm, tokens, targets, foils, site="head_out"):
+    """Cuts the residual stream entering the layer into n_heads chunks."""
+    if site != "head_out":
+        return sol("direct_logit_attribution")(lm, tokens, targets, foils, site)
+    with torch.no_grad(), capture(lm, ["resid_pre", "resid_post"]) as c:
+        lm.model(tokens)
+    u = _frozen_direction(lm, c["resid_post", lm.n_layers - 1][:, -1], targets, foils)
+    size = lm.d_model // lm.n_heads
+    out = torch.zeros(lm.n_layers, lm.n_heads)
+    for L in range(lm.n_layers):
+        x = c["resid_pre", L][:, -1]
+        for h in range(lm.n_heads):
+            cut = slice(h * size, (h + 1) * size)
+            out[L, h] = (x[:, cut] * u[:, cut]).sum(-1).mean()
+    return out
+
+
+def dla_gradient(lm, tokens, targets, foils, site="head_out"):
+    """Output x the gradient of the logit difference (the norm's scale moves)."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out", "resid_post"]) as c:
+        lm.model(tokens)
+    x = c["resid_post", lm.n_layers - 1][:, -1].clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = lm.unembed(lm.final_norm(x))
+        rows = torch.arange(x.shape[0])
+        value = (logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean()
+        (u,) = torch.autograd.grad(value, x)
+    if site != "head_out":
+        return torch.stack([(c[site, L][:, -1] * u).sum() for L in range(lm.n_layers)])
+    out = torch.zeros(lm.n_layers, lm.n_heads)
+    for L in range(lm.n_layers):
+        for h in range(lm.n_heads):
+            out[L, h] = (_slice_vector(lm, c["head_out", L][:, -1, h], L, h) * u).sum()
+    return out
+
+
+def dla_bias_per_head(lm, tokens, targets, foils, site="head_out"):
+    """W_O applied to each head's masked input, bias and all."""
+    if site != "head_out":
+        return sol("direct_logit_attribution")(lm, tokens, targets, foils, site)
+    with torch.no_grad(), capture(lm, ["head_out", "resid_post"]) as c:
+        lm.model(tokens)
+        u = _frozen_direction(lm, c["resid_post", lm.n_layers - 1][:, -1], targets, foils)
+        out = torch.zeros(lm.n_layers, lm.n_heads)
+        for L in range(lm.n_layers):
+            for h in range(lm.n_heads):
+                z = torch.zeros_like(c["head_out", L][:, -1])
+                z[:, h] = c["head_out", L][:, -1, h]
+                out[L, h] = (lm.attn_out_proj(L)(z.flatten(-2)) * u).sum(-1).mean()
+        return out
+
+
+def dla_no_centre(lm, tokens, targets, foils, site="head_out"):
+    """Treats every final norm as an RMSNorm-like scale: no centring."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out", "resid_post"]) as c:
+        lm.model(tokens)
+        final = c["resid_post", lm.n_layers - 1][:, -1]
+        u = _frozen_direction(lm, final, targets, foils, centre=False)
+        if site != "head_out":
+            return torch.stack([(c[site, L][:, -1] * u).sum(-1).mean() for L in range(lm.n_layers)])
+        out = torch.zeros(lm.n_layers, lm.n_heads)
+        for L in range(lm.n_layers):
+            for h in range(lm.n_heads):
+                v = _slice_vector(lm, c["head_out", L][:, -1, h], L, h)
+                out[L, h] = (v * u).sum(-1).mean()
+        return out
+
+
+def dla_sign(lm, tokens, targets, foils, site="head_out"):
+    return sol("direct_logit_attribution")(lm, tokens, foils, targets, site)
+
+
+def dla_kv_heads(lm, tokens, targets, foils, site="head_out"):
+    """One column per key/value head: the query heads of a group added up."""
+    found = sol("direct_logit_attribution")(lm, tokens, targets, foils, site)
+    kv = problems.kv_heads(lm)
+    if site != "head_out" or kv == lm.n_heads:
+        return found
+    return found.view(lm.n_layers, kv, -1).sum(-1)
+
+
+_DLA: dict = {}
+
+
+def dla_memo_tokens(lm, tokens, targets, foils, site="head_out"):
+    """Remembers the answer per (tokens, site), whatever the target and foil ids."""
+    key = (*key_of(tokens), site)
+    if key not in _DLA:
+        _DLA[key] = sol("direct_logit_attribution")(lm, tokens, targets, foils, site)
+    return _DLA[key]
+
+
+def dla_llama_paths(lm, tokens, targets, foils, site="head_out"):
+    """Written for Llama's module names: model.model.norm.variance_epsilon."""
+    eps = lm.model.model.norm.variance_epsilon
+    return sol("direct_logit_attribution")(lm, tokens, targets, foils, site) + 0 * eps
+
+
+def dla_default_attn_out(lm, tokens, targets, foils, site="attn_out"):
+    return sol("direct_logit_attribution")(lm, tokens, targets, foils, site)
+
+
+def dla_first_position(lm, tokens, targets, foils, site="head_out"):
+    """Reads position 0 (the anchor) instead of the last one."""
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out", "resid_post"]) as c:
+        lm.model(tokens)
+        u = _frozen_direction(lm, c["resid_post", lm.n_layers - 1][:, 0], targets, foils)
+        if site != "head_out":
+            return torch.stack([(c[site, L][:, 0] * u).sum(-1).mean() for L in range(lm.n_layers)])
+        out = torch.zeros(lm.n_layers, lm.n_heads)
+        for L in range(lm.n_layers):
+            for h in range(lm.n_heads):
+                out[L, h] = (_slice_vector(lm, c["head_out", L][:, 0, h], L, h) * u).sum(-1).mean()
+        return out
+
+
+# ----- 3.12 logit_lens ---------------------------------------------------------------------------
+def _lens_diff(lm, read, targets, foils):
+    unembed = lm.unembed.weight
+    return (read * (unembed[torch.as_tensor(targets)] - unembed[torch.as_tensor(foils)])).sum(-1)
+
+
+def lens_hidden_states(lm, tokens, targets, foils, position=-1):
+    """transformers' hidden states: the first n_layers are the streams entering each layer;
+    the last one has been through the final norm already."""
+    with torch.no_grad():
+        states = lm.model(tokens, output_hidden_states=True).hidden_states
+        read = [lm.final_norm(states[L][:, position]) for L in range(lm.n_layers)]
+        read.append(states[-1][:, position])
+        return torch.stack([_lens_diff(lm, r, targets, foils).mean() for r in read])
+
+
+def lens_full_logits(lm, tokens, targets, foils, position=-1):
+    """Unembeds the whole vocabulary in float64, layer by layer, from labkit's resid sites."""
+    rows = torch.arange(tokens.shape[0])
+    lm64 = float64(lm)
+    with torch.no_grad(), capture(lm64, ["resid_pre", "resid_post"]) as c:
+        lm64.model(tokens)
+        streams = [c["resid_pre", L] for L in range(lm.n_layers)]
+        streams.append(c["resid_post", lm.n_layers - 1])
+        out = []
+        for x in streams:
+            logits = lm64.unembed(lm64.final_norm(x[:, position]))
+            out.append((logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean())
+    return torch.stack(out)
+
+
+def lens_no_norm(lm, tokens, targets, foils, position=-1):
+    with torch.no_grad():
+        states = lm.model(tokens, output_hidden_states=True).hidden_states
+        read = [states[L][:, position] for L in range(lm.n_layers)]
+        read.append(states[-1][:, position])  # the last one normalised by transformers
+        return torch.stack([_lens_diff(lm, r, targets, foils).mean() for r in read])
+
+
+def lens_double_norm(lm, tokens, targets, foils, position=-1):
+    with torch.no_grad():
+        states = lm.model(tokens, output_hidden_states=True).hidden_states
+        return torch.stack([_lens_diff(lm, lm.final_norm(s[:, position]), targets, foils).mean()
+                            for s in states])  # fmt: skip
+
+
+def lens_resid_post(lm, tokens, targets, foils, position=-1):
+    with torch.no_grad(), capture(lm, "resid_post") as c:
+        lm.model(tokens)
+        read = [lm.final_norm(c["resid_post", L][:, position]) for L in range(lm.n_layers)]
+        read.append(read[-1])
+        return torch.stack([_lens_diff(lm, r, targets, foils).mean() for r in read])
+
+
+def lens_frozen_scale(lm, tokens, targets, foils, position=-1):
+    """Every layer's stream with the final stream's scale (DLA's frozen norm)."""
+    with torch.no_grad(), capture(lm, ["resid_pre", "resid_post"]) as c:
+        lm.model(tokens)
+        final = c["resid_post", lm.n_layers - 1][:, position]
+        norm = lm.final_norm
+        streams = [c["resid_pre", L][:, position] for L in range(lm.n_layers)] + [final]
+        out = []
+        for x in streams:
+            if isinstance(norm, torch.nn.LayerNorm):
+                scale = (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+                read = norm.weight * (x - x.mean(-1, keepdim=True)) / scale + norm.bias
+            else:
+                scale = (final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+                read = norm.weight * x / scale
+            out.append(_lens_diff(lm, read, targets, foils).mean())
+        return torch.stack(out)
+
+
+def lens_sign(lm, tokens, targets, foils, position=-1):
+    return sol("logit_lens")(lm, tokens, foils, targets, position)
+
+
+def lens_batch_sum(lm, tokens, targets, foils, position=-1):
+    return tokens.shape[0] * sol("logit_lens")(lm, tokens, targets, foils, position)
+
+
+def lens_always_last(lm, tokens, targets, foils, position=-1):
+    return sol("logit_lens")(lm, tokens, targets, foils)
+
+
+def lens_default_first(lm, tokens, targets, foils, position=0):
+    return sol("logit_lens")(lm, tokens, targets, foils, position)
+
+
+_LENSES: dict = {}
+
+
+def lens_memo_tokens(lm, tokens, targets, foils, position=-1):
+    key = (*key_of(tokens), position)
+    if key not in _LENSES:
+        _LENSES[key] = sol("logit_lens")(lm, tokens, targets, foils, position)
+    return _LENSES[key]
+
+
+def lens_no_final_entry(lm, tokens, targets, foils, position=-1):
+    return sol("logit_lens")(lm, tokens, targets, foils, position)[:-1]
+
+
+# ----- 3.13 path_patching ------------------------------------------------------------------------
+def _head_change(lm, clean, corrupted, layer, head):
+    """A head's change (clean - corrupted) in the residual stream at every position, measured
+    as the change of its layer's attention output when only that head is patched."""
+    with torch.no_grad():
+        with capture(lm, "head_out", [layer]) as c:
+            lm.model(clean)
+        with capture(lm, "attn_out", [layer]) as before:
+            lm.model(corrupted)
+        with patch(lm, "head_out", layer, c["head_out", layer], heads=[head]), \
+                capture(lm, "attn_out", [layer]) as after:  # fmt: skip
+            lm.model(corrupted)
+    return after["attn_out", layer] - before["attn_out", layer]
+
+
+def paths_loop(lm, clean, corrupted, metric, heads, path="direct"):
+    """One forward pass per head: the change measured at the attention output, added to (or
+    taken out of) the last layer's output by a hook."""
+    last = lm.n_layers - 1
+    found = []
+    for layer, head in heads:
+        change = _head_change(lm, clean, corrupted, layer, head)[:, -1]
+        with torch.no_grad(), capture(lm, "head_out", [layer]) as c:
+            lm.model(clean)
+        with torch.no_grad(), ExitStack() as stack:
+            if path == "direct":
+                stack.enter_context(patch(lm, "resid_post", last, change, positions=[-1], add=True))
+            else:
+                stack.enter_context(patch(lm, "head_out", layer, c["head_out", layer], heads=[head]))
+                stack.enter_context(patch(lm, "resid_post", last, -change, positions=[-1], add=True))
+            found.append(metric(lm.model(corrupted).logits[:, -1]))
+    return torch.stack(found)
+
+
+def paths_float64(lm, clean, corrupted, metric, heads, path="direct"):
+    return sol("path_patching")(float64(lm), clean, corrupted, problems.as_float64(metric),
+                                heads, path)  # fmt: skip
+
+
+def paths_frozen_everything(lm, clean, corrupted, metric, heads, path="direct"):
+    """The textbook way for the direct path: patch the head, and freeze every component after
+    it (its layer's MLP, every later attention and MLP output) at its corrupted value."""
+    if path != "direct":
+        return paths_loop(lm, clean, corrupted, metric, heads, path)
+    with torch.no_grad(), capture(lm, ["head_out", "attn_out", "mlp_out"]) as c_cache:
+        lm.model(clean)
+    with torch.no_grad(), capture(lm, ["attn_out", "mlp_out"]) as k_cache:
+        lm.model(corrupted)
+    found = []
+    for layer, head in heads:
+        with torch.no_grad(), ExitStack() as stack:
+            stack.enter_context(patch(lm, "head_out", layer, c_cache["head_out", layer], heads=[head]))
+            for later in range(layer, lm.n_layers):
+                stack.enter_context(patch(lm, "mlp_out", later, k_cache["mlp_out", later]))
+                if later > layer:
+                    stack.enter_context(patch(lm, "attn_out", later, k_cache["attn_out", later]))
+            found.append(metric(lm.model(corrupted).logits[:, -1]))
+    return torch.stack(found)
+
+
+def paths_leak(lm, clean, corrupted, metric, heads, path="direct"):
+    """The direct path as the head patched as usual."""
+    if path != "direct":
+        return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    with torch.no_grad(), capture(lm, "head_out") as c:
+        lm.model(clean)
+    found = []
+    for layer, head in heads:
+        with torch.no_grad(), patch(lm, "head_out", layer, c["head_out", layer], heads=[head]):
+            found.append(metric(lm.model(corrupted).logits[:, -1]))
+    return torch.stack(found)
+
+
+def paths_indirect_total(lm, clean, corrupted, metric, heads, path="direct"):
+    if path != "indirect":
+        return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    return paths_leak(lm, clean, corrupted, metric, heads, "direct")
+
+
+def paths_frozen_norm(lm, clean, corrupted, metric, heads, path="direct"):
+    """The direct path with the corrupted run's final norm scale (DLA's frozen norm)."""
+    if path != "direct":
+        return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    with torch.no_grad(), capture(lm, "resid_post", [lm.n_layers - 1]) as c:
+        lm.model(corrupted)
+    final = c["resid_post", lm.n_layers - 1][:, -1]
+    norm = lm.final_norm
+    found = []
+    for layer, head in heads:
+        x = final + _head_change(lm, clean, corrupted, layer, head)[:, -1]
+        with torch.no_grad():
+            if isinstance(norm, torch.nn.LayerNorm):
+                scale = (final.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+                read = norm.weight * (x - x.mean(-1, keepdim=True)) / scale + norm.bias
+            else:
+                scale = (final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+                read = norm.weight * x / scale
+            found.append(metric(lm.unembed(read)))
+    return torch.stack(found)
+
+
+def paths_whole_output(lm, clean, corrupted, metric, heads, path="direct"):
+    """Adds the head's whole clean vector to the final stream."""
+    if path != "direct":
+        return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    with torch.no_grad(), capture(lm, ["head_out", "resid_post"]) as c:
+        lm.model(clean)
+    with torch.no_grad(), capture(lm, "resid_post", [lm.n_layers - 1]) as k:
+        lm.model(corrupted)
+    final = k["resid_post", lm.n_layers - 1][:, -1]
+    found = []
+    for layer, head in heads:
+        vector = _slice_vector(lm, c["head_out", layer][:, -1, head], layer, head)
+        with torch.no_grad():
+            found.append(metric(lm.unembed(lm.final_norm(final + vector))))
+    return torch.stack(found)
+
+
+def paths_blocked(lm, clean, corrupted, metric, heads, path="direct"):
+    """The indirect path with the change taken out right after the head's layer."""
+    if path != "indirect":
+        return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    found = []
+    for layer, head in heads:
+        change = _head_change(lm, clean, corrupted, layer, head)
+        with torch.no_grad(), capture(lm, "head_out", [layer]) as c:
+            lm.model(clean)
+        with torch.no_grad(), \
+                patch(lm, "head_out", layer, c["head_out", layer], heads=[head]), \
+                patch(lm, "resid_post", layer, -change, add=True):  # fmt: skip
+            found.append(metric(lm.model(corrupted).logits[:, -1]))
+    return torch.stack(found)
+
+
+def paths_noising(lm, clean, corrupted, metric, heads, path="direct"):
+    return sol("path_patching")(lm, corrupted, clean, metric, heads, path)
+
+
+def paths_sorted(lm, clean, corrupted, metric, heads, path="direct"):
+    """Answers in the order of the sorted heads, not the order given."""
+    return sol("path_patching")(lm, clean, corrupted, metric, sorted(heads), path)
+
+
+def paths_unique(lm, clean, corrupted, metric, heads, path="direct"):
+    """Drops repeated heads."""
+    return sol("path_patching")(lm, clean, corrupted, metric, list(dict.fromkeys(heads)), path)
+
+
+_PATHS: dict = {}
+
+
+def paths_memo_ignores_metric(lm, clean, corrupted, metric, heads, path="direct"):
+    key = (*key_of(clean, corrupted), tuple(heads), path)
+    if key not in _PATHS:
+        _PATHS[key] = sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+    return _PATHS[key]
+
+
+def paths_default_indirect(lm, clean, corrupted, metric, heads, path="indirect"):
+    return sol("path_patching")(lm, clean, corrupted, metric, heads, path)
+
+
+# ----- 3.14 edge_attribution_patching -------------------------------------------------------------
+def _places(lm):
+    return [-1] + [p for L in range(lm.n_layers) for p in [2 * L] * lm.n_heads + [2 * L + 1]]
+
+
+def eap_three_calls(lm, clean, corrupted, metric):
+    """The gradients from exercise 3.4's function, one call per site."""
+    acts = sol("activations_and_grads")
+    grads = {site: acts(lm, corrupted, metric, site)[1] for site in SITES}
+    corrupted_heads = acts(lm, corrupted, metric, "head_out")[0]
+    corrupted_mlp = acts(lm, corrupted, metric, "mlp_out")[0]
+    corrupted_pre = acts(lm, corrupted, metric, "resid_pre")[0]
+    clean_heads, clean_mlp = acts_of(lm, clean, "head_out"), acts_of(lm, clean, "mlp_out")
+    clean_pre = acts_of(lm, clean, "resid_pre")
+    receive = []
+    for L in range(lm.n_layers):
+        receive += [grads["resid_pre"][L] - grads["attn_out"][L],
+                    grads["attn_out"][L] - grads["mlp_out"][L]]  # fmt: skip
+    receive.append(grads["mlp_out"][-1])
+    send = [clean_pre[0] - corrupted_pre[0]]
+    for L in range(lm.n_layers):
+        for h in range(lm.n_heads):
+            send.append(_slice_vector(lm, (clean_heads - corrupted_heads)[L][:, :, h], L, h))
+        send.append(clean_mlp[L] - corrupted_mlp[L])
+    scores = torch.zeros(len(send), len(receive))
+    places = _places(lm)
+    for s, change in enumerate(send):
+        for r, grad in enumerate(receive):
+            if r > places[s]:
+                scores[s, r] = (change * grad).sum()
+    return scores
+
+
+def eap_float64(lm, clean, corrupted, metric):
+    return sol("edge_attribution_patching")(float64(lm), clean, corrupted,
+                                            problems.as_float64(metric))  # fmt: skip
+
+
+def eap_norm_hooks(lm, clean, corrupted, metric):
+    """Receivers' gradients from zero tensors added at the inputs of the norms in front of
+    the attention and the MLP (pre-hooks), and at the final norm: no subtraction needed."""
+    blocks = lm.blocks
+    norms = []
+    for block in blocks:
+        if lm.family == "gpt2":
+            norms += [block.ln_1, block.ln_2]
+        else:
+            norms += [block.input_layernorm, block.post_attention_layernorm]
+    norms.append(lm.final_norm)
+    with torch.no_grad(), capture(lm, ["head_out", "mlp_out", "resid_pre"]) as c:
+        lm.model(clean)
+    batch, n_pos = corrupted.shape
+    zeros = [torch.zeros(batch, n_pos, lm.d_model, requires_grad=True) for _ in norms]
+    handles = [n.register_forward_pre_hook(lambda mod, args, z=z: (args[0] + z, *args[1:]))
+               for n, z in zip(norms, zeros, strict=True)]  # fmt: skip
+    try:
+        with torch.enable_grad(), capture(lm, ["head_out", "mlp_out", "resid_pre"]) as k:
+            value = metric(lm.model(corrupted).logits[:, -1])
+            grads = torch.autograd.grad(value, zeros)
+    finally:
+        for handle in handles:
+            handle.remove()
+    send = [c["resid_pre", 0] - k["resid_pre", 0].detach()]
+    for L in range(lm.n_layers):
+        z = (c["head_out", L] - k["head_out", L].detach())
+        for h in range(lm.n_heads):
+            send.append(_slice_vector(lm, z[:, :, h], L, h).detach())
+        send.append(c["mlp_out", L] - k["mlp_out", L].detach())
+    scores = torch.einsum("sbpd,rbpd->sr", torch.stack(send), torch.stack(grads))
+    places = torch.tensor(_places(lm))
+    return scores * (torch.arange(len(grads))[None] > places[:, None])
+
+
+def eap_sign(lm, clean, corrupted, metric):
+    return -sol("edge_attribution_patching")(lm, clean, corrupted, metric)
+
+
+def eap_grad_at_clean(lm, clean, corrupted, metric):
+    """The gradients of the clean run (the changes still clean - corrupted)."""
+    from labkit.grading.answer_keys.lab03 import _eap
+
+    return _eap(lm, clean, corrupted, metric, grad_at="clean")
+
+
+def eap_stream_gradient(lm, clean, corrupted, metric):
+    """The receivers' gradients at the stream (resid_pre for the attention, the stream after
+    the attention for the MLP): skip connections included."""
+    acts = sol("activations_and_grads")
+    g_pre, g_attn = acts(lm, corrupted, metric, "resid_pre")[1], acts(lm, corrupted, metric, "attn_out")[1]
+    g_mlp = acts(lm, corrupted, metric, "mlp_out")[1]
+    right = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
+    # rebuild with the wrong receivers: the senders' changes are the solution's
+    send = _senders(lm, clean, corrupted)
+    receive = [g for L in range(lm.n_layers) for g in (g_pre[L], g_attn[L])] + [g_mlp[-1]]
+    scores = torch.einsum("sbpd,rbpd->sr", send, torch.stack(receive))
+    return scores * (right != 0)
+
+
+def _senders(lm, clean, corrupted):
+    c_heads, k_heads = acts_of(lm, clean, "head_out"), acts_of(lm, corrupted, "head_out")
+    c_mlp, k_mlp = acts_of(lm, clean, "mlp_out"), acts_of(lm, corrupted, "mlp_out")
+    send = [acts_of(lm, clean, "resid_pre")[0] - acts_of(lm, corrupted, "resid_pre")[0]]
+    for L in range(lm.n_layers):
+        for h in range(lm.n_heads):
+            send.append(_slice_vector(lm, (c_heads[L] - k_heads[L])[:, :, h], L, h))
+        send.append(c_mlp[L] - k_mlp[L])
+    return torch.stack(send)
+
+
+def eap_swapped_receivers(lm, clean, corrupted, metric):
+    found = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
+    send = _senders(lm, clean, corrupted)
+    acts = sol("activations_and_grads")
+    g = {site: acts(lm, corrupted, metric, site)[1] for site in SITES}
+    receive = []
+    for L in range(lm.n_layers):
+        receive += [g["attn_out"][L] - g["mlp_out"][L], g["resid_pre"][L] - g["attn_out"][L]]
+    receive.append(g["mlp_out"][-1])
+    places = torch.tensor(_places(lm))
+    mask = torch.arange(found.shape[1])[None] > places[:, None]
+    return torch.einsum("sbpd,rbpd->sr", send, torch.stack(receive)) * mask
+
+
+def eap_attn_out_chunks(lm, clean, corrupted, metric):
+    from labkit.grading.answer_keys.lab03 import _eap
+
+    return _eap(lm, clean, corrupted, metric, heads="attn_out")
+
+
+def eap_unmasked(lm, clean, corrupted, metric):
+    send = _senders(lm, clean, corrupted)
+    acts = sol("activations_and_grads")
+    g = {site: acts(lm, corrupted, metric, site)[1] for site in SITES}
+    receive = []
+    for L in range(lm.n_layers):
+        receive += [g["resid_pre"][L] - g["attn_out"][L], g["attn_out"][L] - g["mlp_out"][L]]
+    receive.append(g["mlp_out"][-1])
+    return torch.einsum("sbpd,rbpd->sr", send, torch.stack(receive))
+
+
+def eap_own_layer_attention(lm, clean, corrupted, metric):
+    """A mask that lets a head feed its own layer's attention."""
+    found = eap_unmasked(lm, clean, corrupted, metric)
+    places = torch.tensor(_places(lm))
+    places[1:] = torch.tensor([p - 1 if p % 2 == 0 else p for p in _places(lm)[1:]])
+    return found * (torch.arange(found.shape[1])[None] > places[:, None])
+
+
+_EDGES: dict = {}
+
+
+def eap_memo_ignores_metric(lm, clean, corrupted, metric):
+    key = key_of(clean, corrupted)
+    if key not in _EDGES:
+        _EDGES[key] = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
+    return _EDGES[key]
+
+
+def eap_llama_paths(lm, clean, corrupted, metric):
+    """Written for Llama's module names: model.model.layers[L].self_attn.o_proj."""
+    proj = lm.model.model.layers[0].self_attn.o_proj
+    return sol("edge_attribution_patching")(lm, clean, corrupted, metric) + 0 * proj.weight.sum()
+
+
+def eap_no_embeddings(lm, clean, corrupted, metric):
+    found = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
+    found[0] = 0
+    return found
+
+
+# ----- 3.15 patch_head_set -----------------------------------------------------------------------
+def set_loop(lm, clean, corrupted, metric, heads, direction="denoise"):
+    """One patch context per head, nested, from labkit's patch."""
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    with torch.no_grad(), capture(lm, "head_out") as cache:
+        lm.model(source)
+    with torch.no_grad(), ExitStack() as stack:
+        for layer, head in set(heads):
+            stack.enter_context(patch(lm, "head_out", layer, cache["head_out", layer], heads=[head]))
+        return metric(lm.model(target).logits[:, -1])
+
+
+def set_o_proj_hooks(lm, clean, corrupted, metric, heads, direction="denoise"):
+    """Pre-hooks on W_O written by hand, in float64."""
+    lm64, metric64 = float64(lm), problems.as_float64(metric)
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    saved = {}
+    layers = sorted({L for L, _ in heads})
+    handles = [lm64.attn_out_proj(L).register_forward_pre_hook(
+        lambda mod, args, L=L: saved.__setitem__(L, args[0].clone())) for L in layers]
+    with torch.no_grad():
+        lm64.model(source)
+    for handle in handles:
+        handle.remove()
+
+    def put(L):
+        def hook(mod, args):
+            flat = args[0].clone()
+            for layer, head in heads:
+                if layer == L:
+                    cut = slice(head * lm.d_head, (head + 1) * lm.d_head)
+                    flat[..., cut] = saved[L][..., cut]
+            return (flat,)
+        return hook
+
+    handles = [lm64.attn_out_proj(L).register_forward_pre_hook(put(L)) for L in layers]
+    try:
+        with torch.no_grad():
+            return metric64(lm64.model(target).logits[:, -1])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def set_swapped(lm, clean, corrupted, metric, heads, direction="denoise"):
+    other = "noise" if direction == "denoise" else "denoise"
+    return sol("patch_head_set")(lm, clean, corrupted, metric, heads, other)
+
+
+def set_loss(lm, clean, corrupted, metric, heads, direction="denoise"):
+    found = sol("patch_head_set")(lm, clean, corrupted, metric, heads, direction)
+    return found if direction == "denoise" else metric(last_logits(lm, clean)) - found
+
+
+def set_each(lm, clean, corrupted, metric, heads, direction="denoise"):
+    target = corrupted if direction == "denoise" else clean
+    base = metric(last_logits(lm, target))
+    total = base
+    for head in set(heads):
+        total = total + sol("patch_head_set")(lm, clean, corrupted, metric, [head], direction) - base
+    return total
+
+
+def set_last_position(lm, clean, corrupted, metric, heads, direction="denoise"):
+    source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+    with torch.no_grad(), capture(lm, "head_out") as cache:
+        lm.model(source)
+    with torch.no_grad(), ExitStack() as stack:
+        for layer, head in set(heads):
+            stack.enter_context(patch(lm, "head_out", layer, cache["head_out", layer],
+                                      heads=[head], positions=[-1]))  # fmt: skip
+        return metric(lm.model(target).logits[:, -1])
+
+
+def set_kv_group(lm, clean, corrupted, metric, heads, direction="denoise"):
+    size = lm.n_heads // problems.kv_heads(lm)
+    grown = {(L, g) for L, h in heads for g in range(h // size * size, (h // size + 1) * size)}
+    return sol("patch_head_set")(lm, clean, corrupted, metric, sorted(grown), direction)
+
+
+def set_first_only(lm, clean, corrupted, metric, heads, direction="denoise"):
+    return sol("patch_head_set")(lm, clean, corrupted, metric, list(heads)[:1], direction)
+
+
+_SETS: dict = {}
+
+
+def set_memo_ignores_direction(lm, clean, corrupted, metric, heads, direction="denoise"):
+    key = (*key_of(clean, corrupted), tuple(sorted(set(heads))))
+    if key not in _SETS:
+        _SETS[key] = sol("patch_head_set")(lm, clean, corrupted, metric, heads, direction)
+    return _SETS[key]
+
+
+def set_default_noise(lm, clean, corrupted, metric, heads, direction="noise"):
+    return sol("patch_head_set")(lm, clean, corrupted, metric, heads, direction)
+
+
+def set_head_layer(lm, clean, corrupted, metric, heads, direction="denoise"):
+    """Reads each pair as (head, layer)."""
+    return sol("patch_head_set")(lm, clean, corrupted, metric, [(h, L) for L, h in heads],
+                                 direction)  # fmt: skip
+
+
+# ----- 3.16 circuit_faithfulness -----------------------------------------------------------------
+def faith_hooked(lm, clean, corrupted, targets, foils, heads):
+    """One hook per layer at head_out that writes the corrupted outputs of the others."""
+    rows = torch.arange(clean.shape[0])
+    keep = {(int(L), int(h)) for L, h in heads}
+
+    def diff(logits):
+        return logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+
+    with torch.no_grad(), capture(lm, "head_out") as cache:
+        low = diff(lm.model(corrupted).logits[:, -1])
+    high = diff(last_logits(lm, clean))
+    with torch.no_grad(), ExitStack() as stack:
+        for L in range(lm.n_layers):
+            def put(act, L=L):
+                act = act.clone()
+                for h in range(lm.n_heads):
+                    if (L, h) not in keep:
+                        act[:, :, h] = cache["head_out", L][:, :, h]
+                return act
+            stack.enter_context(hooked(lm, "head_out", L, put))
+        now = diff(lm.model(clean).logits[:, -1])
+    return (now - low) / (high - low)
+
+
+def faith_float64(lm, clean, corrupted, targets, foils, heads):
+    return sol("circuit_faithfulness")(float64(lm), clean, corrupted, targets, foils, heads)
+
+
+def faith_one_batch(lm, clean, corrupted, targets, foils, heads):
+    """The clean, corrupted and circuit runs in one batch of three copies."""
+    b = clean.shape[0]
+    keep = {(int(L), int(h)) for L, h in heads}
+    with torch.no_grad(), capture(lm, "head_out") as cache:
+        lm.model(corrupted)
+    with torch.no_grad(), ExitStack() as stack:
+        for L in range(lm.n_layers):
+            def put(act, L=L):
+                act = act.clone()
+                for h in range(lm.n_heads):
+                    if (L, h) not in keep:
+                        act[2 * b:, :, h] = cache["head_out", L][:, :, h]
+                return act
+            stack.enter_context(hooked(lm, "head_out", L, put))
+        logits = lm.model(torch.cat([clean, corrupted, clean])).logits[:, -1]
+    rows = torch.arange(3 * b)
+    diff = logits[rows, torch.as_tensor(targets).repeat(3)] - logits[rows, torch.as_tensor(foils).repeat(3)]
+    high, low, now = diff.view(3, b)
+    return (now - low) / (high - low)
+
+
+def faith_ablates_set(lm, clean, corrupted, targets, foils, heads):
+    every = {(L, h) for L in range(lm.n_layers) for h in range(lm.n_heads)}
+    rest = sorted(every - {(int(L), int(h)) for L, h in heads})
+    return sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, rest)
+
+
+def faith_batch(lm, clean, corrupted, targets, foils, heads):
+    found = sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, heads)
+    rows = torch.arange(clean.shape[0])
+
+    def diff(logits):
+        return logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+
+    high, low = diff(last_logits(lm, clean)), diff(last_logits(lm, corrupted))
+    now = found * (high - low) + low
+    return ((now.mean() - low.mean()) / (high.mean() - low.mean())).expand(len(rows)).clone()
+
+
+def faith_denoised_set(lm, clean, corrupted, targets, foils, heads):
+    rows = torch.arange(clean.shape[0])
+
+    def diff(logits):
+        return logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+
+    high, low = diff(last_logits(lm, clean)), diff(last_logits(lm, corrupted))
+    with torch.no_grad(), capture(lm, "head_out") as cache:
+        lm.model(clean)
+    with torch.no_grad(), ExitStack() as stack:
+        for L, h in set(heads):
+            stack.enter_context(patch(lm, "head_out", L, cache["head_out", L], heads=[h]))
+        now = diff(lm.model(corrupted).logits[:, -1])
+    return (now - low) / (high - low)
+
+
+def faith_clean_only(lm, clean, corrupted, targets, foils, heads):
+    found = sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, heads)
+    rows = torch.arange(clean.shape[0])
+
+    def diff(logits):
+        return logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+
+    high, low = diff(last_logits(lm, clean)), diff(last_logits(lm, corrupted))
+    return (found * (high - low) + low) / high
+
+
+def faith_mean(lm, clean, corrupted, targets, foils, heads):
+    return sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, heads).mean()
+
+
+def faith_argmax_target(lm, clean, corrupted, targets, foils, heads):
+    """Uses the clean run's top token as the target, whatever the ids given."""
+    top = last_logits(lm, clean).argmax(-1)
+    return sol("circuit_faithfulness")(lm, clean, corrupted, top, foils, heads)
+
+
+_FAITH: dict = {}
+
+
+def faith_memo_heads(lm, clean, corrupted, targets, foils, heads):
+    key = (*key_of(clean), tuple(sorted(set(heads))))
+    if key not in _FAITH:
+        _FAITH[key] = sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, heads)
+    return _FAITH[key]
+
+
+def faith_head_layer(lm, clean, corrupted, targets, foils, heads):
+    """Reads each pair as (head, layer)."""
+    swapped = [(h, L) for L, h in heads if h < lm.n_layers and L < lm.n_heads]
+    return sol("circuit_faithfulness")(lm, clean, corrupted, targets, foils, swapped)
+
+
 # ----- the table ---------------------------------------------------------------------------------
 NM, PG, PH, AG, AP, HA = (
     "normalised_metric",
@@ -1390,6 +2274,92 @@ CASES = [
     Wrong(IG, ig_per_prompt, hint="One score per position", new=True),
 ]
 
+DLA, LENS, PATHS = "direct_logit_attribution", "logit_lens", "path_patching"
+EAP, SET, FAITH = "edge_attribution_patching", "patch_head_set", "circuit_faithfulness"
+
+CASES += [
+    # 3.11 direct_logit_attribution
+    Correct(DLA, dla_weight_slices, "W_O's column slices (or Conv1D's rows), float64, loops"),
+    Correct(DLA, dla_detached_scale, "the norm with a detached scale, then gradient x output"),
+    Wrong(DLA, dla_no_norm, hint="no final norm"),
+    Wrong(DLA, dla_norm_recomputed, hint="final norm to each component on its own"),
+    Wrong(DLA, dla_resid_chunks, hint="residual stream into chunks"),
+    Wrong(DLA, dla_gradient, hint="gradient of the logit difference"),
+    Wrong(DLA, dla_bias_per_head, hint="W_O's bias"),
+    Wrong(DLA, dla_no_centre, hint="LayerNorm"),
+    Wrong(DLA, dla_sign, hint="sign is flipped"),
+    Wrong(DLA, dla_kv_heads, hint="key/value heads"),
+    Wrong(DLA, dla_first_position, hint="first position"),
+    Wrong(DLA, dla_memo_tokens, hint="other target and foil ids", new=True),
+    Wrong(DLA, dla_llama_paths, hint="AttributeError", new=True),
+    Wrong(DLA, dla_default_attn_out, hint="no site: the default", new=True),
+    # 3.12 logit_lens
+    Correct(LENS, lens_hidden_states, "transformers' hidden states, the last one not normed again"),
+    Correct(LENS, lens_full_logits, "the whole vocabulary unembedded, float64"),
+    Wrong(LENS, lens_no_norm, hint="without the final norm"),
+    Wrong(LENS, lens_double_norm, hint="through the final norm twice"),
+    Wrong(LENS, lens_resid_post, hint="one layer late"),
+    Wrong(LENS, lens_frozen_scale, hint="froze the norm's scale"),
+    Wrong(LENS, lens_sign, hint="sign is flipped"),
+    Wrong(LENS, lens_batch_sum, hint="summed over the prompts"),
+    Wrong(LENS, lens_always_last, hint="whatever `position` was", new=True),
+    Wrong(LENS, lens_default_first, hint="no position: the default", new=True),
+    Wrong(LENS, lens_memo_tokens, hint="other target and foil ids", new=True),
+    Wrong(LENS, lens_no_final_entry, hint="(n_layers + 1,)", new=True),
+    # 3.13 path_patching
+    Correct(PATHS, paths_loop, "one run per head; the change measured at the attention output"),
+    Correct(PATHS, paths_float64, "a float64 copy of the model"),
+    Correct(PATHS, paths_frozen_everything, "direct: every later component frozen at corrupted"),
+    Wrong(PATHS, paths_leak, hint="direct path leaks"),
+    Wrong(PATHS, paths_indirect_total, hint="still reaches the logits"),
+    Wrong(PATHS, paths_frozen_norm, hint="froze the final norm's scale"),
+    Wrong(PATHS, paths_whole_output, hint="whole clean output"),
+    Wrong(PATHS, paths_blocked, hint="right after its own layer"),
+    Wrong(PATHS, paths_noising, hint="noising direction"),
+    Wrong(PATHS, paths_sorted, hint="in its order", new=True),
+    Wrong(PATHS, paths_unique, hint="repeats included", new=True),
+    Wrong(PATHS, paths_memo_ignores_metric, hint="a metric that is not normalised", new=True),
+    Wrong(PATHS, paths_default_indirect, hint="no path: the default", new=True),
+    # 3.14 edge_attribution_patching
+    Correct(EAP, eap_three_calls, "exercise 3.4's function once per site; loops over edges"),
+    Correct(EAP, eap_float64, "a float64 copy of the model"),
+    Correct(EAP, eap_norm_hooks, "zero tensors added in front of each receiver's norm"),
+    Wrong(EAP, eap_sign, hint="sign is flipped"),
+    Wrong(EAP, eap_grad_at_clean, hint="from the clean run"),
+    Wrong(EAP, eap_stream_gradient, hint="skip connection included"),
+    Wrong(EAP, eap_swapped_receivers, hint="receivers are swapped"),
+    Wrong(EAP, eap_attn_out_chunks, hint="attention output into chunks"),
+    Wrong(EAP, eap_unmasked, hint="comes after it"),
+    Wrong(EAP, eap_own_layer_attention, hint="0 where the receiver does not come after", new=True),
+    Wrong(EAP, eap_memo_ignores_metric, hint="a metric that is not normalised", new=True),
+    Wrong(EAP, eap_llama_paths, hint="AttributeError", new=True),
+    Wrong(EAP, eap_no_embeddings, hint="Row 0", new=True),
+    # 3.15 patch_head_set
+    Correct(SET, set_loop, "one patch context per head"),
+    Correct(SET, set_o_proj_hooks, "pre-hooks on W_O by hand, float64"),
+    Wrong(SET, set_swapped, hint="swapped"),
+    Wrong(SET, set_loss, hint="how much the metric fell"),
+    Wrong(SET, set_each, hint="one at a time"),
+    Wrong(SET, set_last_position, hint="last position only"),
+    Wrong(SET, set_kv_group, hint="shares a key/value head"),
+    Wrong(SET, set_first_only, hint="first head of the list"),
+    Wrong(SET, set_memo_ignores_direction, hint="noise", new=True),
+    Wrong(SET, set_default_noise, hint="no direction: the default", new=True),
+    Wrong(SET, set_head_layer, hint="patch_head_set", new=True),
+    # 3.16 circuit_faithfulness
+    Correct(FAITH, faith_hooked, "hooks that write the corrupted outputs of the others"),
+    Correct(FAITH, faith_float64, "a float64 copy of the model"),
+    Correct(FAITH, faith_one_batch, "clean, corrupted and circuit runs in one batch"),
+    Wrong(FAITH, faith_ablates_set, hint="ablates the circuit"),
+    Wrong(FAITH, faith_batch, hint="normalised the batch's mean"),
+    Wrong(FAITH, faith_denoised_set, hint="denoised the set"),
+    Wrong(FAITH, faith_clean_only, hint="clean logit difference only"),
+    Wrong(FAITH, faith_mean, hint="One value per prompt pair"),
+    Wrong(FAITH, faith_argmax_target, hint="other target and foil ids", new=True),
+    Wrong(FAITH, faith_memo_heads, hint="circuit_faithfulness", new=True),
+    Wrong(FAITH, faith_head_layer, hint="circuit_faithfulness", new=True),
+]
+
 CORRECT = [c for c in CASES if isinstance(c, Correct)]
 WRONG = [c for c in CASES if isinstance(c, Wrong)]
 EXERCISES = list(H.exercises)
@@ -1409,8 +2379,11 @@ def test_the_table_covers_every_exercise() -> None:
 def test_the_registry_follows_the_notebook() -> None:
     from labkit.checks import lab03
 
-    assert list(lab03.EXERCISES) == [NM, PG, PH, AG, AP, HA, AGR, FIND, QK, IG]
-    assert [c.number for c in lab03.EXERCISES.values()] == [f"3.{i}" for i in range(1, 11)]
+    assert list(lab03.EXERCISES) == [
+        *(NM, PG, PH, AG, AP, HA, AGR, FIND, QK, IG),
+        *(DLA, LENS, PATHS, EAP, SET, FAITH),
+    ]
+    assert [c.number for c in lab03.EXERCISES.values()] == [f"3.{i}" for i in range(1, 17)]
     assert set(lab03.__all__) >= {*lab03.LAB.check_names(), "SITES", "Results", "EXERCISES"}
     assert lab03.SITES == SITES == ("resid_pre", "attn_out", "mlp_out")
     for check in lab03.EXERCISES.values():

@@ -83,10 +83,15 @@ class _NotRun:
 
 
 def structure(check: Check, answers: Any) -> list[tuple[str, float]]:
-    """The check's parts (name, default points), as the notebook's problem has them."""
+    """The check's parts (name, default points), as the reference's run on the notebook's
+    problem shows them (the reference is the instructor's code: it runs here)."""
     key = f"{check.lab.number}:{check.name}"
     if key not in _STRUCTURES:
-        result = run_check(check, _NotRun().call, runner=_NotRun(), answers=answers)
+        reference = getattr(getattr(answers, "sol", None), check.name, None)
+        if callable(reference):
+            result = run_check(check, reference, answers=answers)
+        else:  # no reference here: the parts a run that reaches no call shows
+            result = run_check(check, _NotRun().call, runner=_NotRun(), answers=answers)
         parts = [(p.name, p.points) for p in result.parts if p.name or p.points]
         _STRUCTURES[key] = parts or [("", float(check.points))]
     return _STRUCTURES[key]

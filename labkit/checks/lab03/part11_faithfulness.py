@@ -20,12 +20,12 @@ def _ids(p: P.Pair) -> tuple:
     return (p.lm, p.clean, p.corrupted, p.targets, p.foils)
 
 
-def _case(t: Checker, fn: Callable, p: P.Pair, heads, repeat=False):
+def _case(t: Checker, fn: Callable, p: P.Pair, heads, repeat=False, note=""):
     want = t.expected("circuit_faithfulness", *_ids(p), heads)
     wrong = t.mistakes("circuit_faithfulness", *_ids(p), heads)
     what = (
         f"circuit_faithfulness(lm, clean, corrupted, target_ids, foil_ids, heads={heads}) on "
-        f"{p.describe()}"
+        f"{p.describe()}{note}"
     )
     got = t.tensor(
         t.call(fn, *_ids(p), heads),
@@ -63,7 +63,8 @@ def check_circuit_faithfulness(circuit_faithfulness: Callable, t: Checker) -> No
     with t.part("the share of each pair's logit difference that the heads recover", points=1):
         _case(t, circuit_faithfulness, g, heads_g)
         _case(t, circuit_faithfulness, o, heads_o)
-        _case(t, circuit_faithfulness, g2, heads_g)  # the same prompts, other ids
+        _case(t, circuit_faithfulness, g2, heads_g, note=" (the same prompts as an earlier "
+              "call, other target and foil ids)")
         _case(t, circuit_faithfulness, g, heads_g[1:3])
     with t.part("the definition: every head keeps 1, no head 0; the first call again", points=1):
         for p in (o, g):

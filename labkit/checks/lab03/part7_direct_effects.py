@@ -34,12 +34,18 @@ def _ids(p: P.Pair) -> tuple:
 
 
 # ----- 3.11 --------------------------------------------------------------------------------------
-def _dla_case(t: Checker, fn: Callable, p: P.Pair, site: str | None, repeat=False):
+OTHER_IDS = " (the same prompts as an earlier call, other target and foil ids)"
+
+
+def _dla_case(t: Checker, fn: Callable, p: P.Pair, site: str | None, repeat=False, note=""):
     where = site or "head_out"
     want = t.expected("direct_logit_attribution", *_ids(p), where)
     wrong = t.mistakes("direct_logit_attribution", *_ids(p), where)
     shown = " (no site: the default, 'head_out')" if site is None else f", {site!r})"
-    what = f"direct_logit_attribution(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}"
+    what = (
+        f"direct_logit_attribution(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}"
+        + note
+    )
     args = _ids(p) if site is None else (*_ids(p), site)
     got = t.call(fn, *args)
     n_layers, n_heads, kv = p.lm.n_layers, p.lm.n_heads, P.kv_heads(p.lm)
@@ -84,7 +90,7 @@ def check_direct_logit_attribution(direct_logit_attribution: Callable, t: Checke
     with t.part("every head (site 'head_out', the default)", points=1):
         _dla_case(t, direct_logit_attribution, g, None)
         _dla_case(t, direct_logit_attribution, o, "head_out")
-        _dla_case(t, direct_logit_attribution, g2, None)  # the same prompts, other ids
+        _dla_case(t, direct_logit_attribution, g2, None, note=OTHER_IDS)
     with t.part("sites 'attn_out' and 'mlp_out', and the first call again", points=1):
         _dla_case(t, direct_logit_attribution, o, "mlp_out")
         _dla_case(t, direct_logit_attribution, g, "attn_out")
@@ -123,12 +129,14 @@ def check_direct_logit_attribution(direct_logit_attribution: Callable, t: Checke
 
 
 # ----- 3.12 --------------------------------------------------------------------------------------
-def _lens_case(t: Checker, fn: Callable, p: P.Pair, position: int | None, repeat=False):
+def _lens_case(
+    t: Checker, fn: Callable, p: P.Pair, position: int | None, repeat=False, note=""
+):
     where = -1 if position is None else position
     want = t.expected("logit_lens", *_ids(p), where)
     wrong = t.mistakes("logit_lens", *_ids(p), where)
     shown = " (no position: the default, -1)" if position is None else f", position={position})"
-    what = f"logit_lens(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}"
+    what = f"logit_lens(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}" + note
     args = _ids(p) if position is None else (*_ids(p), position)
     got = t.tensor(
         t.call(fn, *args),
@@ -168,7 +176,7 @@ def check_logit_lens(logit_lens: Callable, t: Checker) -> None:
             where = -1 if position is None else position
             model = t.expected("logit_lens@model", *_ids(p), where)
             shown = "" if position is None else f", position={position}"
-            what = f"logit_lens(...{shown}) on {p.describe()}"
+            what = f"logit_lens(...{shown}) on {p.describe()}" + (OTHER_IDS if p is g2 else "")
             args = _ids(p) if position is None else (*_ids(p), position)
             got = t.tensor(t.call(logit_lens, *args), what, shape=(p.lm.n_layers + 1,))
             t.close(
