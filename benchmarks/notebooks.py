@@ -61,28 +61,38 @@ def first_line(source: str) -> str:
 
 
 # Run before the notebook's first cell with --model-time: times the model's forward calls (the
-# outermost ...ForCausalLM call only) and every backward pass, in the kernel itself.
+# outermost ...ForCausalLM call only) and every backward pass, in the kernel itself: wall time,
+# and the kernel process's CPU time (all its threads), which other jobs on the machine disturb
+# much less.
 MODEL_TIMER = """
 import time as _bench_time, torch as _bench_torch
-_bench = {"forward": 0.0, "forwards": 0, "backward": 0.0, "backwards": 0, "start": {}}
+_bench = {"forward": 0.0, "forwards": 0, "backward": 0.0, "backwards": 0,
+          "forward_cpu": 0.0, "backward_cpu": 0.0, "start": {}}
+
+def _bench_now():
+    return _bench_time.perf_counter(), _bench_time.process_time()
 
 def _bench_pre(module, args):
     if type(module).__name__.endswith("ForCausalLM"):
-        _bench["start"][id(module)] = _bench_time.perf_counter()
+        _bench["start"][id(module)] = _bench_now()
 
 def _bench_post(module, args, output):
     start = _bench["start"].pop(id(module), None)
     if start is not None:
-        _bench["forward"] += _bench_time.perf_counter() - start
+        wall, cpu = _bench_now()
+        _bench["forward"] += wall - start[0]
+        _bench["forward_cpu"] += cpu - start[1]
         _bench["forwards"] += 1
 
 def _bench_timed(run):
     def timed(*args, **kwargs):
-        start = _bench_time.perf_counter()
+        start = _bench_now()
         try:
             return run(*args, **kwargs)
         finally:
-            _bench["backward"] += _bench_time.perf_counter() - start
+            wall, cpu = _bench_now()
+            _bench["backward"] += wall - start[0]
+            _bench["backward_cpu"] += cpu - start[1]
             _bench["backwards"] += 1
     return timed
 
@@ -92,19 +102,22 @@ _bench_torch.autograd.grad = _bench_timed(_bench_torch.autograd.grad)
 _bench_torch.Tensor.backward = _bench_timed(_bench_torch.Tensor.backward)
 """
 MODEL_REPORT = """
-print("@@model", *(_bench[key] for key in ("forward", "forwards", "backward", "backwards")))
+print("@@model", *(_bench[key] for key in
+                   ("forward", "forwards", "backward", "backwards", "forward_cpu", "backward_cpu")))
 """
 
 
-def model_numbers(cell: nbformat.NotebookNode) -> tuple[float, int, float, int] | None:
-    """(forward s, forward calls, backward s, backward passes) from the report cell, if it ran."""
+def model_numbers(cell: nbformat.NotebookNode) -> tuple[float, int, float, int, float] | None:
+    """(forward s, forward calls, backward s, backward passes, CPU s of both) from the report
+    cell, if it ran."""
     text = "".join(out.get("text", "") for out in cell.get("outputs", []))
     fields = next(
         (line.split()[1:] for line in text.splitlines() if line.startswith("@@model")), None
     )
     if not fields:
         return None
-    return float(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
+    cpu = float(fields[4]) + float(fields[5])
+    return float(fields[0]), int(fields[1]), float(fields[2]), int(fields[3]), cpu
 
 
 def model_time(cell: nbformat.NotebookNode) -> str:
@@ -112,16 +125,16 @@ def model_time(cell: nbformat.NotebookNode) -> str:
     numbers = model_numbers(cell)
     if numbers is None:
         return "  model time: not reported (the run stopped before the last cell)"
-    forward, forwards, backward, backwards = numbers
+    forward, forwards, backward, backwards, cpu = numbers
     return (
         f"  model time: {forward + backward:.1f} s = {forward:.1f} s in {forwards} forward calls "
-        f"+ {backward:.1f} s in {backwards} backward passes"
+        f"+ {backward:.1f} s in {backwards} backward passes; CPU time {cpu:.1f} s"
     )
 
 
 def run_notebook(
     path: Path, slowest: int, timeout: int, measure_model: bool = False
-) -> tuple[float, tuple[float, int, float, int] | None]:
+) -> tuple[float, tuple[float, int, float, int, float] | None]:
     """Run one notebook and print where its time went: (total seconds, model numbers or None)."""
     notebook = nbformat.read(path, as_version=4)
     if measure_model:
@@ -175,6 +188,7 @@ def compare(paths: list[Path], runs: dict[Path, list[tuple]]) -> None:
     model = {
         path: [n[0] + n[2] if n is not None else None for _, n in runs[path]] for path in paths
     }
+    cpu = {path: [n[4] if n is not None else None for _, n in runs[path]] for path in paths}
     print(f"\nComparison over {rounds} round(s):")
     for path in paths:
         total = statistics.median(t for t, _ in runs[path])
@@ -186,11 +200,17 @@ def compare(paths: list[Path], runs: dict[Path, list[tuple]]) -> None:
             numbers = next(n for _, n in runs[path] if n is not None)
             line += f"; median model time {statistics.median(known):.1f} s"
             line += f" ({numbers[1]} forward calls, {numbers[3]} backward passes)"
-            pairs = [(a, b) for a, b in zip(model[first], model[path], strict=True) if a and b]
-            if path != first and pairs:
-                ratios = ", ".join(f"x{a / b:.2f}" for a, b in pairs)
-                mean_ratio = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
-                line += f"; model time ratio by round {ratios}, over all rounds x{mean_ratio:.2f}"
+            line += f", median CPU time {statistics.median(c for c in cpu[path] if c):.1f} s"
+            for label, values in (("model time", model), ("CPU time", cpu)):
+                pairs = [
+                    (a, b) for a, b in zip(values[first], values[path], strict=True) if a and b
+                ]
+                if path != first and pairs:
+                    ratios = ", ".join(f"x{a / b:.2f}" for a, b in pairs)
+                    mean_ratio = sum(a for a, _ in pairs) / sum(b for _, b in pairs)
+                    line += (
+                        f"\n    {label} ratio by round {ratios}; over all rounds x{mean_ratio:.2f}"
+                    )
         print(line)
     print("  (x: the first notebook's time divided by this one's; above 1 is faster)")
 

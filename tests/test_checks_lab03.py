@@ -1563,7 +1563,7 @@ def paths_loop(lm, clean, corrupted, metric, heads, path="direct"):
     last = lm.n_layers - 1
     found = []
     for layer, head in heads:
-        change = _head_change(lm, clean, corrupted, layer, head)[:, -1]
+        change = _head_change(lm, clean, corrupted, layer, head)  # (batch, pos, d_model)
         with torch.no_grad(), capture(lm, "head_out", [layer]) as c:
             lm.model(clean)
         with torch.no_grad(), ExitStack() as stack:
