@@ -61,6 +61,7 @@ def fake_default(monkeypatch, tmp_path: Path) -> SimpleNamespace:
 LONGEST_FIRST = (
     "tests/test_notebooks.py::test_solution_notebook_passes_nbval",
     "tests/test_browser.py",
+    "tests/test_grading_hostile.py",
     "tests/test_grading.py",
     "tests/test_device.py",
     "tests/test_release.py",
@@ -91,6 +92,8 @@ def pytest_collection_modifyitems(items: list) -> None:
 # built once. Every other test is handed out on its own.
 ONE_WORKER_MODULES = (
     "tests/test_browser.py",
+    "tests/test_grading_hostile.py",
+    "tests/test_grading_sandbox.py",
     "tests/test_grading.py",
     "tests/test_release.py",
     "tests/test_attribution_libraries.py",
