@@ -26,7 +26,7 @@ import pytest
 from labkit.grading.config import Limits, load_lab
 from labkit.grading.gradebook import Gradebook
 from labkit.grading.grader import Options, grade
-from labkit.grading.sandbox import UID_BASE, processes_of
+from labkit.grading.sandbox import processes_of, slot_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "01_attribution.ipynb"
@@ -471,7 +471,7 @@ def graded(tmp_path_factory):
     nbformat.write(nb, solutions / SOLUTION.name)
     archive = make_class(base / "inbox")
     out = base / f"grades-{TAG}"
-    before = set(processes_of(UID_BASE)) | set(processes_of(UID_BASE + 1))
+    before = set(processes_of(slot_uid(0))) | set(processes_of(slot_uid(1)))
     summary = grade(
         Options(
             lab="01",
@@ -485,7 +485,7 @@ def graded(tmp_path_factory):
             progress=False,
         )
     )
-    leftover = set(processes_of(UID_BASE)) | set(processes_of(UID_BASE + 1))
+    leftover = set(processes_of(slot_uid(0))) | set(processes_of(slot_uid(1)))
     records = {r.source or r.student: r for r in Gradebook(out).records()}
     with open(out / "gradebook.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -15,8 +15,9 @@ What holds a worker (see ``labkit.worker.contain`` for the worker's side):
 * **namespaces** where the system allows them: the worker sees its own processes only, no
   network, and a file system without the repository, the solutions, the class archive, other
   submissions or the grader's output;
-* **its own uid** (when the grader runs as root): one per slot, so no worker can signal
-  another slot's, and every process of that uid is ended before the slot's next worker starts;
+* **its own uid** (when the grader runs as root): one per slot and grading process
+  (:func:`slot_uid`), so no worker can signal another's, and every process of that uid is
+  ended before the slot's next worker starts;
 * **limits from outside**: the grader's own clock decides time limits, and ending a worker ends
   its process group, its control groups and its uid's processes, so nothing outlives it.
 """
@@ -40,7 +41,8 @@ from typing import Any
 from labkit.grading.config import GradingError, Limits
 
 READY_SECONDS = 600.0  # importing torch on a busy 2-core machine can take minutes
-UID_BASE = 64000  # slot k's workers run as UID_BASE + k when the grader is root
+UID_BASE = 200_000  # workers run as uids above this when the grader is root (slot_uid)
+SLOTS_PER_RUN = 16
 # LABKIT_SANDBOX: "no-namespaces" (a system that forbids namespaces), or "container": neither
 # namespaces nor control groups, as in Gradescope's Docker container (tests use both).
 SANDBOX_ENV = "LABKIT_SANDBOX"
@@ -175,6 +177,13 @@ class ControlGroups:
 
 
 # ----- processes of a uid -------------------------------------------------------------------------
+def slot_uid(slot: int) -> int:
+    """The uid of a job slot's workers: its own for each slot of each grading process, so two
+    runs on one machine (or two test workers) never share one."""
+    return UID_BASE + (os.getpid() % 100_000) * SLOTS_PER_RUN + slot % SLOTS_PER_RUN
+
+
+
 def processes_of(uid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -339,7 +348,7 @@ class Sandbox:
         self.slot = slot
         self.preload = list(preload or [])
         self.root = os.geteuid() == 0
-        self.uid = UID_BASE + slot if self.root else None
+        self.uid = slot_uid(slot) if self.root else None
         mode = os.environ.get(SANDBOX_ENV, "")
         self.namespaces = mode not in ("no-namespaces", "container")
         self.cgroups = mode != "container"
