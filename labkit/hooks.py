@@ -164,11 +164,11 @@ def _hook_site(lm: LabModel, site: str, layer: int | None, fn: ActivationFn):
         return lm.block(layer).register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     if site == "head_out":
-        n_heads, d_head = lm.n_heads, lm.d_head
+        split = (lm.n_heads, lm.d_head)
 
         def heads_hook(mod, args):
             flat = args[0]  # (batch, pos, n_heads * d_head)
-            heads = flat.view(*flat.shape[:-1], n_heads, d_head)
+            heads = flat.view(*flat.shape[:-1], *split)
             new = fn(heads)
             # Always pass on a tensor derived from `heads`, so gradients reach a captured view.
             new = heads if new is None else new

@@ -183,13 +183,15 @@ def exercise_on_traceback(error: BaseException, fallback: str | None = None) -> 
     """The exercise function that raised ``error``: the innermost frame of its traceback that
     runs a function registered as an exercise (``labkit.checks.core.exercise_number``), e.g.
     the stub of an unfinished one; ``fallback`` when there is none."""
-    from labkit.checks.core import exercise_number
+    from labkit.checks.core import LABS
 
+    # Only the exercises of the explorer's own lab (the one ``fallback`` belongs to) count.
+    labs = [lab for lab in LABS if fallback in lab._checks] or LABS
     found = None
     trace = error.__traceback__
     while trace is not None:
         name = trace.tb_frame.f_code.co_name
-        if exercise_number(name) is not None:
+        if any(name in lab._checks for lab in labs):
             found = name
         trace = trace.tb_next
     return found or fallback

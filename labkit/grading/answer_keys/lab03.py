@@ -1321,6 +1321,18 @@ def lens_no_norm(sol, lm, tokens, targets, foils, position=-1):
 
 @KEY.mistake(
     "logit_lens",
+    "You unembedded the residual stream without the final norm (only the last entry, "
+    "transformers' normalised last hidden state, went through it). The model never reads its "
+    "stream raw: apply lm.final_norm to every layer's stream first.",
+)
+def lens_no_norm_but_last(sol, lm, tokens, targets, foils, position=-1):
+    raw = _lens(lm, tokens, targets, foils, position, norm="none")
+    normed = _lens(lm, tokens, targets, foils, position)
+    return torch.cat([raw[:-1], normed[-1:]])
+
+
+@KEY.mistake(
+    "logit_lens",
     "Your last entry went through the final norm twice: the last hidden state transformers "
     "returns (hidden_states[-1], last_hidden_state) is already normalised.",
 )
@@ -1462,6 +1474,18 @@ def paths_whole_output(sol, lm, clean, corrupted, metric, heads, path="direct"):
     if path != "direct":
         raise NotThisProblem
     return _paths(lm, clean, corrupted, metric, heads, "direct", how="whole")
+
+
+@KEY.mistake(
+    "path_patching",
+    "Your answers follow the sorted heads. Return one value per entry of heads, in its order "
+    "(repeats included).",
+)
+def paths_sorted(sol, lm, clean, corrupted, metric, heads, path="direct"):
+    pairs = [(int(layer), int(head)) for layer, head in heads]
+    if pairs == sorted(pairs):
+        raise NotThisProblem
+    return _paths(lm, clean, corrupted, metric, sorted(pairs), path)
 
 
 @KEY.mistake(
@@ -1805,6 +1829,19 @@ def _faithful(lm, clean, corrupted, targets, foils, heads, *, keep=True, run="cl
     else:
         found = (now - low) / (high - low)
     return found.mean() if mean else found.clone()
+
+
+@KEY.mistake(
+    "circuit_faithfulness",
+    "You measured the clean run's top token, not the target_ids given: the target need not be "
+    "the token the model ranks first. Use the target and foil ids you are passed.",
+)
+def faith_argmax_target(sol, lm, clean, corrupted, targets, foils, heads):
+    with torch.no_grad():
+        top = lm.model(clean).logits[:, -1].argmax(-1)
+    if torch.equal(top, _ids(lm, targets).expand_as(top)):
+        raise NotThisProblem
+    return _faithful(lm, clean, corrupted, top, foils, heads)
 
 
 @KEY.mistake(
