@@ -1785,7 +1785,7 @@ def eap_sign(lm, clean, corrupted, metric):
 
 def eap_grad_at_clean(lm, clean, corrupted, metric):
     """The gradients of the clean run (the changes still clean - corrupted)."""
-    from labkit.grading.answer_keys.lab03 import _eap
+    from labkit.grading.answer_keys.lab03.part9_edges import _eap
 
     return _eap(lm, clean, corrupted, metric, grad_at="clean")
 
@@ -1830,7 +1830,7 @@ def eap_swapped_receivers(lm, clean, corrupted, metric):
 
 
 def eap_attn_out_chunks(lm, clean, corrupted, metric):
-    from labkit.grading.answer_keys.lab03 import _eap
+    from labkit.grading.answer_keys.lab03.part9_edges import _eap
 
     return _eap(lm, clean, corrupted, metric, heads="attn_out")
 
