@@ -489,6 +489,14 @@ def graded(tmp_path_factory):
     records = {r.source or r.student: r for r in Gradebook(out).records()}
     with open(out / "gradebook.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    if os.environ.get("LABKIT_HOSTILE_TABLE"):  # the results table, for a closing note
+        lines = ["| submission | score | its honest part | of | flagged |", "|---|---|---|---|---|"]
+        for student in LOST:
+            record = records[student]
+            honest = honest_part(records, student) if LOST[student] is not None else "-"
+            lines.append(f"| {student} | {record.score:g} | {honest} | {record.max_score:g} | "
+                         f"{'yes' if record.flags else 'no'} |")  # fmt: skip
+        Path(os.environ["LABKIT_HOSTILE_TABLE"]).write_text("\n".join(lines) + "\n")
     return out, records, rows, summary, before, leftover
 
 
