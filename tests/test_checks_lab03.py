@@ -1277,7 +1277,9 @@ def dla_detached_scale(lm, tokens, targets, foils, site="head_out"):
             normed = norm.weight * x / scale
         logits = lm.unembed(normed)
         rows = torch.arange(x.shape[0])
-        value = (logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean()
+        value = (
+            logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+        ).mean()
         (u,) = torch.autograd.grad(value, x)  # already divided by the batch
     if site != "head_out":
         return torch.stack([(c[site, L][:, -1] * u).sum() for L in range(lm.n_layers)])
@@ -1348,7 +1350,9 @@ def dla_gradient(lm, tokens, targets, foils, site="head_out"):
     with torch.enable_grad():
         logits = lm.unembed(lm.final_norm(x))
         rows = torch.arange(x.shape[0])
-        value = (logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean()
+        value = (
+            logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+        ).mean()
         (u,) = torch.autograd.grad(value, x)
     if site != "head_out":
         return torch.stack([(c[site, L][:, -1] * u).sum() for L in range(lm.n_layers)])
@@ -1467,7 +1471,11 @@ def lens_full_logits(lm, tokens, targets, foils, position=-1):
         out = []
         for x in streams:
             logits = lm64.unembed(lm64.final_norm(x[:, position]))
-            out.append((logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]).mean())
+            out.append(
+                (
+                    logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(foils)]
+                ).mean()
+            )
     return torch.stack(out)
 
 
@@ -1571,8 +1579,12 @@ def paths_loop(lm, clean, corrupted, metric, heads, path="direct"):
             if path == "direct":
                 stack.enter_context(patch(lm, "resid_post", last, change, positions=[-1], add=True))
             else:
-                stack.enter_context(patch(lm, "head_out", layer, c["head_out", layer], heads=[head]))
-                stack.enter_context(patch(lm, "resid_post", last, -change, positions=[-1], add=True))
+                stack.enter_context(
+                    patch(lm, "head_out", layer, c["head_out", layer], heads=[head])
+                )
+                stack.enter_context(
+                    patch(lm, "resid_post", last, -change, positions=[-1], add=True)
+                )
             found.append(metric(lm.model(corrupted).logits[:, -1]))
     return torch.stack(found)
 
@@ -1594,7 +1606,9 @@ def paths_frozen_everything(lm, clean, corrupted, metric, heads, path="direct"):
     found = []
     for layer, head in heads:
         with torch.no_grad(), ExitStack() as stack:
-            stack.enter_context(patch(lm, "head_out", layer, c_cache["head_out", layer], heads=[head]))
+            stack.enter_context(
+                patch(lm, "head_out", layer, c_cache["head_out", layer], heads=[head])
+            )
             for later in range(layer, lm.n_layers):
                 stack.enter_context(patch(lm, "mlp_out", later, k_cache["mlp_out", later]))
                 if later > layer:
@@ -1770,7 +1784,7 @@ def eap_norm_hooks(lm, clean, corrupted, metric):
             handle.remove()
     send = [c["resid_pre", 0] - k["resid_pre", 0].detach()]
     for L in range(lm.n_layers):
-        z = (c["head_out", L] - k["head_out", L].detach())
+        z = c["head_out", L] - k["head_out", L].detach()
         for h in range(lm.n_heads):
             send.append(_slice_vector(lm, z[:, :, h], L, h).detach())
         send.append(c["mlp_out", L] - k["mlp_out", L].detach())
@@ -1794,7 +1808,10 @@ def eap_stream_gradient(lm, clean, corrupted, metric):
     """The receivers' gradients at the stream (resid_pre for the attention, the stream after
     the attention for the MLP): skip connections included."""
     acts = sol("activations_and_grads")
-    g_pre, g_attn = acts(lm, corrupted, metric, "resid_pre")[1], acts(lm, corrupted, metric, "attn_out")[1]
+    g_pre, g_attn = (
+        acts(lm, corrupted, metric, "resid_pre")[1],
+        acts(lm, corrupted, metric, "attn_out")[1],
+    )
     g_mlp = acts(lm, corrupted, metric, "mlp_out")[1]
     right = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
     # rebuild with the wrong receivers: the senders' changes are the solution's
@@ -1884,7 +1901,9 @@ def set_loop(lm, clean, corrupted, metric, heads, direction="denoise"):
         lm.model(source)
     with torch.no_grad(), ExitStack() as stack:
         for layer, head in set(heads):
-            stack.enter_context(patch(lm, "head_out", layer, cache["head_out", layer], heads=[head]))
+            stack.enter_context(
+                patch(lm, "head_out", layer, cache["head_out", layer], heads=[head])
+            )
         return metric(lm.model(target).logits[:, -1])
 
 
@@ -1894,8 +1913,12 @@ def set_o_proj_hooks(lm, clean, corrupted, metric, heads, direction="denoise"):
     source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
     saved = {}
     layers = sorted({L for L, _ in heads})
-    handles = [lm64.attn_out_proj(L).register_forward_pre_hook(
-        lambda mod, args, L=L: saved.__setitem__(L, args[0].clone())) for L in layers]
+    handles = [
+        lm64.attn_out_proj(L).register_forward_pre_hook(
+            lambda mod, args, L=L: saved.__setitem__(L, args[0].clone())
+        )
+        for L in layers
+    ]
     with torch.no_grad():
         lm64.model(source)
     for handle in handles:
@@ -1909,6 +1932,7 @@ def set_o_proj_hooks(lm, clean, corrupted, metric, heads, direction="denoise"):
                     cut = slice(head * lm.d_head, (head + 1) * lm.d_head)
                     flat[..., cut] = saved[L][..., cut]
             return (flat,)
+
         return hook
 
     handles = [lm64.attn_out_proj(L).register_forward_pre_hook(put(L)) for L in layers]
@@ -1935,7 +1959,9 @@ def set_each(lm, clean, corrupted, metric, heads, direction="denoise"):
     base = metric(last_logits(lm, target))
     total = base
     for head in set(heads):
-        total = total + sol("patch_head_set")(lm, clean, corrupted, metric, [head], direction) - base
+        total = (
+            total + sol("patch_head_set")(lm, clean, corrupted, metric, [head], direction) - base
+        )
     return total
 
 
@@ -1994,12 +2020,14 @@ def faith_hooked(lm, clean, corrupted, targets, foils, heads):
     high = diff(last_logits(lm, clean))
     with torch.no_grad(), ExitStack() as stack:
         for L in range(lm.n_layers):
+
             def put(act, L=L):
                 act = act.clone()
                 for h in range(lm.n_heads):
                     if (L, h) not in keep:
                         act[:, :, h] = cache["head_out", L][:, :, h]
                 return act
+
             stack.enter_context(hooked(lm, "head_out", L, put))
         now = diff(lm.model(clean).logits[:, -1])
     return (now - low) / (high - low)
@@ -2017,16 +2045,21 @@ def faith_one_batch(lm, clean, corrupted, targets, foils, heads):
         lm.model(corrupted)
     with torch.no_grad(), ExitStack() as stack:
         for L in range(lm.n_layers):
+
             def put(act, L=L):
                 act = act.clone()
                 for h in range(lm.n_heads):
                     if (L, h) not in keep:
-                        act[2 * b:, :, h] = cache["head_out", L][:, :, h]
+                        act[2 * b :, :, h] = cache["head_out", L][:, :, h]
                 return act
+
             stack.enter_context(hooked(lm, "head_out", L, put))
         logits = lm.model(torch.cat([clean, corrupted, clean])).logits[:, -1]
     rows = torch.arange(3 * b)
-    diff = logits[rows, torch.as_tensor(targets).repeat(3)] - logits[rows, torch.as_tensor(foils).repeat(3)]
+    diff = (
+        logits[rows, torch.as_tensor(targets).repeat(3)]
+        - logits[rows, torch.as_tensor(foils).repeat(3)]
+    )
     high, low, now = diff.view(3, b)
     return (now - low) / (high - low)
 

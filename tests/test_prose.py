@@ -18,7 +18,11 @@ from labkit.notebooks import read_nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_attribution", "02_causal_tracing", "03_attribution_patching")
-LABS = {"01_attribution": lab01.LAB, "02_causal_tracing": lab02.LAB, "03_attribution_patching": lab03.LAB}
+LABS = {
+    "01_attribution": lab01.LAB,
+    "02_causal_tracing": lab02.LAB,
+    "03_attribution_patching": lab03.LAB,
+}
 DECIMAL = re.compile(r"(?<![\w.])[-−]?\d+\.\d+(?![\w.])")
 # Numbers that are definitions, not results (a formula's constant, a setting the text explains).
 ALLOWED: dict[str, set[str]] = {

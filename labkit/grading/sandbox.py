@@ -183,7 +183,6 @@ def slot_uid(slot: int) -> int:
     return UID_BASE + (os.getpid() % 100_000) * SLOTS_PER_RUN + slot % SLOTS_PER_RUN
 
 
-
 def processes_of(uid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

@@ -19,9 +19,7 @@ def _case(t: Checker, fn: Callable, p: P.Pair, metric, heads, direction, repeat=
     where = direction or "denoise"
     want = t.expected("patch_head_set", *p.args, metric, heads, where)
     wrong = t.mistakes("patch_head_set", *p.args, metric, heads, where)
-    shown = (
-        " (no direction: the default, 'denoise')" if direction is None else f", {direction!r})"
-    )
+    shown = " (no direction: the default, 'denoise')" if direction is None else f", {direction!r})"
     what = (
         f"patch_head_set(lm, clean, corrupted, metric, heads={heads}{shown} on {p.describe()}, "
         f"{metric.label}"

@@ -63,16 +63,25 @@ def check_circuit_faithfulness(circuit_faithfulness: Callable, t: Checker) -> No
     with t.part("the share of each pair's logit difference that the heads recover", points=1):
         _case(t, circuit_faithfulness, g, heads_g)
         _case(t, circuit_faithfulness, o, heads_o)
-        _case(t, circuit_faithfulness, g2, heads_g, note=" (the same prompts as an earlier "
-              "call, other target and foil ids)")
+        _case(
+            t,
+            circuit_faithfulness,
+            g2,
+            heads_g,
+            note=" (the same prompts as an earlier call, other target and foil ids)",
+        )
         _case(t, circuit_faithfulness, g, heads_g[1:3])
     with t.part("the definition: every head keeps 1, no head 0; the first call again", points=1):
         for p in (o, g):
-            every = [(layer, head) for layer in range(p.lm.n_layers) for head in range(p.lm.n_heads)]
+            every = [
+                (layer, head) for layer in range(p.lm.n_layers) for head in range(p.lm.n_heads)
+            ]
             for heads, value in [(every[::-1], 1.0), ([], 0.0)]:
                 kept = "every head" if heads else "no head"
                 what = f"circuit_faithfulness(..., heads=<{kept}>) on {p.describe()}"
-                got = t.tensor(t.call(circuit_faithfulness, *_ids(p), heads), what, shape=(p.batch,))
+                got = t.tensor(
+                    t.call(circuit_faithfulness, *_ids(p), heads), what, shape=(p.batch,)
+                )
                 t.close(
                     got,
                     torch.full((p.batch,), value),

@@ -43,14 +43,16 @@ def _dla_case(t: Checker, fn: Callable, p: P.Pair, site: str | None, repeat=Fals
     wrong = t.mistakes("direct_logit_attribution", *_ids(p), where)
     shown = " (no site: the default, 'head_out')" if site is None else f", {site!r})"
     what = (
-        f"direct_logit_attribution(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}"
-        + note
+        f"direct_logit_attribution(lm, tokens, target_ids, foil_ids{shown} on {p.describe()}" + note
     )
     args = _ids(p) if site is None else (*_ids(p), site)
     got = t.call(fn, *args)
     n_layers, n_heads, kv = p.lm.n_layers, p.lm.n_heads, P.kv_heads(p.lm)
-    if where == "head_out" and kv != n_heads and isinstance(got, torch.Tensor) and (
-        got.shape == (n_layers, kv)
+    if (
+        where == "head_out"
+        and kv != n_heads
+        and isinstance(got, torch.Tensor)
+        and (got.shape == (n_layers, kv))
     ):
         t.fail(
             what,
@@ -129,9 +131,7 @@ def check_direct_logit_attribution(direct_logit_attribution: Callable, t: Checke
 
 
 # ----- 3.12 --------------------------------------------------------------------------------------
-def _lens_case(
-    t: Checker, fn: Callable, p: P.Pair, position: int | None, repeat=False, note=""
-):
+def _lens_case(t: Checker, fn: Callable, p: P.Pair, position: int | None, repeat=False, note=""):
     where = -1 if position is None else position
     want = t.expected("logit_lens", *_ids(p), where)
     wrong = t.mistakes("logit_lens", *_ids(p), where)

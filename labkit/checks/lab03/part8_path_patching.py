@@ -104,4 +104,3 @@ def check_path_patching(path_patching: Callable, t: Checker) -> None:
             "the indirect path lets every later component see it, then takes it back out of "
             "the final residual stream.",
         )
-

@@ -35,8 +35,7 @@ def _case(t: Checker, fn: Callable, p: P.Pair, metric, repeat=False):
     want = t.expected("edge_attribution_patching", *p.args, metric)
     wrong = t.mistakes("edge_attribution_patching", *p.args, metric)
     what = (
-        f"edge_attribution_patching(lm, clean, corrupted, metric) on {p.describe()}, "
-        f"{metric.label}"
+        f"edge_attribution_patching(lm, clean, corrupted, metric) on {p.describe()}, {metric.label}"
     )
     got = t.tensor(
         t.call(fn, *p.args, metric),

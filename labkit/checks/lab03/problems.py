@@ -308,8 +308,10 @@ def heads_of(t, lm: LabModel, offset: int, count: int, *, repeat: bool = False) 
     chosen = [every[i] for i in order[:count]]
     if count >= 3 and len({layer for layer, _ in chosen}) == count and lm.n_heads > 1:
         layer, head = chosen[0]
-        chosen[-1] = (layer, (head + 1 + int(torch.randint(lm.n_heads - 1, (), generator=gen)))
-                      % lm.n_heads)  # two heads of one layer
+        chosen[-1] = (
+            layer,
+            (head + 1 + int(torch.randint(lm.n_heads - 1, (), generator=gen))) % lm.n_heads,
+        )  # two heads of one layer
     if count >= 2 and chosen[0][0] < chosen[1][0]:
         chosen[0], chosen[1] = chosen[1], chosen[0]  # not sorted by layer
     return chosen + chosen[:1] if repeat else chosen

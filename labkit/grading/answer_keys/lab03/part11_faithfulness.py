@@ -31,10 +31,10 @@ def _faithful(lm, clean, corrupted, targets, foils, heads, *, keep=True, run="cl
     high, low = diff(clean), diff(corrupted)
     if run == "corrupted":
         cache = _run_cache(lm, clean, "head_out")
+        kept = {L: [h for h in range(lm.n_heads) if (L, h) in chosen] for L in range(lm.n_layers)}
         contexts = [
-            patch(lm, "head_out", L, cache["head_out", L], heads=[h for h in range(lm.n_heads) if (L, h) in chosen])
-            for L in range(lm.n_layers) if any((L, h) in chosen for h in range(lm.n_heads))
-        ]  # fmt: skip
+            patch(lm, "head_out", L, cache["head_out", L], heads=kept[L]) for L in kept if kept[L]
+        ]
         now = diff(corrupted, contexts)
     else:
         cache = _run_cache(lm, corrupted, "head_out")

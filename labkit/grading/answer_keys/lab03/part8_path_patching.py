@@ -30,7 +30,8 @@ def _paths(lm, clean, corrupted, metric, heads, path="direct", *, how="right") -
     found = []
     for layer, head in heads:
         layer, head = int(layer), int(head)
-        change = _head_vectors(lm, c_cache["head_out", layer][:, -1] - k_cache["head_out", layer][:, -1], layer)[:, head]  # fmt: skip
+        step = c_cache["head_out", layer][:, -1] - k_cache["head_out", layer][:, -1]
+        change = _head_vectors(lm, step, layer)[:, head]
         with torch.no_grad():
             if path == "direct" and how in ("right", "whole", "frozen"):
                 if how == "whole":
