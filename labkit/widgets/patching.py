@@ -222,7 +222,7 @@ class PatchingExplorer:
                 title=name,
             )
         )
-        self.scatter.value = _png(plot_patching_scatter(self.estimate, self.exact_grid))
+        self.scatter.value = _png(plot_patching_scatter(self.estimate, self.exact_grid, title=name))
         self.heatmaps.layout.display = self.scatter.layout.display = None
         r = torch.corrcoef(torch.stack([self.estimate.flatten(), self.exact_grid.flatten()]))
         self.status.value = (
