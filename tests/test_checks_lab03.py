@@ -12,6 +12,7 @@ calls, family-specific module paths, ignored inputs and arguments, sizes past 9,
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -62,6 +63,28 @@ def envoy(root, path: str):
     for name in path.split("."):
         root = getattr(root, name)
     return root
+
+
+def memo_ignoring_metric(exercise: str, name: str) -> Callable:
+    """A wrong answer named ``name`` that keeps the solution's results between calls, keyed on
+    every input but the model and the metric: a later call with another metric on the same
+    prompts gets the earlier metric's answer."""
+    memo: dict = {}
+
+    def answer(*args, **kwargs):
+        bound = inspect.signature(sol(exercise)).bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple(
+            value.detach().cpu().numpy().tobytes() if isinstance(value, Tensor) else repr(value)
+            for arg, value in bound.arguments.items()
+            if arg not in ("lm", "metric")
+        )
+        if key not in memo:
+            memo[key] = sol(exercise)(*args, **kwargs)
+        return memo[key]
+
+    answer.__name__ = answer.__qualname__ = name
+    return answer
 
 
 # ----- 3.1 normalised_metric ---------------------------------------------------------------------
@@ -281,14 +304,7 @@ def grid_default_attn_out(lm, clean, corrupted, metric, site="attn_out"):
     return sol("patch_grid")(lm, clean, corrupted, metric, site)
 
 
-_GRIDS: dict = {}
-
-
-def grid_memo_ignores_metric(lm, clean, corrupted, metric, site="resid_pre"):
-    key = (*key_of(clean, corrupted), site)
-    if key not in _GRIDS:
-        _GRIDS[key] = sol("patch_grid")(lm, clean, corrupted, metric, site)
-    return _GRIDS[key]
+grid_memo_ignores_metric = memo_ignoring_metric("patch_grid", "grid_memo_ignores_metric")
 
 
 def grid_first_change_of_row_0(lm, clean, corrupted, metric, site="resid_pre"):
@@ -412,14 +428,7 @@ def heads_kv_group(lm, clean, corrupted, metric):
     )
 
 
-_HEADS: dict = {}
-
-
-def heads_memo_ignores_metric(lm, clean, corrupted, metric):
-    key = key_of(clean, corrupted)
-    if key not in _HEADS:
-        _HEADS[key] = sol("patch_heads")(lm, clean, corrupted, metric)
-    return _HEADS[key]
+heads_memo_ignores_metric = memo_ignoring_metric("patch_heads", "heads_memo_ignores_metric")
 
 
 def heads_llama_paths(lm, clean, corrupted, metric):
@@ -561,14 +570,9 @@ def grads_batch_sum(lm, tokens, metric, site):
     return acts, grads.sum(1, keepdim=True).expand_as(grads).clone()
 
 
-_GRADS: dict = {}
-
-
-def grads_memo_ignores_metric(lm, tokens, metric, site):
-    key = (*key_of(tokens), site)
-    if key not in _GRADS:
-        _GRADS[key] = sol("activations_and_grads")(lm, tokens, metric, site)
-    return _GRADS[key]
+grads_memo_ignores_metric = memo_ignoring_metric(
+    "activations_and_grads", "grads_memo_ignores_metric"
+)
 
 
 def grads_last_layer(lm, tokens, metric, site):
@@ -654,14 +658,7 @@ def attr_accumulating(lm, clean, corrupted, metric, site="resid_pre"):
     return ((acts_of(lm, clean, site) - acts) * grads).sum(-1).sum(1)
 
 
-_ESTIMATES: dict = {}
-
-
-def attr_memo_ignores_metric(lm, clean, corrupted, metric, site="resid_pre"):
-    key = (*key_of(clean, corrupted), site)
-    if key not in _ESTIMATES:
-        _ESTIMATES[key] = sol("attribution_patching")(lm, clean, corrupted, metric, site)
-    return _ESTIMATES[key]
+attr_memo_ignores_metric = memo_ignoring_metric("attribution_patching", "attr_memo_ignores_metric")
 
 
 def attr_default_mlp_out(lm, clean, corrupted, metric, site="mlp_out"):
@@ -740,14 +737,9 @@ def head_attr_accumulating(lm, clean, corrupted, metric):
     return ((acts_of(lm, clean, "head_out") - acts) * grads).sum((1, 4)).transpose(1, 2)
 
 
-_HEAD_ESTIMATES: dict = {}
-
-
-def head_attr_memo_ignores_metric(lm, clean, corrupted, metric):
-    key = key_of(clean, corrupted)
-    if key not in _HEAD_ESTIMATES:
-        _HEAD_ESTIMATES[key] = sol("head_attribution")(lm, clean, corrupted, metric)
-    return _HEAD_ESTIMATES[key]
+head_attr_memo_ignores_metric = memo_ignoring_metric(
+    "head_attribution", "head_attr_memo_ignores_metric"
+)
 
 
 def head_attr_llama_paths(lm, clean, corrupted, metric):
@@ -1193,14 +1185,7 @@ def ig_default_8(lm, clean, corrupted, metric, n_steps=8):
     return sol("integrated_patching")(lm, clean, corrupted, metric, n_steps)
 
 
-_PATHS: dict = {}
-
-
-def ig_memo_ignores_metric(lm, clean, corrupted, metric, n_steps=16):
-    key = (*key_of(clean, corrupted), n_steps)
-    if key not in _PATHS:
-        _PATHS[key] = sol("integrated_patching")(lm, clean, corrupted, metric, n_steps)
-    return _PATHS[key]
+ig_memo_ignores_metric = memo_ignoring_metric("integrated_patching", "ig_memo_ignores_metric")
 
 
 def ig_per_prompt(lm, clean, corrupted, metric, n_steps=16):
@@ -1706,14 +1691,7 @@ def paths_unique(lm, clean, corrupted, metric, heads, path="direct"):
     return sol("path_patching")(lm, clean, corrupted, metric, list(dict.fromkeys(heads)), path)
 
 
-_PATHS: dict = {}
-
-
-def paths_memo_ignores_metric(lm, clean, corrupted, metric, heads, path="direct"):
-    key = (*key_of(clean, corrupted), tuple(heads), path)
-    if key not in _PATHS:
-        _PATHS[key] = sol("path_patching")(lm, clean, corrupted, metric, heads, path)
-    return _PATHS[key]
+paths_memo_ignores_metric = memo_ignoring_metric("path_patching", "paths_memo_ignores_metric")
 
 
 def paths_default_indirect(lm, clean, corrupted, metric, heads, path="indirect"):
@@ -1871,14 +1849,9 @@ def eap_own_layer_attention(lm, clean, corrupted, metric):
     return found * (torch.arange(found.shape[1])[None] > places[:, None])
 
 
-_EDGES: dict = {}
-
-
-def eap_memo_ignores_metric(lm, clean, corrupted, metric):
-    key = key_of(clean, corrupted)
-    if key not in _EDGES:
-        _EDGES[key] = sol("edge_attribution_patching")(lm, clean, corrupted, metric)
-    return _EDGES[key]
+eap_memo_ignores_metric = memo_ignoring_metric(
+    "edge_attribution_patching", "eap_memo_ignores_metric"
+)
 
 
 def eap_llama_paths(lm, clean, corrupted, metric):
