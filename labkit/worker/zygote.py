@@ -20,9 +20,14 @@ import sys
 import traceback
 from typing import Any
 
-# Model classes the grader may send: imported once here, not in every worker.
+# Model classes the grader may send: imported once here, not in every worker. Also what torch
+# and numpy import lazily on the way (unpickling tensors, encoding replies): a worker whose uid
+# cannot read the Python environment (a checkout in a 0700 folder, without mount namespaces)
+# could not import them later.
 PRELOAD = (
     "torch",
+    "torch.utils.serialization",
+    "numpy.ctypeslib",
     "transformers",
     "transformers.models.llama.modeling_llama",
     "transformers.models.qwen2.modeling_qwen2",
